@@ -1,0 +1,39 @@
+# Two commands do everything on a fresh machine: `make run` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install run test test-pg lint format migrate bench bench-import clean
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+run: install ## serve on HOST:PORT (embedded PostgreSQL unless DATABASE_URL is set)
+	$(PY) -m app serve
+
+migrate: install
+	$(PY) -m app migrate
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy app
+
+format: install
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+test: install lint ## lint, then the whole suite against a real PostgreSQL
+	$(PY) -m pytest
+
+test-pg: install ## the suite against the server at 127.0.0.1:5432
+	DATABASE_URL=postgresql://postgres@127.0.0.1:5432/test $(PY) -m pytest
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Coupon books and flash promos on a PostgreSQL-native locking core."""

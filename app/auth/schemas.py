@@ -1,0 +1,89 @@
+"""Request and response bodies of the auth and user routes."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import date, datetime
+from typing import Annotated
+from zoneinfo import available_timezones
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, EmailStr, Field, StringConstraints
+
+from app.core.security import Role
+
+NoNul = StringConstraints(pattern=r"^[^\x00]*$")
+Password = Annotated[str, Field(min_length=8, max_length=256), NoNul]
+Tag = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[^\x00]*$")]
+
+_ZONES = frozenset(available_timezones())
+
+
+def _known_zone(value: str) -> str:
+    if value not in _ZONES:
+        raise ValueError("not an IANA time zone name")
+    return value
+
+
+TimeZoneName = Annotated[str, AfterValidator(_known_zone)]
+
+
+class RegisterIn(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"email": "ana@example.com", "password": "correct horse"}]},
+    )
+
+    email: EmailStr
+    password: Password
+
+
+class UserOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    email: str
+    role: Role
+    created_at: datetime
+
+
+class ProfileOut(UserOut):
+    lat: float | None = None
+    lng: float | None = None
+    location_updated_at: datetime | None = None
+    birth_date: date | None = None
+    tags: list[str] = []
+    timezone: str = "UTC"
+
+
+class TokenOut(BaseModel):
+    access_token: str
+    token_type: str = "bearer"  # noqa: S105 - the OAuth2 token type, not a secret
+    expires_in: int
+
+
+class RoleIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"role": "admin"}]})
+
+    role: Role
+
+
+class LocationIn(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"lat": 40.4168, "lng": -3.7038}]}
+    )
+
+    lat: float = Field(ge=-90, le=90, allow_inf_nan=False)
+    lng: float = Field(ge=-180, le=180, allow_inf_nan=False)
+
+
+class ProfileIn(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"birth_date": "1990-05-17", "tags": ["vip"], "timezone": "Europe/Madrid"}]
+        },
+    )
+
+    birth_date: date | None = None
+    tags: list[Tag] | None = Field(default=None, max_length=100)
+    timezone: TimeZoneName | None = None

@@ -1,0 +1,5 @@
+"""HTTP routes of the books domain."""
+
+from fastapi import APIRouter
+
+router = APIRouter(tags=["books"])

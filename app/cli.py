@@ -1,0 +1,115 @@
+"""Command line: `python -m app serve | migrate | create-admin | …`."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from typing import Annotated, Any
+
+import typer
+
+from app.core.settings import Settings
+
+cli = typer.Typer(
+    no_args_is_help=True, add_completion=False, help=__doc__, pretty_exceptions_enable=False
+)
+
+
+def resolve_database(settings: Settings) -> tuple[Any, str]:
+    """(embedded server or None, URL): the configured server, else the embedded one."""
+    if settings.database_url:
+        return None, settings.database_url
+    from app.core.embedded import start_embedded
+
+    server, url = start_embedded(settings.data_dir)
+    typer.echo(f"embedded PostgreSQL at {settings.data_dir / 'postgres'}", err=True)
+    return server, url
+
+
+def _migrate(url: str) -> None:
+    from app.core.migrations import upgrade_to_head
+
+    upgrade_to_head(url)
+
+
+async def _ensure_admin(settings: Settings, url: str, email: str, password: str) -> bool:
+    from app.auth.service import ensure_admin
+    from app.core.db import Database
+
+    db = Database.from_settings(settings, url)
+    try:
+        async with db.sessionmaker() as session, session.begin():
+            _, created = await ensure_admin(session, email, password)
+        return created
+    finally:
+        await db.dispose()
+
+
+@cli.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Bind address (HOST)")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (PORT)")] = None,
+    workers: Annotated[int | None, typer.Option(help="Worker processes (WORKERS)")] = None,
+) -> None:
+    """Start the embedded database if needed, migrate once, then serve with uvicorn."""
+    import uvicorn
+
+    settings = Settings()
+    server, url = resolve_database(settings)
+    _migrate(url)
+    if settings.admin_email and settings.admin_password:
+        created = asyncio.run(
+            _ensure_admin(settings, url, settings.admin_email, settings.admin_password)
+        )
+        typer.echo(f"admin {settings.admin_email} {'created' if created else 'present'}", err=True)
+    os.environ["DATABASE_URL"] = url
+    settings.resolved_jwt_secret()  # generate once here so every worker shares it
+    uvicorn.run(
+        "app.main:create_app",
+        factory=True,
+        host=host or settings.host,
+        port=port or settings.port,
+        workers=workers or settings.workers,
+        loop="uvloop",
+        http="httptools",
+        proxy_headers=True,
+        access_log=False,
+        timeout_graceful_shutdown=20,
+    )
+    del server  # keeps the embedded server referenced until uvicorn returns
+
+
+@cli.command()
+def migrate() -> None:
+    """Upgrade the database schema to the latest revision."""
+    settings = Settings()
+    _, url = resolve_database(settings)
+    _migrate(url)
+    typer.echo("migrated to head")
+
+
+@cli.command("create-admin")
+def create_admin(
+    email: str,
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="Read the password from standard input")
+    ] = False,
+) -> None:
+    """Create an admin account, or promote an existing one."""
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
+    if len(password) < 8:
+        typer.echo("password must have at least 8 characters", err=True)
+        raise typer.Exit(2)
+    settings = Settings()
+    _, url = resolve_database(settings)
+    _migrate(url)
+    created = asyncio.run(_ensure_admin(settings, url, email, password))
+    typer.echo(f"admin {email} {'created' if created else 'promoted or already admin'}")
+
+
+def main() -> None:
+    cli()

@@ -1,0 +1,112 @@
+"""Engine, sessions and the one-transaction-per-request dependency."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Annotated, Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import asyncpg
+from fastapi import Depends, Request
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+
+from app.core.settings import Settings
+
+
+def sqlalchemy_url(url: str) -> str:
+    """`postgresql://…` (libpq style, also what the embedded server reports) → asyncpg dialect."""
+    parts = urlsplit(url)
+    scheme = "postgresql+asyncpg"
+    query = urlencode(parse_qsl(parts.query))
+    return urlunsplit((scheme, parts.netloc, parts.path, query, parts.fragment))
+
+
+def libpq_url(url: str) -> str:
+    """The same URL in the form asyncpg.connect() and psql accept."""
+    parts = urlsplit(url)
+    return urlunsplit(("postgresql", parts.netloc, parts.path, parts.query, parts.fragment))
+
+
+def create_engine(settings: Settings, url: str | None = None) -> AsyncEngine:
+    target = url or settings.database_url
+    if not target:
+        raise RuntimeError("DATABASE_URL is not set and no embedded server was started")
+    connect_args: dict[str, Any] = {
+        "statement_cache_size": settings.db_statement_cache_size,
+        "server_settings": {"application_name": "couponflash"},
+    }
+    return create_async_engine(
+        sqlalchemy_url(target),
+        pool_size=settings.db_pool_size,
+        max_overflow=settings.db_max_overflow,
+        pool_timeout=settings.db_pool_timeout_s,
+        pool_pre_ping=False,
+        connect_args=connect_args,
+    )
+
+
+@dataclass
+class Database:
+    engine: AsyncEngine
+    sessionmaker: async_sessionmaker[AsyncSession]
+    lock_timeout_ms: int
+    statement_timeout_ms: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings, url: str | None = None) -> Database:
+        engine = create_engine(settings, url)
+        return cls(
+            engine=engine,
+            sessionmaker=async_sessionmaker(engine, expire_on_commit=False, autoflush=False),
+            lock_timeout_ms=settings.db_lock_timeout_ms,
+            statement_timeout_ms=settings.db_statement_timeout_ms,
+        )
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()
+
+
+_TIMEOUTS = text(
+    "SELECT set_config('lock_timeout', :lock, true), set_config('statement_timeout', :stmt, true)"
+)
+
+
+async def apply_timeouts(session: AsyncSession, db: Database) -> None:
+    """`SET LOCAL` both timeouts: they end with the transaction, so nothing leaks through the
+    pool or a transaction-mode PgBouncer."""
+    await session.execute(
+        _TIMEOUTS, {"lock": f"{db.lock_timeout_ms}ms", "stmt": f"{db.statement_timeout_ms}ms"}
+    )
+
+
+def get_database(request: Request) -> Database:
+    db: Database = request.app.state.db
+    return db
+
+
+async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
+    """One transaction per request, committed when the endpoint returns and before the
+    response is sent (the dependency has function scope), rolled back on any error."""
+    db = get_database(request)
+    async with db.sessionmaker() as session, session.begin():
+        await apply_timeouts(session, db)
+        yield session
+
+
+Session = Annotated[AsyncSession, Depends(get_session, scope="function")]
+DB = Annotated[Database, Depends(get_database)]
+
+
+async def raw_connection(session: AsyncSession) -> asyncpg.Connection:
+    """The asyncpg connection under the session's transaction, for hand-written hot-path SQL."""
+    conn = await session.connection()
+    raw = await conn.get_raw_connection()
+    driver: asyncpg.Connection = raw.driver_connection  # type: ignore[assignment]
+    return driver

@@ -1,0 +1,28 @@
+"""Advisory-lock keys. Every advisory lock in the service is transaction-scoped and named here.
+
+PostgreSQL advisory locks take one bigint; we derive it with `hashtextextended(text, seed)`,
+where the seed is the namespace, so keys of different kinds never collide by construction.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class LockNamespace(IntEnum):
+    BOOK_USER = 1  # per-user limits within a book (assign, redeem)
+    BOOK = 2  # bulk distribute (exclusive) vs single assigns (shared)
+    PROMO_USER = 3  # promo max_per_user (reserve)
+    IDEMPOTENCY = 4  # one in-flight request per (user, route, key)
+    OUTBOX = 5  # scheduling of a promo's notification job
+
+
+def xact_lock_sql(namespace: LockNamespace, key_sql: str, *, shared: bool = False) -> str:
+    """SQL fragment taking a transaction-scoped lock on `key_sql` (a text expression)."""
+    fn = "pg_advisory_xact_lock_shared" if shared else "pg_advisory_xact_lock"
+    return f"{fn}(hashtextextended({key_sql}, {int(namespace)}))"
+
+
+def try_xact_lock_sql(namespace: LockNamespace, key_sql: str) -> str:
+    """SQL fragment that tries the lock and returns whether it was granted."""
+    return f"pg_try_advisory_xact_lock(hashtextextended({key_sql}, {int(namespace)}))"

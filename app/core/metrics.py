@@ -1,0 +1,49 @@
+"""Prometheus metrics: HTTP by route template, DB pool gauges, and domain counters."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+from sqlalchemy.pool import QueuePool
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+HTTP_REQUESTS = Counter(
+    "http_requests_total",
+    "HTTP requests by method, route template and status.",
+    ["method", "route", "status"],
+    registry=REGISTRY,
+)
+HTTP_LATENCY = Histogram(
+    "http_request_duration_seconds",
+    "HTTP request latency by method and route template.",
+    ["method", "route"],
+    buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+    registry=REGISTRY,
+)
+
+
+class PoolCollector(Collector):
+    """Reads the SQLAlchemy pool at scrape time, so it costs nothing per request."""
+
+    def __init__(self) -> None:
+        self.pool: object | None = None
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        pool = self.pool
+        gauge = GaugeMetricFamily(
+            "db_pool_connections", "DB pool connections by state.", labels=["state"]
+        )
+        if isinstance(pool, QueuePool):
+            gauge.add_metric(["checked_out"], pool.checkedout())
+            gauge.add_metric(["idle"], pool.checkedin())
+            gauge.add_metric(["overflow"], max(pool.overflow(), 0))
+            gauge.add_metric(["size"], pool.size())
+        yield gauge
+
+
+POOL = PoolCollector()
+REGISTRY.register(POOL)

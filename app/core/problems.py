@@ -1,0 +1,289 @@
+"""RFC 9457 problem details: every error response of the service is made here."""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+from typing import Any
+
+import asyncpg
+import orjson
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from sqlalchemy.exc import DBAPIError, InterfaceError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = structlog.get_logger(__name__)
+
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+
+
+class ProblemError(Exception):
+    """A failure the client should see: a status, a stable slug, a human sentence."""
+
+    status: int = 400
+    slug: str = "bad-request"
+    title: str | None = None
+
+    def __init__(
+        self,
+        detail: str | None = None,
+        *,
+        status: int | None = None,
+        slug: str | None = None,
+        title: str | None = None,
+        headers: dict[str, str] | None = None,
+        **extra: Any,
+    ) -> None:
+        if status is not None:
+            self.status = status
+        if slug is not None:
+            self.slug = slug
+        if title is not None:
+            self.title = title
+        self.detail = detail or self.title or HTTPStatus(self.status).phrase
+        self.headers = headers or {}
+        self.extra = extra
+        super().__init__(self.detail)
+
+
+class NotFound(ProblemError):
+    status, slug, title = 404, "not-found", "Not found"
+
+
+class Forbidden(ProblemError):
+    status, slug, title = 403, "forbidden", "Forbidden"
+
+
+class Unauthenticated(ProblemError):
+    status, slug, title = 401, "unauthenticated", "Authentication required"
+
+    def __init__(self, detail: str | None = None, **extra: Any) -> None:
+        super().__init__(detail, headers={"WWW-Authenticate": "Bearer"}, **extra)
+
+
+class Conflict(ProblemError):
+    status, slug, title = 409, "conflict", "Conflict"
+
+
+class BadRequest(ProblemError):
+    status, slug, title = 400, "bad-request", "Bad request"
+
+
+class PayloadTooLarge(ProblemError):
+    status, slug, title = 413, "payload-too-large", "Payload too large"
+
+
+class UnsupportedMediaType(ProblemError):
+    status, slug, title = 415, "unsupported-media-type", "Unsupported media type"
+
+
+class ValidationFailed(ProblemError):
+    status, slug, title = 422, "validation-error", "Validation error"
+
+
+class RateLimited(ProblemError):
+    status, slug, title = 429, "rate-limited", "Too many requests"
+
+
+class Busy(ProblemError):
+    status, slug, title = 409, "busy", "Busy, retry shortly"
+
+    def __init__(self, detail: str | None = None, retry_after: int = 1) -> None:
+        super().__init__(detail, headers={"Retry-After": str(retry_after)})
+
+
+class Unavailable(ProblemError):
+    status, slug, title = 503, "unavailable", "Service unavailable"
+
+    def __init__(self, detail: str | None = None, retry_after: int = 2) -> None:
+        super().__init__(detail, headers={"Retry-After": str(retry_after)})
+
+
+_SLUG_BY_STATUS = {
+    400: "bad-request",
+    401: "unauthenticated",
+    403: "forbidden",
+    404: "not-found",
+    405: "method-not-allowed",
+    409: "conflict",
+    413: "payload-too-large",
+    415: "unsupported-media-type",
+    422: "validation-error",
+    429: "rate-limited",
+    500: "internal-error",
+    503: "unavailable",
+}
+
+
+def problem_response(
+    request: Request | None,
+    *,
+    status: int,
+    slug: str,
+    detail: str,
+    title: str | None = None,
+    headers: dict[str, str] | None = None,
+    base: str = "/problems",
+    **extra: Any,
+) -> Response:
+    body: dict[str, Any] = {
+        "type": f"{base.rstrip('/')}/{slug}",
+        "title": title or HTTPStatus(status).phrase,
+        "status": status,
+        "detail": detail,
+    }
+    if request is not None:
+        body["instance"] = request.url.path
+    body.update(extra)
+    return Response(
+        orjson.dumps(body, default=str),
+        status_code=status,
+        media_type=PROBLEM_MEDIA_TYPE,
+        headers=headers,
+    )
+
+
+def _base(request: Request) -> str:
+    settings = getattr(request.app.state, "settings", None)
+    return getattr(settings, "problem_base", "/problems")
+
+
+SQLSTATE_LOCK_TIMEOUT = "55P03"
+SQLSTATE_STATEMENT_TIMEOUT = "57014"
+SQLSTATE_SERIALIZATION = "40001"
+SQLSTATE_DEADLOCK = "40P01"
+SQLSTATE_TOO_MANY_CONNECTIONS = "53300"
+SQLSTATE_UNIQUE = "23505"
+
+
+def sqlstate_of(exc: BaseException) -> str | None:
+    """The SQLSTATE behind an asyncpg or SQLAlchemy-wrapped error, if any."""
+    seen: BaseException | None = exc
+    for _ in range(6):
+        if seen is None:
+            return None
+        code = getattr(seen, "sqlstate", None) or getattr(seen, "pgcode", None)
+        if isinstance(code, str):
+            return code
+        seen = getattr(seen, "orig", None) or seen.__cause__
+    return None
+
+
+def problem_for_database_error(exc: BaseException) -> ProblemError | None:
+    """Map database failures a client can recover from; None means it is a bug."""
+    state = sqlstate_of(exc)
+    if state == SQLSTATE_LOCK_TIMEOUT:
+        return Busy("The resource is locked by another request; retry shortly.")
+    if state in (SQLSTATE_SERIALIZATION, SQLSTATE_DEADLOCK):
+        return Busy("A concurrent update won; retry the request.")
+    if state in (SQLSTATE_STATEMENT_TIMEOUT, SQLSTATE_TOO_MANY_CONNECTIONS):
+        return Unavailable("The database is overloaded; retry shortly.")
+    if state is not None and state.startswith(("08", "57P")):
+        return Unavailable("The database is unreachable; retry shortly.")
+    if isinstance(exc, PoolTimeoutError):
+        return Unavailable("All database connections are busy; retry shortly.")
+    if isinstance(exc, InterfaceError | ConnectionError | OSError):
+        return Unavailable("The database is unreachable; retry shortly.")
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return Unavailable("The database connection was lost; retry shortly.")
+    cause = exc.__cause__
+    if (
+        cause is not None
+        and type(cause).__module__.startswith("asyncpg")
+        and ("connection" in type(cause).__name__.lower())
+    ):
+        return Unavailable("The database is unreachable; retry shortly.")
+    return None
+
+
+def _validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
+    errors = []
+    for err in exc.errors():
+        errors.append({"loc": list(err.get("loc", ())), "msg": err.get("msg", "invalid")})
+    return errors
+
+
+async def _on_problem(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ProblemError)
+    return problem_response(
+        request,
+        status=exc.status,
+        slug=exc.slug,
+        title=exc.title,
+        detail=exc.detail,
+        headers=exc.headers,
+        base=_base(request),
+        **exc.extra,
+    )
+
+
+async def _on_validation(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    errs = exc.errors()
+    if any(e.get("type") == "json_invalid" for e in errs):
+        return problem_response(
+            request,
+            status=400,
+            slug="bad-request",
+            detail="The request body is not valid JSON.",
+            base=_base(request),
+        )
+    return problem_response(
+        request,
+        status=422,
+        slug="validation-error",
+        title="Validation error",
+        detail="The request is invalid; see errors.",
+        base=_base(request),
+        errors=_validation_errors(exc),
+    )
+
+
+async def _on_http(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    status = exc.status_code
+    slug = _SLUG_BY_STATUS.get(status, "bad-request" if status < 500 else "internal-error")
+    headers = dict(exc.headers or {})
+    if status == 401:
+        headers.setdefault("WWW-Authenticate", "Bearer")
+    detail = exc.detail if isinstance(exc.detail, str) else HTTPStatus(status).phrase
+    if status == 404 and detail == "Not Found":
+        detail = f"No resource at {request.url.path}."
+    if status == 405:
+        detail = f"{request.method} is not allowed on {request.url.path}."
+    return problem_response(
+        request, status=status, slug=slug, detail=detail, headers=headers, base=_base(request)
+    )
+
+
+async def _on_unhandled(request: Request, exc: Exception) -> Response:
+    mapped = problem_for_database_error(exc)
+    if mapped is not None:
+        log.warning("database_unavailable", error=type(exc).__name__, sqlstate=sqlstate_of(exc))
+        return await _on_problem(request, mapped)
+    log.exception("unhandled_error", path=request.url.path)
+    return problem_response(
+        request,
+        status=500,
+        slug="internal-error",
+        title="Internal error",
+        detail="An unexpected error occurred; it has been logged.",
+        base=_base(request),
+        request_id=request.headers.get("x-request-id")
+        or getattr(request.state, "request_id", None),
+    )
+
+
+def install_problem_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(ProblemError, _on_problem)
+    app.add_exception_handler(RequestValidationError, _on_validation)
+    app.add_exception_handler(StarletteHTTPException, _on_http)
+    app.add_exception_handler(DBAPIError, _on_unhandled)
+    app.add_exception_handler(PoolTimeoutError, _on_unhandled)
+    app.add_exception_handler(OSError, _on_unhandled)
+    app.add_exception_handler(asyncpg.PostgresError, _on_unhandled)
+    app.add_exception_handler(asyncpg.InterfaceError, _on_unhandled)
+    app.add_exception_handler(Exception, _on_unhandled)

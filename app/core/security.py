@@ -1,0 +1,139 @@
+"""Passwords (argon2 via pwdlib), our own HS256 tokens, and external OIDC tokens (JWKS)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import anyio
+import jwt
+from pwdlib import PasswordHash
+
+from app.core.problems import Unauthenticated
+from app.core.settings import Settings
+
+_hasher = PasswordHash.recommended()
+_DUMMY_HASH = _hasher.hash("timing-equaliser-password")
+_FORBIDDEN_HEADERS = ("jku", "x5u", "jwk", "x5c")
+_EXTERNAL_ALGORITHMS = ["RS256", "ES256"]
+
+
+class Role(StrEnum):
+    user = "user"
+    admin = "admin"
+
+
+async def hash_password(password: str) -> str:
+    return await anyio.to_thread.run_sync(_hasher.hash, password)
+
+
+async def verify_password(password: str, password_hash: str | None) -> bool:
+    """Constant work whether or not the user exists, so timing does not reveal accounts."""
+    target = password_hash or _DUMMY_HASH
+    ok = await anyio.to_thread.run_sync(_hasher.verify, password, target)
+    return bool(ok) and password_hash is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling: from a verified token, without a database round trip."""
+
+    id: uuid.UUID
+    role: Role
+    external_sub: str | None = None
+    email: str | None = None
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role is Role.admin
+
+
+@dataclass
+class TokenService:
+    """Issues and verifies tokens; built once in the lifespan (keys parsed once)."""
+
+    secret: str
+    ttl_seconds: int
+    jwks_client: jwt.PyJWKClient | None = None
+    issuer: str | None = None
+    audience: str | None = None
+    role_claim: str = "role"
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> TokenService:
+        client = None
+        if settings.auth_jwks_url:
+            client = jwt.PyJWKClient(settings.auth_jwks_url, cache_keys=True, lifespan=3600)
+        return cls(
+            secret=settings.resolved_jwt_secret(),
+            ttl_seconds=settings.jwt_ttl_seconds,
+            jwks_client=client,
+            issuer=settings.auth_issuer,
+            audience=settings.auth_audience,
+            role_claim=settings.auth_role_claim,
+        )
+
+    def issue(self, user_id: uuid.UUID, role: Role) -> str:
+        now = int(time.time())
+        claims = {
+            "sub": str(user_id),
+            "role": role.value,
+            "iat": now,
+            "exp": now + self.ttl_seconds,
+        }
+        return jwt.encode(claims, self.secret, algorithm="HS256")
+
+    async def verify(self, token: str) -> dict[str, Any]:
+        """Claims of a valid token; anything else raises 401."""
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError as exc:
+            raise Unauthenticated("The token is malformed.") from exc
+        if any(h in header for h in _FORBIDDEN_HEADERS):
+            raise Unauthenticated("Tokens naming their own keys are refused.")
+        alg = header.get("alg")
+        try:
+            if alg == "HS256":
+                return jwt.decode(
+                    token,
+                    self.secret,
+                    algorithms=["HS256"],
+                    options={"require": ["exp", "iat", "sub"]},
+                )
+            if alg in _EXTERNAL_ALGORITHMS and self.jwks_client is not None:
+                return await self._verify_external(token)
+        except jwt.ExpiredSignatureError as exc:
+            raise Unauthenticated("The token has expired.") from exc
+        except jwt.PyJWTError as exc:
+            raise Unauthenticated("The token is invalid.") from exc
+        raise Unauthenticated("The token's algorithm is not accepted.")
+
+    async def _verify_external(self, token: str) -> dict[str, Any]:
+        client = self.jwks_client
+        assert client is not None
+        try:
+            key = await anyio.to_thread.run_sync(client.get_signing_key_from_jwt, token)
+        except jwt.PyJWKClientError as exc:
+            raise Unauthenticated("The token's signing key is unknown.") from exc
+        options: Any = {"require": ["exp", "sub"]}
+        if self.audience is None:
+            options["verify_aud"] = False
+        claims: dict[str, Any] = jwt.decode(
+            token,
+            key.key,
+            algorithms=_EXTERNAL_ALGORITHMS,
+            audience=self.audience,
+            issuer=self.issuer,
+            options=options,
+        )
+        claims["_external"] = True
+        return claims
+
+    def external_role(self, claims: dict[str, Any]) -> Role:
+        value = claims.get(self.role_claim)
+        if isinstance(value, list):
+            return Role.admin if "admin" in value else Role.user
+        return Role.admin if value == "admin" else Role.user

@@ -1,0 +1,104 @@
+"""Service configuration, read from the environment and `.env` (flat names, see README)."""
+
+from __future__ import annotations
+
+import secrets
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import structlog
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+log = structlog.get_logger(__name__)
+
+
+class Environment(StrEnum):
+    dev = "dev"
+    test = "test"
+    production = "production"
+
+
+class Settings(BaseSettings):
+    """Every setting of the service; README lists them with their defaults."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
+
+    env: Environment = Environment.dev
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = Field(default=1, ge=1)
+    data_dir: Path = Path(".data")
+    log_level: str = "INFO"
+    log_json: bool | None = None  # default: JSON outside dev
+
+    database_url: str | None = None
+    database_direct_url: str | None = None
+    db_pool_size: int = Field(default=10, ge=1)
+    db_max_overflow: int = Field(default=5, ge=0)
+    db_pool_timeout_s: float = Field(default=5.0, gt=0)
+    db_lock_timeout_ms: int = Field(default=2000, ge=0)
+    db_statement_timeout_ms: int = Field(default=15000, ge=0)
+    db_statement_cache_size: int = Field(default=1024, ge=0)  # 0 behind PgBouncer
+
+    jwt_secret: str | None = None
+    jwt_ttl_seconds: int = Field(default=3600, ge=1)
+    auth_jwks_url: str | None = None
+    auth_issuer: str | None = None
+    auth_audience: str | None = None
+    auth_role_claim: str = "role"
+    admin_email: str | None = None
+    admin_password: str | None = None
+
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    max_upload_bytes: int = Field(default=256 * 1_048_576, ge=1024)
+    problem_base: str = "/problems"
+    expose_docs: bool = True
+
+    rate_limit_enabled: bool = True
+    rate_limit_auth: str = "20/minute"
+    rate_limit_assign: str = "600/minute"
+
+    reservation_ttl_seconds: int = Field(default=60, ge=1)
+    idempotency_ttl_hours: int = Field(default=24, ge=1)
+
+    run_worker: bool = True
+    notify_webhook_url: str | None = None
+    notify_webhook_secret: str | None = None
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [o.strip() for o in value.split(",") if o.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _production_needs_secret(self) -> Settings:
+        if self.env is Environment.production and not self.jwt_secret:
+            raise ValueError("JWT_SECRET is required when ENV=production")
+        return self
+
+    @property
+    def is_production(self) -> bool:
+        return self.env is Environment.production
+
+    def resolved_jwt_secret(self) -> str:
+        """The signing secret; in dev one is generated once and kept in DATA_DIR."""
+        if self.jwt_secret:
+            return self.jwt_secret
+        path = self.data_dir / "jwt_secret"
+        if path.exists():
+            return path.read_text().strip()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        secret = secrets.token_urlsafe(48)
+        try:
+            with path.open("x") as fh:  # first process wins; the others read its secret
+                fh.write(secret)
+            path.chmod(0o600)
+            log.warning("jwt_secret_generated", path=str(path), hint="set JWT_SECRET in production")
+        except FileExistsError:
+            secret = path.read_text().strip()
+        return secret

@@ -1,0 +1,101 @@
+"""Application factory: settings, database, routers, middleware and lifespan."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import structlog
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from app.auth.router import router as auth_router
+from app.books.router import router as books_router
+from app.core.db import Database
+from app.core.health import router as health_router
+from app.core.idempotency import install_idempotency_handler
+from app.core.logging import configure_logging
+from app.core.metrics import POOL
+from app.core.middleware import BodyLimitMiddleware, RequestContextMiddleware
+from app.core.migrations import head_revisions
+from app.core.problems import install_problem_handlers
+from app.core.ratelimit import RateLimits
+from app.core.security import TokenService
+from app.core.settings import Environment, Settings
+from app.notifications.router import router as notifications_router
+from app.promos.router import router as promos_router
+from app.segments.router import router as segments_router
+
+log = structlog.get_logger(__name__)
+
+API_PREFIX = "/api/v1"
+DESCRIPTION = """
+Coupon books and flash promos: unique codes handed out fairly and never twice, and
+time-boxed deals with limited units that are never oversold.
+
+Authenticate with `POST /api/v1/auth/token` (form fields `username`, `password`), then use
+**Authorize** with the `access_token`. Errors are RFC 9457 `application/problem+json`.
+State-changing POSTs accept an `Idempotency-Key` header.
+"""
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    db = Database.from_settings(settings)
+    app.state.db = db
+    app.state.tokens = TokenService.from_settings(settings)
+    app.state.rate_limits = RateLimits.build(
+        settings.rate_limit_enabled, settings.rate_limit_auth, settings.rate_limit_assign
+    )
+    app.state.migration_heads = head_revisions()
+    app.state.external_users = {}
+    POOL.pool = db.engine.pool
+    log.info("started", env=settings.env.value)
+    try:
+        yield
+    finally:
+        await db.dispose()
+        log.info("stopped")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the ASGI app. Settings come from the environment unless given (tests)."""
+    settings = settings or Settings()
+    json_logs = (
+        settings.log_json
+        if settings.log_json is not None
+        else (settings.env is not Environment.dev)
+    )
+    configure_logging(settings.log_level, json=json_logs)
+    docs = settings.expose_docs or not settings.is_production
+    app = FastAPI(
+        title="Coupon books & flash promos",
+        version="1.0.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        docs_url="/docs" if docs else None,
+        redoc_url="/redoc" if docs else None,
+        openapi_url="/openapi.json" if docs else None,
+    )
+    app.state.settings = settings
+    install_problem_handlers(app)
+    install_idempotency_handler(app)
+
+    app.include_router(health_router)
+    for router in (auth_router, books_router, segments_router, promos_router, notifications_router):
+        app.include_router(router, prefix=API_PREFIX)
+
+    app.add_middleware(
+        BodyLimitMiddleware, max_body=settings.max_body_bytes, max_upload=settings.max_upload_bytes
+    )
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["*"],
+            allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "X-Request-ID"],
+            expose_headers=["Location", "Retry-After", "X-Request-ID"],
+        )
+    app.add_middleware(RequestContextMiddleware)
+    return app

@@ -1,0 +1,5 @@
+"""HTTP routes of the segments domain."""
+
+from fastapi import APIRouter
+
+router = APIRouter(tags=["segments"])

@@ -1,0 +1,181 @@
+"""Test harness: a real PostgreSQL (DATABASE_URL's server, else the embedded one), migrated
+once per session into a throwaway database; per-test rollback for ordinary tests and a
+committed client for concurrency tests."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import httpx
+import pytest
+from asgi_lifespan import LifespanManager
+from fastapi import FastAPI, Request
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
+
+from app.core.db import apply_timeouts, get_session, libpq_url
+from app.core.migrations import upgrade_to_head
+from app.core.security import Role
+from app.core.settings import Settings
+from app.main import create_app
+from tests.helpers import ApiUser
+
+
+def _with_database(url: str, name: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, parts.fragment))
+
+
+@pytest.fixture(scope="session")
+def database_url() -> Iterator[str]:
+    """A fresh database for this test session, dropped afterwards."""
+    configured = os.environ.get("DATABASE_URL")
+    if configured:
+        name = f"cf_test_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+        admin_url = libpq_url(configured)
+
+        async def admin(sql: str) -> None:
+            conn = await asyncpg.connect(admin_url)
+            try:
+                await conn.execute(sql)
+            finally:
+                await conn.close()
+
+        asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+        url = _with_database(admin_url, name)
+        upgrade_to_head(url)
+        yield url
+        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    else:
+        from app.core.embedded import start_embedded
+
+        tmp = Path(tempfile.mkdtemp(prefix="cf-test-"))
+        tmp.chmod(0o755)
+        server, base = start_embedded(tmp, cleanup="delete")
+        upgrade_to_head(base)
+        yield base
+        server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def settings(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    return Settings(
+        env="test",
+        database_url=database_url,
+        jwt_secret="test-secret-" + "x" * 32,
+        rate_limit_enabled=False,
+        run_worker=False,
+        data_dir=tmp_path_factory.mktemp("data"),
+        db_pool_size=20,
+        db_max_overflow=20,
+        log_json=True,
+        log_level="WARNING",
+        _env_file=None,
+    )
+
+
+@pytest.fixture(scope="session")
+async def app(settings: Settings) -> AsyncIterator[FastAPI]:
+    application = create_app(settings)
+    async with LifespanManager(application, startup_timeout=30, shutdown_timeout=30):
+        yield application
+
+
+def _client(app: FastAPI) -> httpx.AsyncClient:
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    return httpx.AsyncClient(transport=transport, base_url="http://test", timeout=60)
+
+
+@pytest.fixture
+async def conn(app: FastAPI) -> AsyncIterator[AsyncConnection]:
+    """A connection inside an outer transaction that is rolled back after the test."""
+    async with app.state.db.engine.connect() as connection:
+        outer = await connection.begin()
+        yield connection
+        if outer.is_active:
+            await outer.rollback()
+
+
+@pytest.fixture
+async def client(app: FastAPI, conn: AsyncConnection) -> AsyncIterator[httpx.AsyncClient]:
+    """API client whose every request runs in a savepoint of the test's rolled-back
+    transaction: nothing a test writes outlives it."""
+    maker = async_sessionmaker(
+        bind=conn, join_transaction_mode="create_savepoint", expire_on_commit=False
+    )
+
+    async def session_in_test_transaction(request: Request) -> AsyncIterator[AsyncSession]:
+        async with maker() as session, session.begin():
+            await apply_timeouts(session, request.app.state.db)
+            yield session
+
+    app.dependency_overrides[get_session] = session_in_test_transaction
+    try:
+        async with _client(app) as c:
+            yield c
+    finally:
+        app.dependency_overrides.pop(get_session, None)
+
+
+@pytest.fixture
+async def live_client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    """API client over the real pool: requests commit, so many can run at once."""
+    async with _client(app) as c:
+        yield c
+
+
+MakeUser = Callable[..., Awaitable[ApiUser]]
+
+_INSERT_USER = text(
+    "INSERT INTO users (email, password_hash, role) VALUES (:email, NULL, :role) RETURNING id"
+)
+
+
+def _issue(app: FastAPI, user_id: uuid.UUID, email: str, role: Role) -> ApiUser:
+    return ApiUser(user_id, email, role, app.state.tokens.issue(user_id, role))
+
+
+@pytest.fixture
+def make_user(app: FastAPI, conn: AsyncConnection) -> MakeUser:
+    """Create a user in the test's transaction and return it with a token (no hashing)."""
+
+    async def factory(role: Role = Role.user, email: str | None = None) -> ApiUser:
+        email = email or f"u-{uuid.uuid4().hex[:12]}@example.com"
+        user_id = (
+            await conn.execute(_INSERT_USER, {"email": email, "role": role.value})
+        ).scalar_one()
+        return _issue(app, user_id, email, role)
+
+    return factory
+
+
+@pytest.fixture
+def make_live_user(app: FastAPI) -> MakeUser:
+    """Create a committed user (for tests with many real connections)."""
+
+    async def factory(role: Role = Role.user, email: str | None = None) -> ApiUser:
+        email = email or f"u-{uuid.uuid4().hex[:12]}@example.com"
+        async with app.state.db.engine.begin() as connection:
+            user_id = (
+                await connection.execute(_INSERT_USER, {"email": email, "role": role.value})
+            ).scalar_one()
+        return _issue(app, user_id, email, role)
+
+    return factory
+
+
+@pytest.fixture
+async def admin(make_user: MakeUser) -> ApiUser:
+    return await make_user(Role.admin)
+
+
+@pytest.fixture
+async def user(make_user: MakeUser) -> ApiUser:
+    return await make_user(Role.user)
