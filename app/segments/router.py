@@ -1,5 +1,116 @@
-"""HTTP routes of the segments domain."""
+"""HTTP routes of segments (admin): CRUD and static members."""
 
-from fastapi import APIRouter
+from __future__ import annotations
 
-router = APIRouter(tags=["segments"])
+import uuid
+
+from fastapi import APIRouter, Response, status
+
+from app.auth.deps import AdminUser
+from app.core.db import Session
+from app.core.idempotency import Idempotent
+from app.core.openapi import AUTH, problems
+from app.core.pagination import Cursor, Limit, Page, decode_cursor, encode_cursor
+from app.core.problems import ValidationFailed
+from app.segments import service
+from app.segments.schemas import (
+    MemberOut,
+    MembersAdded,
+    MembersIn,
+    SegmentIn,
+    SegmentOut,
+    SegmentPatch,
+)
+
+router = APIRouter(prefix="/segments", tags=["segments"])
+ERRORS = problems(*AUTH, 403, 404)
+
+
+def _after(cursor: str | None) -> uuid.UUID | None:
+    values = decode_cursor(cursor, 1)
+    if values is None:
+        return None
+    try:
+        return uuid.UUID(str(values[0]))
+    except ValueError as exc:
+        raise ValidationFailed("The cursor is not valid.") from exc
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=SegmentOut, responses=ERRORS)
+async def create_segment(
+    body: SegmentIn, admin: AdminUser, session: Session, response: Response, idem: Idempotent
+) -> SegmentOut:
+    """Create a static segment (members added later) or a rule segment."""
+    segment = await service.create(session, body.name, body.kind, body.rules)
+    response.headers["Location"] = f"/api/v1/segments/{segment.id}"
+    out = SegmentOut.model_validate(segment)
+    await idem.remember(status.HTTP_201_CREATED, out)
+    return out
+
+
+@router.get("", response_model=Page[SegmentOut], responses=ERRORS)
+async def list_segments(
+    admin: AdminUser, session: Session, limit: Limit = 50, cursor: Cursor = None
+) -> Page[SegmentOut]:
+    rows = await service.list_page(session, limit + 1, _after(cursor))
+    page = rows[:limit]
+    return Page[SegmentOut](
+        items=[SegmentOut.model_validate(s) for s in page],
+        next_cursor=encode_cursor(page[-1].id) if len(rows) > limit else None,
+    )
+
+
+@router.get("/{segment_id}", response_model=SegmentOut, responses=ERRORS)
+async def get_segment(segment_id: uuid.UUID, admin: AdminUser, session: Session) -> SegmentOut:
+    return SegmentOut.model_validate(await service.get(session, segment_id))
+
+
+@router.patch("/{segment_id}", response_model=SegmentOut, responses=ERRORS)
+async def patch_segment(
+    segment_id: uuid.UUID, body: SegmentPatch, admin: AdminUser, session: Session
+) -> SegmentOut:
+    segment = await service.update(session, segment_id, body.name, body.rules)
+    return SegmentOut.model_validate(segment)
+
+
+@router.delete("/{segment_id}", status_code=status.HTTP_204_NO_CONTENT, responses=ERRORS)
+async def delete_segment(segment_id: uuid.UUID, admin: AdminUser, session: Session) -> Response:
+    await service.remove(session, segment_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post("/{segment_id}/members", response_model=MembersAdded, responses=ERRORS)
+async def add_members(
+    segment_id: uuid.UUID, body: MembersIn, admin: AdminUser, session: Session, idem: Idempotent
+) -> MembersAdded:
+    """Add users to a static segment; unknown ids are ignored, `added` counts new members."""
+    out = MembersAdded(added=await service.add_members(session, segment_id, body.user_ids))
+    await idem.remember(status.HTTP_200_OK, out)
+    return out
+
+
+@router.delete(
+    "/{segment_id}/members/{user_id}", status_code=status.HTTP_204_NO_CONTENT, responses=ERRORS
+)
+async def remove_member(
+    segment_id: uuid.UUID, user_id: uuid.UUID, admin: AdminUser, session: Session
+) -> Response:
+    await service.remove_member(session, segment_id, user_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.get("/{segment_id}/members", response_model=Page[MemberOut], responses=ERRORS)
+async def list_members(
+    segment_id: uuid.UUID,
+    admin: AdminUser,
+    session: Session,
+    limit: Limit = 50,
+    cursor: Cursor = None,
+) -> Page[MemberOut]:
+    """Users in the segment: its listed members, or for a rule segment those the rules match."""
+    rows = await service.members(session, segment_id, limit + 1, _after(cursor))
+    page = rows[:limit]
+    return Page[MemberOut](
+        items=[MemberOut(user_id=uid, email=email) for uid, email in page],
+        next_cursor=encode_cursor(page[-1][0]) if len(rows) > limit else None,
+    )
