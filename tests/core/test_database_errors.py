@@ -1,0 +1,65 @@
+"""Database failures a client can recover from answer 409 `busy` / 503 with Retry-After."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import httpx
+from fastapi import FastAPI
+from sqlalchemy import text
+
+from app.core.security import Role
+from tests.conftest import MakeUser
+from tests.helpers import assert_problem
+
+
+async def test_row_held_by_another_transaction_is_409_busy_in_bounded_time(
+    live_client: httpx.AsyncClient, make_live_user: MakeUser, app: FastAPI
+) -> None:
+    admin = await make_live_user(Role.admin)
+    created = await live_client.post(
+        "/api/v1/segments", json={"name": "locked", "kind": "static"}, headers=admin.headers
+    )
+    segment_id = created.json()["id"]
+    async with app.state.db.engine.connect() as holder:
+        await holder.begin()
+        await holder.execute(
+            text("SELECT 1 FROM segments WHERE id = :id FOR UPDATE"), {"id": segment_id}
+        )
+        started = time.monotonic()
+        response = await live_client.patch(
+            f"/api/v1/segments/{segment_id}", json={"name": "renamed"}, headers=admin.headers
+        )
+        elapsed = time.monotonic() - started
+        await holder.rollback()
+    assert_problem(response, 409, "busy")
+    assert response.headers["retry-after"]
+    assert elapsed < 5
+    # The connection went back to the pool healthy: the same request now succeeds.
+    again = await live_client.patch(
+        f"/api/v1/segments/{segment_id}", json={"name": "renamed"}, headers=admin.headers
+    )
+    assert again.status_code == 200, again.text
+
+
+async def test_unreachable_database_is_503_with_retry_after(app: FastAPI) -> None:
+    from asgi_lifespan import LifespanManager
+
+    from app.main import create_app
+
+    dead = app.state.settings.model_copy(
+        update={"database_url": "postgresql://postgres@127.0.0.1:1/none", "db_pool_timeout_s": 1}
+    )
+    broken = create_app(dead)
+    async with LifespanManager(broken):
+        transport = httpx.ASGITransport(app=broken, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            token = broken.state.tokens.issue(uuid.uuid4(), Role.admin)
+            response = await client.get(
+                "/api/v1/segments", headers={"Authorization": f"Bearer {token}"}
+            )
+            assert_problem(response, 503, "unavailable")
+            assert response.headers["retry-after"]
+            ready = await client.get("/readyz")
+            assert_problem(ready, 503, "unavailable")
