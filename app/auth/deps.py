@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Annotated
@@ -10,8 +11,16 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from app.core.problems import Forbidden, Unauthenticated
-from app.core.security import Principal, Role, TokenService
+from app.core.security import (
+    CSRF_COOKIE,
+    CSRF_HEADER,
+    SESSION_COOKIE,
+    Principal,
+    Role,
+    TokenService,
+)
 
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _bearer = HTTPBearer(auto_error=False, description="JWT from POST /api/v1/auth/token")
 
 
@@ -24,17 +33,35 @@ async def get_current_user(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
-    """The verified caller; no database round trip for our own tokens."""
-    if credentials is None or credentials.scheme.lower() != "bearer":
-        raise Unauthenticated("A bearer token is required.")
+    """The verified caller; no database round trip for our own tokens.
+
+    A bearer header wins; otherwise the web console's HttpOnly session cookie is accepted,
+    and then every unsafe method must echo the CSRF cookie in the `X-CSRF-Token` header.
+    """
+    if credentials is not None and credentials.scheme.lower() == "bearer":
+        token = credentials.credentials
+    else:
+        token = _cookie_token(request)
     tokens = get_token_service(request)
-    claims = await tokens.verify(credentials.credentials)
+    claims = await tokens.verify(token)
     if claims.get("_external"):
         return await _external_principal(request, tokens, claims)
     try:
         return Principal(id=uuid.UUID(str(claims["sub"])), role=Role(str(claims.get("role"))))
     except (ValueError, KeyError) as exc:
         raise Unauthenticated("The token's subject or role is invalid.") from exc
+
+
+def _cookie_token(request: Request) -> str:
+    token = request.cookies.get(SESSION_COOKIE)
+    if not token:
+        raise Unauthenticated("A bearer token is required.")
+    if request.method not in _SAFE_METHODS:
+        expected = request.cookies.get(CSRF_COOKIE, "")
+        given = request.headers.get(CSRF_HEADER, "")
+        if not expected or not hmac.compare_digest(expected, given):
+            raise Forbidden("The CSRF token is missing or wrong.")
+    return token
 
 
 async def _external_principal(

@@ -20,6 +20,11 @@ _DUMMY_HASH = _hasher.hash("timing-equaliser-password")
 _FORBIDDEN_HEADERS = ("jku", "x5u", "jwk", "x5c")
 _EXTERNAL_ALGORITHMS = ["RS256", "ES256"]
 
+# The web console keeps the token in an HttpOnly cookie and sends a double-submit CSRF token.
+SESSION_COOKIE = "cf_session"
+CSRF_COOKIE = "cf_csrf"
+CSRF_HEADER = "X-CSRF-Token"
+
 
 class Role(StrEnum):
     user = "user"

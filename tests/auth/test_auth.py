@@ -227,3 +227,22 @@ async def test_location_and_profile(client: httpx.AsyncClient, user: ApiUser) ->
         422,
         "validation-error",
     )
+
+
+async def test_session_cookie_needs_csrf_on_unsafe_methods(
+    client: httpx.AsyncClient, user: ApiUser
+) -> None:
+    client.cookies.set("cf_session", user.token)
+    client.cookies.set("cf_csrf", "double-submit-value")
+    assert (await client.get("/api/v1/auth/me")).status_code == 200
+    body = {"lat": 1.0, "lng": 2.0}
+    assert_problem(await client.put("/api/v1/me/location", json=body), 403, "forbidden")
+    wrong = {"X-CSRF-Token": "other"}
+    assert_problem(
+        await client.put("/api/v1/me/location", json=body, headers=wrong), 403, "forbidden"
+    )
+    ok = await client.put(
+        "/api/v1/me/location", json=body, headers={"X-CSRF-Token": "double-submit-value"}
+    )
+    assert ok.status_code == 200
+    client.cookies.clear()
