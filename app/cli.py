@@ -111,5 +111,35 @@ def create_admin(
     typer.echo(f"admin {email} {'created' if created else 'promoted or already admin'}")
 
 
+@cli.command()
+def check() -> None:
+    """Run the invariant checks; prints offending rows and exits 1 on any violation."""
+    import asyncpg
+
+    from app.check import run_checks, violations
+    from app.core.db import libpq_url
+
+    settings = Settings()
+    _, url = resolve_database(settings)
+
+    async def run() -> list[Any]:
+        conn = await asyncpg.connect(libpq_url(url))
+        try:
+            return await run_checks(conn)
+        finally:
+            await conn.close()
+
+    outcomes = asyncio.run(run())
+    for outcome in outcomes:
+        state = "skip" if outcome.skipped else ("ok" if outcome.ok else "FAIL")
+        typer.echo(f"{state:4}  {outcome.check.name}: {outcome.check.promise}")
+        for row in outcome.rows:
+            typer.echo(f"      {row}")
+    bad = violations(outcomes)
+    typer.echo(f"{len(outcomes) - len(bad)} passed, {len(bad)} failed")
+    if bad:
+        raise typer.Exit(1)
+
+
 def main() -> None:
     cli()

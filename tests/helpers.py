@@ -31,3 +31,15 @@ def assert_problem(response: httpx.Response, status: int, slug: str) -> dict[str
     assert str(body["type"]).endswith(f"/{slug}"), body
     assert body.get("detail")
     return body
+
+
+async def assert_invariants(app: object) -> None:
+    """Every invariant check of `app.check` holds on the test database."""
+    from app.check import run_checks, violations
+
+    engine = app.state.db.engine  # type: ignore[attr-defined]
+    async with engine.connect() as conn:
+        raw = await conn.get_raw_connection()
+        outcomes = await run_checks(raw.driver_connection)
+    bad = violations(outcomes)
+    assert not bad, "\n".join(f"{o.check.name}: {o.rows}" for o in bad)

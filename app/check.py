@@ -1,0 +1,212 @@
+"""Invariant checker: SQL that must return no rows. `python -m app check` runs it.
+
+Each check names the promise it guards; any row it returns is a violation. Checks whose
+tables are not in this database are skipped, so the checker runs on any schema version.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    promise: str
+    sql: str
+    tables: tuple[str, ...]
+
+
+@dataclass
+class Outcome:
+    check: Check
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    skipped: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.skipped or not self.rows
+
+
+_NET_REDEMPTIONS = """
+    SELECT h.code_id,
+           count(*) FILTER (WHERE h.action = 'redeemed')
+           - count(*) FILTER (WHERE h.action = 'rolled_back') AS net
+    FROM redemption_history h GROUP BY h.code_id
+"""
+
+CHECKS: tuple[Check, ...] = (
+    Check(
+        "code_assigned_once",
+        "a code is assigned to at most one user, once, and history says to whom",
+        """
+        SELECT c.code, c.status, c.user_id, count(h.id) AS assigned_rows,
+               array_agg(DISTINCT h.user_id) FILTER (WHERE h.id IS NOT NULL) AS history_users
+        FROM codes c
+        LEFT JOIN redemption_history h ON h.code_id = c.id AND h.action = 'assigned'
+        GROUP BY c.id
+        HAVING count(h.id) <> (CASE WHEN c.status = 'unassigned' THEN 0 ELSE 1 END)
+            OR (count(h.id) = 1 AND (array_agg(h.user_id))[1] IS DISTINCT FROM c.user_id)
+        """,
+        ("codes", "redemption_history"),
+    ),
+    Check(
+        "code_redemptions_match_history",
+        "redemptions equal redeemed minus rolled-back history rows",
+        f"""
+        SELECT c.code, c.redemptions, coalesce(n.net, 0) AS history_net
+        FROM codes c LEFT JOIN ({_NET_REDEMPTIONS}) n ON n.code_id = c.id
+        WHERE c.redemptions <> coalesce(n.net, 0)
+        """,
+        ("codes", "redemption_history"),
+    ),
+    Check(
+        "code_redemptions_within_limit",
+        "no code is redeemed more than its book allows; `redeemed` exactly at the limit",
+        """
+        SELECT c.code, c.status, c.redemptions, b.max_redemptions_per_code
+        FROM codes c JOIN books b ON b.id = c.book_id
+        WHERE c.redemptions > b.max_redemptions_per_code
+           OR (c.status = 'redeemed') <> (c.redemptions = b.max_redemptions_per_code)
+        """,
+        ("codes", "books"),
+    ),
+    Check(
+        "codes_per_user_limit",
+        "no user holds more codes of a book than max_codes_per_user",
+        """
+        SELECT c.book_id, c.user_id, count(*) AS held, b.max_codes_per_user
+        FROM codes c JOIN books b ON b.id = c.book_id
+        WHERE c.user_id IS NOT NULL AND b.max_codes_per_user IS NOT NULL
+        GROUP BY c.book_id, c.user_id, b.max_codes_per_user
+        HAVING count(*) > b.max_codes_per_user
+        """,
+        ("codes", "books"),
+    ),
+    Check(
+        "redemptions_per_user_limit",
+        "no user redeems more in a book than max_redemptions_per_user",
+        """
+        SELECT c.book_id, c.user_id, sum(c.redemptions) AS redeemed, b.max_redemptions_per_user
+        FROM codes c JOIN books b ON b.id = c.book_id
+        WHERE c.user_id IS NOT NULL AND b.max_redemptions_per_user IS NOT NULL
+        GROUP BY c.book_id, c.user_id, b.max_redemptions_per_user
+        HAVING sum(c.redemptions) > b.max_redemptions_per_user
+        """,
+        ("codes", "books"),
+    ),
+    Check(
+        "live_lock_has_history",
+        "a live lock was written to history as the code's latest lock transition",
+        """
+        SELECT c.code, c.locked_until, last.action AS last_lock_action
+        FROM codes c
+        LEFT JOIN LATERAL (
+            SELECT h.action FROM redemption_history h
+            WHERE h.code_id = c.id AND h.action IN ('locked', 'unlocked', 'redeemed')
+            ORDER BY h.id DESC LIMIT 1
+        ) last ON true
+        WHERE c.status = 'locked' AND c.locked_until > now()
+          AND last.action IS DISTINCT FROM 'locked'
+        """,
+        ("codes", "redemption_history"),
+    ),
+    Check(
+        "promo_not_oversold",
+        "sold units never exceed the quantity; the sold counter matches the units",
+        """
+        SELECT p.id, p.quantity, p.sold, count(u.id) FILTER (WHERE u.state = 'sold') AS sold_units
+        FROM promos p LEFT JOIN promo_units u ON u.promo_id = p.id
+        GROUP BY p.id
+        HAVING count(u.id) FILTER (WHERE u.state = 'sold') > p.quantity
+            OR count(u.id) FILTER (WHERE u.state = 'sold') <> p.sold
+        """,
+        ("promos", "promo_units"),
+    ),
+    Check(
+        "sold_unit_has_one_purchase",
+        "every sold unit has exactly one purchased reservation, and vice versa",
+        """
+        SELECT u.id AS unit_id, u.state, count(r.id) AS purchased
+        FROM promo_units u
+        LEFT JOIN reservations r ON r.unit_id = u.id AND r.status = 'purchased'
+        GROUP BY u.id
+        HAVING (u.state = 'sold') <> (count(r.id) = 1) OR count(r.id) > 1
+        """,
+        ("promo_units", "reservations"),
+    ),
+    Check(
+        "held_unit_points_at_its_reservation",
+        "a held unit names a reservation of that unit that was held",
+        """
+        SELECT u.id AS unit_id, u.reservation_id, r.status
+        FROM promo_units u LEFT JOIN reservations r ON r.id = u.reservation_id
+        WHERE u.state = 'held' AND (r.id IS NULL OR r.unit_id <> u.id OR r.status <> 'held')
+        """,
+        ("promo_units", "reservations"),
+    ),
+    Check(
+        "one_live_hold_per_user",
+        "a user never holds two live reservations on one promo",
+        """
+        SELECT promo_id, user_id, count(*) AS live
+        FROM reservations WHERE status = 'held' AND expires_at > now()
+        GROUP BY promo_id, user_id HAVING count(*) > 1
+        """,
+        ("reservations",),
+    ),
+    Check(
+        "one_notification_per_user_day",
+        "at most one notification per user per local day",
+        """
+        SELECT user_id, day, count(*) FROM notifications
+        GROUP BY user_id, day HAVING count(*) > 1
+        """,
+        ("notifications",),
+    ),
+    Check(
+        "no_advisory_locks_left",
+        "no advisory lock outlives its transaction",
+        """
+        SELECT l.pid, l.objid, a.state, a.query
+        FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+        WHERE l.locktype = 'advisory' AND l.granted AND l.pid <> pg_backend_pid()
+          AND a.datname = current_database() AND a.state = 'idle'
+        """,
+        (),
+    ),
+    Check(
+        "no_idle_in_transaction",
+        "no connection sits idle inside a transaction",
+        """
+        SELECT pid, state, now() - state_change AS idle_for, query
+        FROM pg_stat_activity
+        WHERE datname = current_database() AND pid <> pg_backend_pid()
+          AND state LIKE 'idle in transaction%' AND now() - state_change > interval '5 seconds'
+        """,
+        (),
+    ),
+)
+
+
+async def run_checks(conn: asyncpg.Connection, checks: tuple[Check, ...] = CHECKS) -> list[Outcome]:
+    """Run every check on one connection; returns one outcome per check."""
+    outcomes = []
+    for check in checks:
+        present = [
+            await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", table)
+            for table in check.tables
+        ]
+        if not all(present):
+            outcomes.append(Outcome(check, skipped=True))
+            continue
+        rows = await conn.fetch(check.sql)
+        outcomes.append(Outcome(check, [dict(r) for r in rows[:50]]))
+    return outcomes
+
+
+def violations(outcomes: list[Outcome]) -> list[Outcome]:
+    return [o for o in outcomes if not o.ok]
