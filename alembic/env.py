@@ -6,13 +6,13 @@ import asyncio
 import os
 
 from alembic import context
-from sqlalchemy import pool, text
+from sqlalchemy import text
 from sqlalchemy.engine import Connection
-from sqlalchemy.ext.asyncio import create_async_engine
 
 import app.models  # noqa: F401  (registers every table on the metadata)
-from app.core.db import sqlalchemy_url
+from app.core.db import create_engine, sqlalchemy_url
 from app.core.models import Base
+from app.core.settings import Settings
 
 config = context.config
 target_metadata = Base.metadata
@@ -22,7 +22,6 @@ def database_url() -> str:
     url = config.attributes.get("database_url") or os.environ.get("DATABASE_URL")
     if not url:
         from app.core.embedded import start_embedded
-        from app.core.settings import Settings
 
         _, url = start_embedded(Settings().data_dir)
     return sqlalchemy_url(str(url))
@@ -35,18 +34,16 @@ def run_offline() -> None:
 
 
 def _run(connection: Connection) -> None:
-    context.configure(
-        connection=connection,
-        target_metadata=target_metadata,
-        compare_type=True,
-        transaction_per_migration=True,
-    )
+    context.configure(connection=connection, target_metadata=target_metadata, compare_type=True)
     with context.begin_transaction():
+        # One transaction for the whole upgrade, serialised across processes that start at
+        # once (several API replicas): the second waits, then finds nothing left to do.
+        connection.execute(text("SELECT pg_advisory_xact_lock(hashtextextended('alembic', 0))"))
         context.run_migrations()
 
 
 async def run_online() -> None:
-    engine = create_async_engine(database_url(), poolclass=pool.NullPool)
+    engine = create_engine(Settings(), database_url(), pooled=False)
     async with engine.connect() as connection:
         await connection.run_sync(_run)
     await engine.dispose()

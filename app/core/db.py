@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -16,6 +17,7 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
+from sqlalchemy.pool import NullPool
 
 from app.core.settings import Settings
 
@@ -34,7 +36,10 @@ def libpq_url(url: str) -> str:
     return urlunsplit(("postgresql", parts.netloc, parts.path, parts.query, parts.fragment))
 
 
-def create_engine(settings: Settings, url: str | None = None) -> AsyncEngine:
+def create_engine(
+    settings: Settings, url: str | None = None, *, pooled: bool = True
+) -> AsyncEngine:
+    """The service's engine; `pooled=False` for one-off tools (migrations, checks)."""
     target = url or settings.database_url
     if not target:
         raise RuntimeError("DATABASE_URL is not set and no embedded server was started")
@@ -42,8 +47,16 @@ def create_engine(settings: Settings, url: str | None = None) -> AsyncEngine:
         "statement_cache_size": settings.db_statement_cache_size,
         "server_settings": {"application_name": "couponflash"},
     }
+    final_url = sqlalchemy_url(target)
+    if settings.db_statement_cache_size == 0:
+        # Behind PgBouncer in transaction mode: no statement outlives its transaction, and
+        # the few SQLAlchemy must prepare get unique names so they never collide.
+        connect_args["prepared_statement_name_func"] = lambda: f"__cf_{uuid.uuid4().hex}__"
+        final_url += ("&" if "?" in final_url else "?") + "prepared_statement_cache_size=0"
+    if not pooled:
+        return create_async_engine(final_url, poolclass=NullPool, connect_args=connect_args)
     return create_async_engine(
-        sqlalchemy_url(target),
+        final_url,
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
         pool_timeout=settings.db_pool_timeout_s,
