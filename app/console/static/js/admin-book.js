@@ -1,0 +1,295 @@
+// /admin/books/{id}: live stats, status, CSV upload with progress, generate, distribute,
+// code search with history, the codes table and the settings form.
+import {
+  $,
+  API,
+  ApiError,
+  actionButton,
+  api,
+  changed,
+  cookie,
+  el,
+  every,
+  flash,
+  fmtTime,
+  onSubmit,
+  problemFrom,
+  query,
+  showProblem,
+  statsBar,
+  statsLegend,
+  table,
+  tiles,
+} from "./api.js";
+import { bookBody, fillBookForm } from "./book-form.js";
+
+const bookId = $("#book").dataset.bookId;
+const base = `/books/${bookId}`;
+let formFilled = false;
+let shown = null; // the settings as last filled, so PATCH sends only edits
+
+function fill(book) {
+  fillBookForm($("#edit-form"), book);
+  shown = bookBody(new FormData($("#edit-form")), true);
+}
+
+$("#export").href = `${API}${base}/codes.csv`;
+
+function renderStats(book) {
+  const s = book.stats || {};
+  $("#book-name").textContent = book.name;
+  document.title = `${book.name} · Coupon console`;
+  $("#book-status").replaceChildren(el("span", { class: "status status-" + book.status }, book.status));
+  $("#stats").replaceChildren(
+    tiles(
+      [
+        ["Total", s.total ?? 0, "total"],
+        ["Unassigned", s.unassigned ?? 0, "unassigned"],
+        ["Assigned", s.assigned ?? 0, "assigned"],
+        ["Locked", s.locked ?? 0, "locked"],
+        ["Redeemed", s.redeemed ?? 0, "redeemed"],
+      ],
+      { id: "stat-tiles" },
+    ),
+    statsBar(s, 600),
+    statsLegend(),
+  );
+  document.querySelectorAll("#status-actions [data-status]").forEach((b) => {
+    b.disabled = b.dataset.status === book.status;
+  });
+  $("#stats-updated").textContent = "· updated " + new Date().toLocaleTimeString();
+}
+
+async function refresh() {
+  try {
+    const book = await api("GET", base);
+    renderStats(book);
+    if (!formFilled) {
+      fill(book);
+      formFilled = true;
+    }
+  } catch (err) {
+    showProblem($("#status-problem"), err);
+  }
+}
+
+document.querySelectorAll("#status-actions [data-status]").forEach((button) => {
+  button.addEventListener("click", async () => {
+    const status = button.dataset.status;
+    if (status === "archived" && !confirm("Archive this book? Its codes can no longer be used.")) return;
+    try {
+      renderStats(await api("PATCH", base, { status }));
+      $("#status-problem").replaceChildren();
+      flash(`Book is now ${status}.`);
+    } catch (err) {
+      showProblem($("#status-problem"), err);
+    }
+  });
+});
+
+onSubmit($("#edit-form"), async (data) => {
+  const body = changed(shown, bookBody(data, true));
+  if (!Object.keys(body).length) {
+    flash("Nothing changed.");
+    return;
+  }
+  const book = await api("PATCH", base, body);
+  renderStats(book);
+  fill(book);
+  flash("Settings saved.");
+});
+
+// ---- upload: the browser streams the file; XHR reports upload progress ----
+
+function uploadFile(file) {
+  const wrap = $("#upload-progress");
+  const bar = $("#upload-bar");
+  const label = $("#upload-label");
+  const result = $("#upload-result");
+  const button = $("#upload-form button[type=submit]");
+  result.replaceChildren();
+  wrap.hidden = false;
+  bar.value = 0;
+  label.textContent = "Starting upload…";
+  button.disabled = true;
+  const xhr = new XMLHttpRequest();
+  xhr.open("POST", `${API}${base}/codes`);
+  xhr.setRequestHeader("Content-Type", "text/csv");
+  xhr.setRequestHeader("Accept", "application/json");
+  xhr.setRequestHeader("X-CSRF-Token", cookie("cf_csrf"));
+  xhr.upload.addEventListener("progress", (e) => {
+    if (!e.lengthComputable) return;
+    const pct = Math.round((e.loaded / e.total) * 100);
+    bar.value = pct;
+    label.textContent = `Uploaded ${pct}% (${(e.loaded / 1048576).toFixed(1)} of ${(e.total / 1048576).toFixed(1)} MB)`;
+  });
+  xhr.upload.addEventListener("load", () => {
+    bar.value = 100;
+    label.textContent = "Uploaded. Checking and storing the codes…";
+  });
+  xhr.addEventListener("load", async () => {
+    button.disabled = false;
+    if (xhr.status === 201 || xhr.status === 200) {
+      const r = JSON.parse(xhr.responseText);
+      label.textContent = "Done.";
+      result.replaceChildren(
+        el("p", { class: "ok", role: "status" }, `${r.inserted} codes added.`),
+        table(
+          ["Received", "Inserted", "Duplicates in file", "Already in book"],
+          [[r.received, r.inserted, r.duplicates_in_file, r.already_present]],
+          "Upload result",
+        ),
+      );
+      refresh();
+      loadCodes(null);
+    } else {
+      if (xhr.status === 401) location.assign("/login?next=" + encodeURIComponent(location.pathname));
+      label.textContent = "Upload refused.";
+      showProblem(result, new ApiError(xhr.status, await problemFrom(xhr.status, xhr.responseText)));
+    }
+  });
+  xhr.addEventListener("error", () => {
+    button.disabled = false;
+    label.textContent = "Upload failed.";
+    showProblem(result, new ApiError(0, { detail: "The upload did not reach the service. Check your connection and retry (retrying is safe)." }));
+  });
+  xhr.send(file);
+}
+
+$("#upload-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  const file = $("#csv-file").files[0];
+  if (file) uploadFile(file);
+});
+
+// ---- generate ----
+
+onSubmit($("#generate-form"), async (data) => {
+  const body = { count: Number.parseInt(data.get("count"), 10) };
+  const pattern = String(data.get("pattern") || "").trim();
+  const prefix = String(data.get("prefix") || "").trim();
+  const length = String(data.get("length") || "").trim();
+  if (pattern) body.pattern = pattern;
+  if (prefix) body.prefix = prefix;
+  if (length) body.length = Number.parseInt(length, 10);
+  const r = await api("POST", `${base}/codes/generate`, body);
+  $("#generate-result").replaceChildren(el("p", { class: "ok" }, `${r.inserted} codes generated.`));
+  refresh();
+  loadCodes(null);
+});
+
+// ---- distribute ----
+
+async function loadSegments() {
+  const select = $("#dist-segment");
+  try {
+    const page = await api("GET", "/segments" + query({ limit: 500 }));
+    select.replaceChildren(
+      el("option", { value: "" }, page.items.length ? "Choose a segment" : "No segments yet"),
+      ...page.items.map((s) => el("option", { value: s.id }, `${s.name} (${s.kind})`)),
+    );
+  } catch (err) {
+    showProblem($("#distribute-form .problem"), err);
+  }
+}
+
+onSubmit($("#distribute-form"), async (data) => {
+  const r = await api("POST", `${base}/distribute`, { segment_id: data.get("segment_id") });
+  const skipped = r.skipped || {};
+  $("#distribute-result").replaceChildren(
+    el("p", { class: "ok" }, `${r.assigned} codes assigned.`),
+    table(
+      ["Assigned", "Skipped: at limit", "Skipped: no codes left", "Skipped: unknown users"],
+      [[r.assigned, skipped.limit_reached ?? 0, skipped.exhausted ?? 0, skipped.unknown_users ?? 0]],
+      "Distribution result",
+    ),
+  );
+  refresh();
+});
+
+// ---- find a code and its history ----
+
+async function showCode(code) {
+  const [c, history] = await Promise.all([
+    api("GET", `/codes/${encodeURIComponent(code)}`),
+    api("GET", "/history" + query({ code, limit: 100 })),
+  ]);
+  const box = $("#find-result");
+  const problem = el("div");
+  const actions = el("div", { class: "actions" });
+  if (c.status === "locked") {
+    actions.append(
+      actionButton("Unlock", async () => {
+        await api("POST", `/codes/${encodeURIComponent(c.code)}/unlock`, {});
+        await showCode(c.code);
+      }, problem, { class: "secondary" }),
+    );
+  }
+  const rows = history.items.map((h) => {
+    const cells = [fmtTime(h.at), h.action, h.user_id || "—", h.actor_id || "—"];
+    const tr = el("tr", {}, cells.map((v) => el("td", {}, v)));
+    const td = el("td");
+    if (h.action === "redeemed") {
+      td.append(
+        actionButton("Roll back", async () => {
+          const reason = prompt("Reason for the rollback (optional)") ?? "";
+          await api("POST", `/codes/${encodeURIComponent(c.code)}/rollback`, {
+            redemption_id: h.id,
+            ...(reason ? { reason } : {}),
+          });
+          await showCode(c.code);
+          refresh();
+        }, problem, { class: "secondary" }),
+      );
+    }
+    tr.append(td);
+    return tr;
+  });
+  box.replaceChildren(
+    table(
+      ["Code", "Status", "User", "Assigned", "Locked until", "Redemptions", "Left"],
+      [[el("code", {}, c.code), c.status, c.user_id || "—", fmtTime(c.assigned_at), fmtTime(c.locked_until), c.redemptions, c.redemptions_left ?? "∞"]],
+      "Code",
+    ),
+    actions,
+    problem,
+    table(["When", "Action", "User", "By", ""], rows, "History"),
+  );
+}
+
+onSubmit($("#find-form"), async (data) => {
+  await showCode(String(data.get("code")).trim());
+});
+
+// ---- codes table with cursor paging ----
+
+let codesCursor = null;
+
+async function loadCodes(cursor) {
+  const status = $("#codes-status").value;
+  try {
+    const page = await api("GET", `${base}/codes` + query({ status, limit: 20, cursor }));
+    codesCursor = page.next_cursor;
+    $("#codes").replaceChildren(
+      table(
+        ["Code", "Status", "User", "Assigned", "Redemptions"],
+        page.items.map((c) => [el("code", {}, c.code), c.status, c.user_id || "—", fmtTime(c.assigned_at), c.redemptions]),
+      ),
+    );
+    $("#codes-next").hidden = !codesCursor;
+    $("#codes-first").hidden = !cursor;
+  } catch (err) {
+    showProblem($("#codes"), err);
+  }
+}
+
+$("#codes-filter").addEventListener("submit", (e) => {
+  e.preventDefault();
+  loadCodes(null);
+});
+$("#codes-next").addEventListener("click", () => loadCodes(codesCursor));
+$("#codes-first").addEventListener("click", () => loadCodes(null));
+
+every(3000, refresh);
+loadSegments();
+loadCodes(null);

@@ -1,0 +1,42 @@
+// /admin/dead-letters: failed notification jobs, with replay.
+import { $, actionButton, api, el, flash, fmtTime, query, showProblem, table } from "./api.js";
+
+let cursor = null;
+const rows = [];
+
+async function load(more = false) {
+  const box = $("#dl-problem");
+  try {
+    const page = await api("GET", "/notifications/dead-letters" + query({ limit: 100, cursor: more ? cursor : null }));
+    if (!more) rows.length = 0;
+    rows.push(...page.items);
+    cursor = page.next_cursor;
+    box.replaceChildren();
+  } catch (err) {
+    showProblem(box, err);
+    return;
+  }
+  $("#dead-letters").replaceChildren(
+    table(
+      ["Job", "Topic", "Promo", "Notifications", "Attempts", "Last error", "Updated", ""],
+      rows.map((d) => [
+        d.id,
+        d.topic,
+        d.promo_id || "—",
+        d.notifications,
+        `${d.attempts} / ${d.max_attempts}`,
+        d.last_error || "—",
+        fmtTime(d.updated_at || d.run_at),
+        actionButton("Replay", async () => {
+          await api("POST", `/notifications/dead-letters/${d.id}/retry`);
+          flash(`Job ${d.id} queued again.`);
+          await load();
+        }, box, { "aria-label": `Replay job ${d.id}` }),
+      ]),
+    ),
+  );
+  $("#dl-more").hidden = !cursor;
+}
+
+$("#dl-more").addEventListener("click", () => load(true));
+load();

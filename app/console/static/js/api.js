@@ -1,0 +1,336 @@
+// Shared helpers: calling the JSON API with the session cookie, showing RFC 9457 problems,
+// building DOM safely (text only, never innerHTML with data), timers and small charts.
+
+export const API = "/api/v1";
+const UNSAFE = new Set(["POST", "PUT", "PATCH", "DELETE"]);
+
+export function cookie(name) {
+  const pair = document.cookie.split("; ").find((c) => c.startsWith(name + "="));
+  return pair ? decodeURIComponent(pair.slice(name.length + 1)) : "";
+}
+
+export function csrfHeaders(method) {
+  return UNSAFE.has(method) ? { "X-CSRF-Token": cookie("cf_csrf") } : {};
+}
+
+export class ApiError extends Error {
+  constructor(status, problem) {
+    super((problem && problem.detail) || `Request failed (${status}).`);
+    this.status = status;
+    this.problem = problem || {};
+  }
+}
+
+function toLogin() {
+  const next = location.pathname + location.search;
+  location.assign("/login?next=" + encodeURIComponent(next));
+}
+
+export async function problemFrom(status, text) {
+  try {
+    return JSON.parse(text);
+  } catch {
+    return { status, detail: `The server answered ${status}.` };
+  }
+}
+
+/** Call `/api/v1{path}`; JSON in and out. Throws ApiError carrying the problem document. */
+export async function api(method, path, body) {
+  const headers = { Accept: "application/json", ...csrfHeaders(method) };
+  const init = { method, headers, credentials: "same-origin" };
+  if (body !== undefined) {
+    headers["Content-Type"] = "application/json";
+    init.body = JSON.stringify(body);
+  }
+  let response;
+  try {
+    response = await fetch(API + path, init);
+  } catch {
+    throw new ApiError(0, { detail: "The service cannot be reached. Check your connection." });
+  }
+  if (response.status === 401) {
+    toLogin();
+    throw new ApiError(401, { detail: "Your session has ended. Please sign in again." });
+  }
+  const text = await response.text();
+  if (!response.ok) throw new ApiError(response.status, await problemFrom(response.status, text));
+  return text ? JSON.parse(text) : null;
+}
+
+export function query(params) {
+  const q = new URLSearchParams();
+  for (const [k, v] of Object.entries(params)) {
+    if (v !== undefined && v !== null && v !== "") q.set(k, v);
+  }
+  const s = q.toString();
+  return s ? "?" + s : "";
+}
+
+// ---- DOM ----
+
+/** el("td", {class: "num"}, "text", childNode) — children are text or nodes, never HTML. */
+export function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v === undefined || v === null || v === false) continue;
+    if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
+    else if (k === "dataset") Object.assign(node.dataset, v);
+    else node.setAttribute(k, v === true ? "" : String(v));
+  }
+  for (const child of children.flat()) {
+    if (child === undefined || child === null || child === false) continue;
+    node.append(child instanceof Node ? child : String(child));
+  }
+  return node;
+}
+
+export function $(selector, root = document) {
+  return root.querySelector(selector);
+}
+
+export function table(headers, rows, caption) {
+  return el(
+    "div",
+    { class: "scroll" },
+    el(
+      "table",
+      {},
+      caption ? el("caption", {}, caption) : null,
+      el("thead", {}, el("tr", {}, headers.map((h) => el("th", { scope: "col" }, h)))),
+      el(
+        "tbody",
+        {},
+        rows.length
+          ? rows.map((r) => (r instanceof Node ? r : el("tr", {}, r.map((c) => el("td", {}, c)))))
+          : el("tr", {}, el("td", { colspan: headers.length, class: "muted" }, "Nothing yet.")),
+      ),
+    ),
+  );
+}
+
+export function flash(message) {
+  const box = $("#flash");
+  if (!box) return;
+  box.textContent = message;
+  box.classList.add("shown");
+  clearTimeout(flash.timer);
+  flash.timer = setTimeout(() => box.classList.remove("shown"), 6000);
+}
+
+/** Show a problem's `detail` (and its per-item errors as a table) inside `box`. */
+export function showProblem(box, err) {
+  box.replaceChildren();
+  if (!err) return;
+  const problem = err.problem || { detail: String(err.message || err) };
+  box.append(el("p", { class: "error", role: "alert" }, problem.detail || err.message));
+  if (Array.isArray(problem.errors) && problem.errors.length) {
+    const first = problem.errors[0];
+    if ("line" in first) {
+      box.append(
+        table(
+          ["Line", "Code", "Reason"],
+          problem.errors.map((e) => [e.line, e.code ?? "", e.reason ?? e.msg ?? ""]),
+          "Lines with errors",
+        ),
+      );
+    } else {
+      box.append(
+        el(
+          "ul",
+          { class: "errors" },
+          problem.errors.map((e) =>
+            el("li", {}, `${(e.loc || []).filter((p) => p !== "body").join(".")}: ${e.msg}`),
+          ),
+        ),
+      );
+    }
+  }
+  if (Array.isArray(problem.codes) && problem.codes.length) {
+    box.append(
+      table(
+        ["Line", "Code"],
+        problem.codes.map((c) => [c.line, c.code]),
+        "Codes already in another book",
+      ),
+    );
+  }
+}
+
+/** Submit handler with a busy button and problems shown in the form's `.problem` box. */
+export function onSubmit(form, handler) {
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const button = form.querySelector("button[type=submit], button:not([type])");
+    const box = form.querySelector(".problem") || form.appendChild(el("div", { class: "problem" }));
+    box.replaceChildren();
+    if (button) button.disabled = true;
+    form.setAttribute("aria-busy", "true");
+    try {
+      await handler(new FormData(form), event);
+    } catch (err) {
+      showProblem(box, err);
+    } finally {
+      if (button) button.disabled = false;
+      form.removeAttribute("aria-busy");
+    }
+  });
+}
+
+/** A button that runs an async action, showing any problem in `box`. */
+export function actionButton(label, action, box, attrs = {}) {
+  const button = el("button", { type: "button", ...attrs }, label);
+  button.addEventListener("click", async () => {
+    button.disabled = true;
+    try {
+      if (box) box.replaceChildren();
+      await action();
+    } catch (err) {
+      if (box) showProblem(box, err);
+      else flash(err.message);
+    } finally {
+      button.disabled = false;
+    }
+  });
+  return button;
+}
+
+// ---- values ----
+
+export function fmtTime(iso) {
+  if (!iso) return "—";
+  const d = new Date(iso);
+  return isNaN(d) ? iso : d.toLocaleString();
+}
+
+/** `<input type=datetime-local>` value (local time) → RFC 3339 UTC, or null when empty. */
+export function localToIso(value) {
+  if (!value) return null;
+  return new Date(value).toISOString();
+}
+
+export function isoToLocal(iso) {
+  if (!iso) return "";
+  const d = new Date(iso);
+  const pad = (n) => String(n).padStart(2, "0");
+  return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())}T${pad(d.getHours())}:${pad(d.getMinutes())}`;
+}
+
+export function intOrNull(value) {
+  if (value === null || value === undefined || String(value).trim() === "") return null;
+  return Number.parseInt(String(value), 10);
+}
+
+export function money(cents, currency = "EUR") {
+  try {
+    return new Intl.NumberFormat(undefined, { style: "currency", currency }).format(cents / 100);
+  } catch {
+    return (cents / 100).toFixed(2) + " " + currency;
+  }
+}
+
+/** The entries of `after` that differ from `before` (for PATCH bodies). */
+export function changed(before, after) {
+  const out = {};
+  for (const [k, v] of Object.entries(after)) {
+    if (JSON.stringify(v) !== JSON.stringify(before ? before[k] : undefined)) out[k] = v;
+  }
+  return out;
+}
+
+export function shortId(id) {
+  return id ? String(id).slice(0, 8) : "";
+}
+
+// ---- timers ----
+
+/** Live "m:ss left" in `node` until `untilIso`; calls onEnd once when it reaches zero. */
+export function countdown(node, untilIso, onEnd) {
+  const until = new Date(untilIso).getTime();
+  node.setAttribute("role", "timer");
+  const tick = () => {
+    const left = Math.max(0, Math.round((until - Date.now()) / 1000));
+    const m = Math.floor(left / 60);
+    const s = String(left % 60).padStart(2, "0");
+    node.textContent = left > 0 ? `${m}:${s} left` : "expired";
+    node.dataset.seconds = String(left);
+    if (left <= 0) {
+      clearInterval(timer);
+      if (onEnd) onEnd();
+    }
+  };
+  const timer = setInterval(tick, 1000);
+  tick();
+  return () => clearInterval(timer);
+}
+
+/** Run `fn` now and every `ms` while the tab is visible. */
+export function every(ms, fn) {
+  const run = () => {
+    if (!document.hidden) fn();
+  };
+  run();
+  return setInterval(run, ms);
+}
+
+// ---- charts ----
+
+const PARTS = [
+  ["unassigned", "Unassigned"],
+  ["assigned", "Assigned"],
+  ["locked", "Locked"],
+  ["redeemed", "Redeemed"],
+];
+
+/** A stacked bar of a book's codes by status, as inline SVG with a text alternative. */
+export function statsBar(stats, width = 160) {
+  const ns = "http://www.w3.org/2000/svg";
+  const svg = document.createElementNS(ns, "svg");
+  svg.setAttribute("viewBox", `0 0 ${width} 12`);
+  svg.setAttribute("width", String(width));
+  svg.setAttribute("height", "12");
+  svg.setAttribute("class", "bar");
+  svg.setAttribute("role", "img");
+  const total = stats.total || 0;
+  const label = PARTS.map(([k, name]) => `${name} ${stats[k] ?? 0}`).join(", ");
+  svg.setAttribute("aria-label", `Codes: ${label} of ${total}`);
+  const title = document.createElementNS(ns, "title");
+  title.textContent = `${label} of ${total}`;
+  svg.append(title);
+  let x = 0;
+  const bg = document.createElementNS(ns, "rect");
+  bg.setAttribute("width", String(width));
+  bg.setAttribute("height", "12");
+  bg.setAttribute("class", "bar-empty");
+  svg.append(bg);
+  for (const [key] of PARTS) {
+    const w = total ? ((stats[key] || 0) / total) * width : 0;
+    if (w <= 0) continue;
+    const rect = document.createElementNS(ns, "rect");
+    rect.setAttribute("x", x.toFixed(2));
+    rect.setAttribute("width", w.toFixed(2));
+    rect.setAttribute("height", "12");
+    rect.setAttribute("class", "bar-" + key);
+    svg.append(rect);
+    x += w;
+  }
+  return svg;
+}
+
+export function statsLegend() {
+  return el(
+    "ul",
+    { class: "legend", "aria-hidden": "true" },
+    PARTS.map(([key, name]) => el("li", {}, el("span", { class: "swatch bar-" + key }), name)),
+  );
+}
+
+/** Small metric tiles: [[label, value], ...]. */
+export function tiles(pairs, attrs = {}) {
+  return el(
+    "dl",
+    { class: "tiles", ...attrs },
+    pairs.map(([label, value, key]) =>
+      el("div", { dataset: key ? { stat: key } : undefined }, el("dt", {}, label), el("dd", {}, value)),
+    ),
+  );
+}

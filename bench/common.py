@@ -1,0 +1,154 @@
+"""What every benchmark needs: a throwaway database, the service as a subprocess, a free
+port, peak memory of a process tree, and a section of docs/benchmarks.md to (re)write."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import platform
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import httpx
+import psutil
+
+from app.core.db import libpq_url
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCHMARKS = ROOT / "docs" / "benchmarks.md"
+SECRET = "bench-secret-" + "s" * 40
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@contextlib.contextmanager
+def throwaway_database(prefix: str) -> Iterator[str]:
+    """A fresh database on DATABASE_URL's server, else a private embedded server."""
+    configured = os.environ.get("DATABASE_URL")
+    if not configured:
+        from app.core.embedded import start_embedded
+
+        tmp = Path(tempfile.mkdtemp(prefix=f"cf-{prefix}-"))
+        tmp.chmod(0o755)
+        server, url = start_embedded(tmp, cleanup="delete")
+        try:
+            yield url
+        finally:
+            server.cleanup()
+        return
+    admin = libpq_url(configured)
+    name = f"cf_{prefix}_{uuid.uuid4().hex[:6]}".replace("-", "_")
+
+    async def run(sql: str) -> None:
+        conn = await asyncpg.connect(admin)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(run(f'CREATE DATABASE "{name}"'))
+    parts = urlsplit(admin)
+    try:
+        yield urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, parts.fragment))
+    finally:
+        asyncio.run(run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+def wait_healthy(port: int, proc: subprocess.Popen[bytes], path: str = "/healthz") -> None:
+    deadline = time.monotonic() + 90
+    while True:
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"http://127.0.0.1:{port}{path}", timeout=1).status_code == 200:
+                return
+        if time.monotonic() > deadline or proc.poll() is not None:
+            raise RuntimeError(f"the process on port {port} did not start")
+        time.sleep(0.2)
+
+
+@contextlib.contextmanager
+def process(
+    args: list[str], port: int, env: Mapping[str, str], health: str = "/healthz"
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Run a server process until the block ends; waits for its health route first."""
+    proc = subprocess.Popen(args, cwd=ROOT, env={**os.environ, **env})
+    try:
+        wait_healthy(port, proc, health)
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def service(
+    url: str, port: int, workers: int, extra_env: Mapping[str, str] | None = None
+) -> contextlib.AbstractContextManager[subprocess.Popen[bytes]]:
+    """`python -m app serve` against `url`, rate limits and the worker off."""
+    env = {
+        "DATABASE_URL": url,
+        "JWT_SECRET": SECRET,
+        "RATE_LIMIT_ENABLED": "false",
+        "RUN_WORKER": "false",
+        "LOG_LEVEL": "WARNING",
+        "WORKERS": str(workers),
+        "DATA_DIR": tempfile.mkdtemp(prefix="cf-bench-data-"),
+        **(extra_env or {}),
+    }
+    args = [sys.executable, "-m", "app", "serve", "--port", str(port), "--host", "127.0.0.1"]
+    return process(args, port, env)
+
+
+def tree_rss_mb(pid: int) -> float:
+    """Resident memory of a process and its children, in MiB."""
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0.0
+    total = 0
+    for proc in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            total += proc.memory_info().rss
+    return total / 1_048_576
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    mem = psutil.virtual_memory().total / 2**30
+    return f"{os.cpu_count()} cores ({cpu}), {mem:.0f} GiB, Python {platform.python_version()}"
+
+
+def write_section(title: str, body: str) -> None:
+    """Replace (or append) the `## title` section of docs/benchmarks.md."""
+    section = f"## {title}\n\n{body.strip()}\n"
+    text = BENCHMARKS.read_text() if BENCHMARKS.exists() else "# Benchmarks\n"
+    pattern = re.compile(rf"^## {re.escape(title)}\n.*?(?=^## |\Z)", re.S | re.M)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: section + "\n", text).rstrip("\n") + "\n"
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    BENCHMARKS.parent.mkdir(parents=True, exist_ok=True)
+    BENCHMARKS.write_text(text)
+    print(f"wrote the '{title}' section of {BENCHMARKS}")

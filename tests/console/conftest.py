@@ -1,0 +1,192 @@
+"""Browser tests of the web console: a real uvicorn server on a free port against the test
+database, driven by Debian's Chromium through Playwright."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Coroutine, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import asyncpg
+import pytest
+import uvicorn
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+from pwdlib import PasswordHash
+
+from app.core.db import libpq_url
+from app.core.settings import Settings
+from app.main import create_app
+
+CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
+SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+PASSWORD = "console-password-1"
+T = TypeVar("T")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class LiveServer:
+    def __init__(self, app_settings: Settings) -> None:
+        self.app = create_app(app_settings)
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = uvicorn.Server(
+            uvicorn.Config(
+                self.app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on"
+            )
+        )
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> LiveServer:
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if time.monotonic() > deadline:
+                raise RuntimeError("server did not start")
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+
+@dataclass
+class Account:
+    id: uuid.UUID
+    email: str
+    password: str = PASSWORD
+
+
+@pytest.fixture(scope="session")
+def chromium_path() -> str:
+    if not Path(CHROMIUM).exists():
+        pytest.skip(
+            f"Console browser tests skipped: no Chromium at {CHROMIUM} "
+            "(install Debian's `chromium` package or set CHROMIUM_PATH)."
+        )
+    return CHROMIUM
+
+
+@pytest.fixture(scope="session")
+def server(settings: Settings, chromium_path: str) -> Iterator[LiveServer]:
+    with LiveServer(settings) as live:
+        yield live
+
+
+@pytest.fixture(scope="session")
+def browser(chromium_path: str) -> Iterator[Browser]:
+    with sync_playwright() as pw:
+        instance = pw.chromium.launch(
+            executable_path=chromium_path,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        yield instance
+        instance.close()
+
+
+def run_async(coro: Coroutine[Any, Any, T]) -> T:
+    # Playwright's sync API keeps an event loop running in the test's thread.
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
+class Accounts:
+    """Creates committed users with a real password hash, straight in the database."""
+
+    _hash = PasswordHash.recommended().hash(PASSWORD)
+
+    def __init__(self, database_url: str) -> None:
+        self.url = libpq_url(database_url)
+
+    def create(self, role: str = "user") -> Account:
+        email = f"console-{role}-{uuid.uuid4().hex[:10]}@example.com"
+
+        async def insert() -> uuid.UUID:
+            conn = await asyncpg.connect(self.url)
+            try:
+                user_id: uuid.UUID = await conn.fetchval(
+                    "INSERT INTO users (email, password_hash, role) VALUES ($1, $2, $3) "
+                    "RETURNING id",
+                    email,
+                    self._hash,
+                    role,
+                )
+                return user_id
+            finally:
+                await conn.close()
+
+        return Account(run_async(insert()), email)
+
+    def fetch(self, sql: str, *args: object) -> list[asyncpg.Record]:
+        """Run one committed statement (test set-up that has no console page)."""
+
+        async def run() -> list[asyncpg.Record]:
+            conn = await asyncpg.connect(self.url)
+            try:
+                return list(await conn.fetch(sql, *args))
+            finally:
+                await conn.close()
+
+        return run_async(run())
+
+
+@pytest.fixture(scope="session")
+def accounts(settings: Settings) -> Accounts:
+    return Accounts(settings.database_url or "")
+
+
+def shot(page: Page, name: str, *, full_page: bool = True) -> None:
+    """Save a screenshot for the README."""
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=full_page)
+
+
+@pytest.fixture
+def new_page(browser: Browser) -> Iterator[Callable[..., Page]]:
+    """Pages in fresh browser contexts (separate cookie jars), closed after the test."""
+    contexts = []
+    errors: list[str] = []
+
+    def make(width: int = 1280, height: int = 900) -> Page:
+        context = browser.new_context(viewport={"width": width, "height": height})
+        context.set_default_timeout(15_000)
+        contexts.append(context)
+        page = context.new_page()
+        page.on("pageerror", lambda exc: errors.append(f"{page.url}: {exc}"))
+        page.on(
+            "console",
+            lambda msg: (
+                errors.append(f"{page.url}: {msg.text}")
+                if msg.type == "error" and not msg.text.startswith("Failed to load resource")
+                else None
+            ),
+        )
+        return page
+
+    yield make
+    for context in contexts:
+        context.close()
+    # Script errors and refused content (the pages run under a strict CSP) fail the test.
+    assert not errors, "\n".join(errors)
+
+
+def sign_in(page: Page, server: LiveServer, account: Account, path: str = "/admin") -> None:
+    page.goto(f"{server.url}{path}")
+    expect(page).to_have_url(f"{server.url}/login?next={path}")
+    page.get_by_label("Email").fill(account.email)
+    page.get_by_label("Password").fill(account.password)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page).to_have_url(f"{server.url}{path}")
