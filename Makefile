@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-pg lint format migrate bench bench-import clean
+.PHONY: install run test test-pg lint format migrate bench bench-import clean bench-notify bench-promos
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,15 @@ test: install lint ## lint, then the whole suite against a real PostgreSQL
 
 test-pg: install ## the suite against the server at 127.0.0.1:5432
 	DATABASE_URL=postgresql://postgres@127.0.0.1:5432/test $(PY) -m pytest
+
+bench-notify: install ## fan out one promo to 100,000 and 1,000,000 users; writes docs/benchmarks.md
+	$(PY) bench/notify.py
+
+bench-promos: install ## GET /me/promos latency and reserve+purchase throughput; writes docs/benchmarks.md
+	$(PY) bench/promos.py
+
+bench-import: install ## stream a 1,000,000-line CSV through the API; writes docs/benchmarks.md
+	$(PY) bench/import_codes.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

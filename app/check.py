@@ -32,10 +32,10 @@ class Outcome:
 
 
 _NET_REDEMPTIONS = """
-    SELECT h.code_id,
+    SELECT h.book_id, h.code_id,
            count(*) FILTER (WHERE h.action = 'redeemed')
            - count(*) FILTER (WHERE h.action = 'rolled_back') AS net
-    FROM redemption_history h GROUP BY h.code_id
+    FROM redemption_history h GROUP BY h.book_id, h.code_id
 """
 
 CHECKS: tuple[Check, ...] = (
@@ -46,8 +46,9 @@ CHECKS: tuple[Check, ...] = (
         SELECT c.code, c.status, c.user_id, count(h.id) AS assigned_rows,
                array_agg(DISTINCT h.user_id) FILTER (WHERE h.id IS NOT NULL) AS history_users
         FROM codes c
-        LEFT JOIN redemption_history h ON h.code_id = c.id AND h.action = 'assigned'
-        GROUP BY c.id
+        LEFT JOIN redemption_history h
+            ON h.book_id = c.book_id AND h.code_id = c.id AND h.action = 'assigned'
+        GROUP BY c.book_id, c.id
         HAVING count(h.id) <> (CASE WHEN c.status = 'unassigned' THEN 0 ELSE 1 END)
             OR (count(h.id) = 1 AND (array_agg(h.user_id))[1] IS DISTINCT FROM c.user_id)
         """,
@@ -58,7 +59,8 @@ CHECKS: tuple[Check, ...] = (
         "redemptions equal redeemed minus rolled-back history rows",
         f"""
         SELECT c.code, c.redemptions, coalesce(n.net, 0) AS history_net
-        FROM codes c LEFT JOIN ({_NET_REDEMPTIONS}) n ON n.code_id = c.id
+        FROM codes c
+        LEFT JOIN ({_NET_REDEMPTIONS}) n ON n.book_id = c.book_id AND n.code_id = c.id
         WHERE c.redemptions <> coalesce(n.net, 0)
         """,
         ("codes", "redemption_history"),
@@ -106,7 +108,8 @@ CHECKS: tuple[Check, ...] = (
         FROM codes c
         LEFT JOIN LATERAL (
             SELECT h.action FROM redemption_history h
-            WHERE h.code_id = c.id AND h.action IN ('locked', 'unlocked', 'redeemed')
+            WHERE h.book_id = c.book_id AND h.code_id = c.id
+              AND h.action IN ('locked', 'unlocked', 'redeemed')
             ORDER BY h.id DESC LIMIT 1
         ) last ON true
         WHERE c.status = 'locked' AND c.locked_until > now()

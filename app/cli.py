@@ -141,5 +141,9 @@ def check() -> None:
         raise typer.Exit(1)
 
 
+import app.books.cli  # noqa: E402  (registers the `import-codes` command)
+import app.notifications.cli  # noqa: E402, F401  (registers the `worker` command)
+
+
 def main() -> None:
     cli()

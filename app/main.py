@@ -11,6 +11,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from app.auth.router import router as auth_router
 from app.books.router import router as books_router
+from app.console.router import router as console_router
 from app.core.db import Database
 from app.core.health import router as health_router
 from app.core.idempotency import install_idempotency_handler
@@ -25,6 +26,7 @@ from app.core.settings import Environment, Settings
 from app.notifications.router import router as notifications_router
 from app.promos.router import router as promos_router
 from app.segments.router import router as segments_router
+from app.worker import start_worker
 
 log = structlog.get_logger(__name__)
 
@@ -53,7 +55,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     POOL.pool = db.engine.pool
     log.info("started", env=settings.env.value)
     try:
-        yield
+        async with start_worker(app):  # the outbox worker runs here unless RUN_WORKER=false
+            yield
     finally:
         await db.dispose()
         log.info("stopped")
@@ -83,6 +86,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_idempotency_handler(app)
 
     app.include_router(health_router)
+    app.include_router(console_router)
     for router in (auth_router, books_router, segments_router, promos_router, notifications_router):
         app.include_router(router, prefix=API_PREFIX)
 

@@ -1,8 +1,27 @@
 """Every domain's tables, imported so the metadata (Alembic, tests) sees them all."""
 
 from app.auth.models import User
+from app.books.models import Book, Code, Import, RedemptionHistory
 from app.core.idempotency_model import IdempotencyKey
 from app.core.models import Base
+from app.notifications import models as _notifications  # noqa: F401
+from app.promos.models import Product, Promo, PromoSegment, PromoUnit, Reservation, Store
 from app.segments.models import Segment, SegmentMember
 
-__all__ = ["Base", "IdempotencyKey", "Segment", "SegmentMember", "User"]
+__all__ = [
+    "Base",
+    "Book",
+    "Code",
+    "IdempotencyKey",
+    "Import",
+    "Product",
+    "Promo",
+    "PromoSegment",
+    "PromoUnit",
+    "RedemptionHistory",
+    "Reservation",
+    "Segment",
+    "SegmentMember",
+    "Store",
+    "User",
+]

@@ -9,6 +9,7 @@ from zoneinfo import available_timezones
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, EmailStr, Field, StringConstraints
 
+from app.core.geo import Lat, Lng
 from app.core.security import Role
 
 NoNul = StringConstraints(pattern=r"^[^\x00]*$")
@@ -72,8 +73,8 @@ class LocationIn(BaseModel):
         extra="forbid", json_schema_extra={"examples": [{"lat": 40.4168, "lng": -3.7038}]}
     )
 
-    lat: float = Field(ge=-90, le=90, allow_inf_nan=False)
-    lng: float = Field(ge=-180, le=180, allow_inf_nan=False)
+    lat: Lat
+    lng: Lng
 
 
 class ProfileIn(BaseModel):

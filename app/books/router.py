@@ -1,5 +1,263 @@
-"""HTTP routes of the books domain."""
+"""HTTP routes of the books domain: books, their codes, assign and distribute.
 
-from fastapi import APIRouter
+Routes on single codes and the history live in `codes_router.py` and are included here.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Body, Depends, Query, Request, Response, status
+from fastapi.responses import StreamingResponse
+
+from app.auth.deps import AdminUser, CurrentUser
+from app.books import assign, export, generate, imports, service
+from app.books.codes_router import router as codes_router
+from app.books.schemas import (
+    AssignIn,
+    BookIn,
+    BookOut,
+    BookPatch,
+    CodeOut,
+    CodeStatus,
+    DistributeIn,
+    DistributeOut,
+    GenerateIn,
+    GenerateOut,
+    ImportOut,
+)
+from app.core.db import Session
+from app.core.idempotency import Idempotent, IdempotentUpload
+from app.core.openapi import AUTH, problems
+from app.core.pagination import Cursor, Limit, Page, decode_cursor, encode_cursor
+from app.core.problems import Forbidden, ValidationFailed
+from app.core.ratelimit import RateLimits, get_rate_limits
 
 router = APIRouter(tags=["books"])
+RateLimit = Annotated[RateLimits, Depends(get_rate_limits)]
+ADMIN = (*AUTH, 403)
+
+
+def _bad_cursor() -> ValidationFailed:
+    return ValidationFailed(
+        "The cursor is not valid.", errors=[{"loc": ["query", "cursor"], "msg": "invalid"}]
+    )
+
+
+def int_cursor(cursor: str | None) -> int | None:
+    values = decode_cursor(cursor, 1)
+    if values is None:
+        return None
+    if type(values[0]) is not int:
+        raise _bad_cursor()
+    return values[0]
+
+
+@router.post(
+    "/books",
+    status_code=status.HTTP_201_CREATED,
+    response_model=BookOut,
+    responses=problems(*ADMIN, 409),
+)
+async def create_book(
+    body: BookIn, admin: AdminUser, session: Session, response: Response, idem: Idempotent
+) -> BookOut:
+    """Create a coupon book with its settings (codes come later: upload or generate)."""
+    book = await service.create_book(session, body)
+    out = service.book_out(book, (await service.stats_for(session, [book.id]))[book.id])
+    response.headers["Location"] = f"/api/v1/books/{book.id}"
+    await idem.remember(status.HTTP_201_CREATED, out)
+    return out
+
+
+@router.get("/books", response_model=Page[BookOut], responses=problems(*ADMIN))
+async def list_books(
+    admin: AdminUser, session: Session, limit: Limit = 50, cursor: Cursor = None
+) -> Page[BookOut]:
+    """Books in creation order, each with live stats."""
+    values = decode_cursor(cursor, 2)
+    after = None
+    if values is not None:
+        try:
+            after = (datetime.fromisoformat(str(values[0])), uuid.UUID(str(values[1])))
+        except ValueError as exc:
+            raise _bad_cursor() from exc
+    books = await service.list_books(session, limit + 1, after)
+    page = books[:limit]
+    stats = await service.stats_for(session, [b.id for b in page])
+    last = page[-1] if page else None
+    return Page[BookOut](
+        items=[service.book_out(b, stats[b.id]) for b in page],
+        next_cursor=encode_cursor(last.created_at.isoformat(), last.id)
+        if last is not None and len(books) > limit
+        else None,
+    )
+
+
+@router.get("/books/{book_id}", response_model=BookOut, responses=problems(*ADMIN, 404))
+async def get_book(book_id: uuid.UUID, admin: AdminUser, session: Session) -> BookOut:
+    """A book with live stats: total, unassigned, assigned, locked, redeemed."""
+    book = await service.get_book(session, book_id)
+    return service.book_out(book, (await service.stats_for(session, [book.id]))[book.id])
+
+
+@router.patch("/books/{book_id}", response_model=BookOut, responses=problems(*ADMIN, 404))
+async def patch_book(
+    book_id: uuid.UUID, body: BookPatch, admin: AdminUser, session: Session
+) -> BookOut:
+    """Change any setting or the status (active, paused, archived)."""
+    book = await service.update_book(session, book_id, body)
+    return service.book_out(book, (await service.stats_for(session, [book.id]))[book.id])
+
+
+@router.post(
+    "/books/{book_id}/codes",
+    status_code=status.HTTP_201_CREATED,
+    response_model=ImportOut,
+    responses=problems(*ADMIN, 400, 404, 409, 413, 415),
+    openapi_extra=imports.OPENAPI_BODY,
+)
+async def import_codes(
+    book_id: uuid.UUID,
+    request: Request,
+    admin: AdminUser,
+    session: Session,
+    response: Response,
+    idem: IdempotentUpload,
+) -> ImportOut:
+    """Upload codes as CSV (`text/csv` body, or multipart field `file`): one code per line,
+    optional `code` header. All or nothing: any invalid line is 422 `invalid-csv`; codes of
+    another book are 409 `code-exists`; codes already in this book are skipped."""
+    out = await imports.import_request(session, request, book_id, admin.id, idem)
+    response.headers["Location"] = f"/api/v1/books/{book_id}/codes"
+    await idem.remember(status.HTTP_201_CREATED, out)
+    return out
+
+
+@router.post(
+    "/books/{book_id}/codes/generate",
+    status_code=status.HTTP_201_CREATED,
+    response_model=GenerateOut,
+    responses=problems(*ADMIN, 404, 409),
+)
+async def generate_codes(
+    book_id: uuid.UUID,
+    body: GenerateIn,
+    admin: AdminUser,
+    session: Session,
+    response: Response,
+    idem: Idempotent,
+) -> GenerateOut:
+    """Generate `count` globally unique codes from a pattern (`#` digit 2-9, `?` letter,
+    `*` either, other characters literal) or a prefix and length; no 0/O or 1/I/L."""
+    await service.get_book(session, book_id)
+    inserted = await generate.generate(session, book_id, body)
+    out = GenerateOut(inserted=inserted)
+    response.headers["Location"] = f"/api/v1/books/{book_id}/codes"
+    await idem.remember(status.HTTP_201_CREATED, out)
+    return out
+
+
+@router.get("/books/{book_id}/codes", response_model=Page[CodeOut], responses=problems(*ADMIN, 404))
+async def list_book_codes(
+    book_id: uuid.UUID,
+    admin: AdminUser,
+    session: Session,
+    status_: Annotated[CodeStatus | None, Query(alias="status")] = None,
+    limit: Limit = 50,
+    cursor: Cursor = None,
+) -> Page[CodeOut]:
+    """The book's codes by insertion order, optionally by status."""
+    await service.get_book(session, book_id)
+    rows = await service.list_codes(
+        session,
+        book_id=book_id,
+        user_id=None,
+        status=status_,
+        limit=limit + 1,
+        after=int_cursor(cursor),
+    )
+    page = rows[:limit]
+    return Page[CodeOut](
+        items=[c for _, c in page],
+        next_cursor=encode_cursor(page[-1][0]) if len(rows) > limit else None,
+    )
+
+
+@router.get(
+    "/books/{book_id}/codes.csv",
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "description": "CSV `code,status,user_id,assigned_at,redemptions`, streamed.",
+            "content": {"text/csv": {"schema": {"type": "string"}}},
+        },
+        **problems(*ADMIN, 404),
+    },
+)
+async def export_codes(
+    book_id: uuid.UUID, admin: AdminUser, session: export.StreamSession
+) -> StreamingResponse:
+    """Every code of the book as CSV; cells that a spreadsheet would run as a formula are
+    prefixed with `'`."""
+    await service.get_book(session, book_id)
+    return StreamingResponse(
+        export.rows(session, book_id),
+        media_type="text/csv; charset=utf-8",
+        headers={"Content-Disposition": f'attachment; filename="book-{book_id}.csv"'},
+    )
+
+
+@router.post(
+    "/books/{book_id}/assign",
+    status_code=status.HTTP_201_CREATED,
+    response_model=CodeOut,
+    responses=problems(*AUTH, 403, 404, 409),
+)
+async def assign_random(
+    book_id: uuid.UUID,
+    user: CurrentUser,
+    session: Session,
+    response: Response,
+    limits: RateLimit,
+    idem: Idempotent,
+    body: Annotated[AssignIn | None, Body()] = None,
+) -> CodeOut:
+    """A random free code of the book: a user assigns to themself, an admin to `user_id`.
+    409 `book-exhausted`, `code-limit-reached`, `book-inactive`."""
+    target = _target_user(user.id, user.is_admin, body.user_id if body else None)
+    await limits.hit(limits.assign, "assign", str(user.id))
+    code = await assign.assign_random(session, book_id, target, user.id)
+    response.headers["Location"] = f"/api/v1/codes/{code.code}"
+    await idem.remember(status.HTTP_201_CREATED, code)
+    return code
+
+
+def _target_user(caller: uuid.UUID, is_admin: bool, requested: uuid.UUID | None) -> uuid.UUID:
+    if requested is None or requested == caller:
+        return caller
+    if not is_admin:
+        raise Forbidden("Only an admin may assign a code to another user.")
+    return requested
+
+
+@router.post(
+    "/books/{book_id}/distribute",
+    response_model=DistributeOut,
+    responses=problems(*ADMIN, 404, 409),
+)
+async def distribute(
+    book_id: uuid.UUID, body: DistributeIn, admin: AdminUser, session: Session, idem: Idempotent
+) -> DistributeOut:
+    """One code per user to a segment or a list of users, in ascending user id until codes
+    run out, respecting `max_codes_per_user`."""
+    out = await assign.distribute(
+        session, book_id, admin.id, segment_id=body.segment_id, user_ids=body.user_ids
+    )
+    await idem.remember(status.HTTP_200_OK, out)
+    return out
+
+
+router.include_router(codes_router)

@@ -43,12 +43,18 @@ def create_engine(
     target = url or settings.database_url
     if not target:
         raise RuntimeError("DATABASE_URL is not set and no embedded server was started")
+    server_settings = {"application_name": "couponflash"}
+    if not settings.db_pgbouncer:
+        # Timeouts as startup parameters cost no round trip per request; behind PgBouncer
+        # (which refuses unknown startup parameters) each transaction sets them instead.
+        server_settings["lock_timeout"] = f"{settings.db_lock_timeout_ms}ms"
+        server_settings["statement_timeout"] = f"{settings.db_statement_timeout_ms}ms"
     connect_args: dict[str, Any] = {
-        "statement_cache_size": settings.db_statement_cache_size,
-        "server_settings": {"application_name": "couponflash"},
+        "statement_cache_size": settings.statement_cache_size,
+        "server_settings": server_settings,
     }
     final_url = sqlalchemy_url(target)
-    if settings.db_statement_cache_size == 0:
+    if settings.statement_cache_size == 0:
         # Behind PgBouncer in transaction mode: no statement outlives its transaction, and
         # the few SQLAlchemy must prepare get unique names so they never collide.
         connect_args["prepared_statement_name_func"] = lambda: f"__cf_{uuid.uuid4().hex}__"
@@ -71,6 +77,7 @@ class Database:
     sessionmaker: async_sessionmaker[AsyncSession]
     lock_timeout_ms: int
     statement_timeout_ms: int
+    timeouts_per_transaction: bool
 
     @classmethod
     def from_settings(cls, settings: Settings, url: str | None = None) -> Database:
@@ -80,6 +87,7 @@ class Database:
             sessionmaker=async_sessionmaker(engine, expire_on_commit=False, autoflush=False),
             lock_timeout_ms=settings.db_lock_timeout_ms,
             statement_timeout_ms=settings.db_statement_timeout_ms,
+            timeouts_per_transaction=settings.db_pgbouncer,
         )
 
     async def dispose(self) -> None:
@@ -92,8 +100,8 @@ _TIMEOUTS = text(
 
 
 async def apply_timeouts(session: AsyncSession, db: Database) -> None:
-    """`SET LOCAL` both timeouts: they end with the transaction, so nothing leaks through the
-    pool or a transaction-mode PgBouncer."""
+    """`SET LOCAL` both timeouts: they end with the transaction, so nothing leaks through a
+    transaction-mode PgBouncer. Without PgBouncer they are startup parameters instead."""
     await session.execute(
         _TIMEOUTS, {"lock": f"{db.lock_timeout_ms}ms", "stmt": f"{db.statement_timeout_ms}ms"}
     )
@@ -109,7 +117,8 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
     response is sent (the dependency has function scope), rolled back on any error."""
     db = get_database(request)
     async with db.sessionmaker() as session, session.begin():
-        await apply_timeouts(session, db)
+        if db.timeouts_per_transaction:
+            await apply_timeouts(session, db)
         yield session
 
 
@@ -118,8 +127,22 @@ DB = Annotated[Database, Depends(get_database)]
 
 
 async def raw_connection(session: AsyncSession) -> asyncpg.Connection:
-    """The asyncpg connection under the session's transaction, for hand-written hot-path SQL."""
+    """The asyncpg connection under the session, inside the session's transaction, for
+    hand-written hot-path SQL.
+
+    SQLAlchemy begins the driver's transaction lazily, on its own first statement; SQL sent
+    straight to the driver before that would autocommit statement by statement (and release
+    every `pg_advisory_xact_lock` at once). So the transaction is begun here, with the same
+    BEGIN SQLAlchemy would have sent.
+    """
     conn = await session.connection()
     raw = await conn.get_raw_connection()
     driver: asyncpg.Connection = raw.driver_connection  # type: ignore[assignment]
+    if not driver.is_in_transaction():
+        adapted: Any = raw.dbapi_connection
+        start = getattr(adapted, "_start_transaction", None)
+        if start is not None and getattr(adapted, "_transaction", True) is None:
+            await start()
+        else:  # a SQLAlchemy without that hook: let it begin on a trivial statement
+            await session.execute(text("SELECT 1"))
     return driver

@@ -40,7 +40,12 @@ class Settings(BaseSettings):
     db_pool_timeout_s: float = Field(default=5.0, gt=0)
     db_lock_timeout_ms: int = Field(default=2000, ge=0)
     db_statement_timeout_ms: int = Field(default=15000, ge=0)
-    db_statement_cache_size: int = Field(default=1024, ge=0)  # 0 behind PgBouncer
+    db_statement_cache_size: int = Field(default=1024, ge=0)
+    db_pgbouncer: bool = False  # transaction pooling: no prepared-statement cache, SET LOCAL
+
+    @property
+    def statement_cache_size(self) -> int:
+        return 0 if self.db_pgbouncer else self.db_statement_cache_size
 
     jwt_secret: str | None = None
     jwt_ttl_seconds: int = Field(default=3600, ge=1)

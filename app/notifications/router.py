@@ -1,5 +1,166 @@
-"""HTTP routes of the notifications domain."""
+"""HTTP routes of the notifications domain: inbox, live stream, dead letters (admin)."""
 
-from fastapi import APIRouter
+from __future__ import annotations
+
+from datetime import date
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Path, Query, Request
+from sse_starlette import EventSourceResponse
+
+from app.auth.deps import AdminUser, CurrentUser
+from app.core.db import Session
+from app.core.idempotency import Idempotent
+from app.core.openapi import AUTH, problems
+from app.core.pagination import Cursor, Limit, Page, decode_cursor, encode_cursor
+from app.core.problems import ValidationFailed
+from app.notifications import service
+from app.notifications.config import NotificationSettings, direct_url
+from app.notifications.schemas import DeadLetterOut, NotificationOut, NotificationStatus
+from app.notifications.stream import NotificationHub, notification_events
 
 router = APIRouter(tags=["notifications"])
+
+_BIGINT = 2**63 - 1
+NotificationId = Annotated[int, Path(ge=1, le=_BIGINT, description="Notification id.")]
+JobId = Annotated[int, Path(ge=1, le=_BIGINT, description="Dead letter (outbox job) id.")]
+
+
+def _bad_cursor() -> ValidationFailed:
+    return ValidationFailed(
+        "The cursor is not valid.", errors=[{"loc": ["query", "cursor"], "msg": "invalid"}]
+    )
+
+
+@router.get(
+    "/me/notifications",
+    response_model=Page[NotificationOut],
+    responses=problems(*AUTH),
+    summary="The caller's notifications, newest first",
+)
+async def list_my_notifications(
+    user: CurrentUser,
+    session: Session,
+    limit: Limit = 50,
+    cursor: Cursor = None,
+    status: Annotated[
+        NotificationStatus | None, Query(description="Only `unread` or only `read`.")
+    ] = None,
+) -> Page[NotificationOut]:
+    """At most one notification per local day. New ones also arrive live on
+    `GET /api/v1/me/notifications/stream` (Server-Sent Events, `text/event-stream`: events
+    `notification` with the notification as JSON and its `id` as event id; reconnect with
+    `Last-Event-ID` to replay what was missed; comment heartbeats every 15 s)."""
+    values = decode_cursor(cursor, 1)
+    before: date | None = None
+    if values is not None:
+        try:
+            before = date.fromisoformat(str(values[0]))
+        except ValueError as exc:
+            raise _bad_cursor() from exc
+    rows = await service.inbox(session, user.id, limit + 1, before, status)
+    page = rows[:limit]
+    return Page[NotificationOut](
+        items=page, next_cursor=encode_cursor(page[-1].day) if len(rows) > limit else None
+    )
+
+
+@router.post(
+    "/me/notifications/{notification_id}/read",
+    response_model=NotificationOut,
+    responses=problems(*AUTH, 404, 409),
+    summary="Mark one of the caller's notifications read",
+)
+async def mark_read(
+    notification_id: NotificationId, user: CurrentUser, session: Session, idem: Idempotent
+) -> NotificationOut:
+    """Idempotent: reading again keeps the first `read_at`. Another user's id is 404."""
+    out = await service.mark_read(session, user.id, notification_id)
+    await idem.remember(200, out)
+    return out
+
+
+def _hub(request: Request) -> NotificationHub:
+    hub: NotificationHub | None = getattr(request.app.state, "notification_hub", None)
+    if hub is None:
+        url = direct_url(request.app.state.settings)
+        if not url:
+            raise RuntimeError("DATABASE_URL is not set")
+        hub = NotificationHub(url)
+        request.app.state.notification_hub = hub
+    return hub
+
+
+def _tuning(request: Request) -> NotificationSettings:
+    tuning: NotificationSettings | None = getattr(request.app.state, "notification_settings", None)
+    if tuning is None:
+        tuning = NotificationSettings()
+        request.app.state.notification_settings = tuning
+    return tuning
+
+
+# Not in the OpenAPI document: an endless text/event-stream cannot be described as a
+# response model, and API fuzzers would wait on it forever. The list route documents it.
+@router.get("/me/notifications/stream", include_in_schema=False)
+async def stream_my_notifications(
+    request: Request,
+    user: CurrentUser,
+    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+) -> EventSourceResponse:
+    after: int | None = None
+    if last_event_id is not None:
+        try:
+            after = int(last_event_id)
+        except ValueError:
+            after = None
+        if after is not None and not 0 <= after <= _BIGINT:
+            after = None
+    heartbeat = _tuning(request).notify_sse_heartbeat_s
+    events = notification_events(
+        request.app.state.db,
+        _hub(request),
+        user.id,
+        after,
+        heartbeat,
+        request.is_disconnected,
+    )
+    return EventSourceResponse(events, ping=int(max(heartbeat, 1)))
+
+
+@router.get(
+    "/notifications/dead-letters",
+    response_model=Page[DeadLetterOut],
+    responses=problems(*AUTH, 403),
+    summary="Jobs whose delivery attempts ran out (admin)",
+)
+async def list_dead_letters(
+    admin: AdminUser, session: Session, limit: Limit = 50, cursor: Cursor = None
+) -> Page[DeadLetterOut]:
+    """Webhook batches (and other jobs) that failed `max_attempts` times, oldest first."""
+    values = decode_cursor(cursor, 1)
+    after: int | None = None
+    if values is not None:
+        if type(values[0]) is not int or not 0 <= values[0] <= _BIGINT:
+            raise _bad_cursor()
+        after = values[0]
+    rows = await service.dead_letters(session, limit + 1, after)
+    page = rows[:limit]
+    return Page[DeadLetterOut](
+        items=page, next_cursor=encode_cursor(page[-1].id) if len(rows) > limit else None
+    )
+
+
+@router.post(
+    "/notifications/dead-letters/{job_id}/retry",
+    response_model=DeadLetterOut,
+    responses=problems(*AUTH, 403, 404, 409),
+    summary="Queue a dead letter again with fresh attempts (admin)",
+)
+async def retry_dead_letter(
+    job_id: JobId, admin: AdminUser, session: Session, idem: Idempotent
+) -> DeadLetterOut:
+    """The job goes back to `pending` with its attempts reset; a worker picks it up at once.
+    A job that is not dead (unknown, or already retried) is 404."""
+    out = await service.retry_dead_letter(session, job_id)
+    await idem.remember(200, out)
+    return out

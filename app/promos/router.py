@@ -1,5 +1,277 @@
-"""HTTP routes of the promos domain."""
+"""HTTP routes of the promos domain: promos (admin), what users see, and reservations; the
+store and product routes are in `catalog_router`. Routes parse, authorise and call one
+service function."""
 
-from fastapi import APIRouter
+from __future__ import annotations
 
-router = APIRouter(tags=["promos"])
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request, Response, status
+
+from app.auth.deps import AdminUser, CurrentUser
+from app.core.db import Session
+from app.core.idempotency import Idempotent
+from app.core.openapi import AUTH, problems
+from app.core.pagination import Cursor, Limit, Page, encode_cursor
+from app.core.ratelimit import RateLimits, get_rate_limits
+from app.promos import listings, reservations, service
+from app.promos.catalog_router import router as catalog_router
+from app.promos.paging import time_id_cursor
+from app.promos.schemas import (
+    EligiblePromo,
+    PromoIn,
+    PromoListing,
+    PromoOut,
+    PromoPatch,
+    PromoStats,
+    PromoStatus,
+    ReservationOut,
+)
+
+router = APIRouter()
+router.include_router(catalog_router)
+RateLimit = Annotated[RateLimits, Depends(get_rate_limits)]
+PREFIX = "/api/v1"
+ADMIN = (*AUTH, 403)
+
+
+# What users see (declared before /promos/{promo_id} so "running" is not taken for an id)
+
+
+@router.get(
+    "/promos/running",
+    response_model=Page[PromoListing],
+    responses=problems(*AUTH),
+    tags=["promos"],
+)
+async def running_promos(
+    user: CurrentUser, session: Session, limit: Limit = 50, cursor: Cursor = None
+) -> Page[PromoListing]:
+    """Promos running now (started, not ended, cancelled nor sold out), ending soonest
+    first, with `units_left` (free units plus lapsed holds)."""
+    items = await listings.running_promos(session, limit + 1, time_id_cursor(cursor))
+    page = items[:limit]
+    next_cursor = encode_cursor(page[-1].ends_at, page[-1].id) if len(items) > limit else None
+    return Page[PromoListing](items=page, next_cursor=next_cursor)
+
+
+@router.get(
+    "/me/promos", response_model=list[EligiblePromo], responses=problems(*AUTH), tags=["me"]
+)
+async def my_promos(
+    user: CurrentUser,
+    session: Session,
+    limit: Annotated[int, Query(ge=1, le=500, description="At most this many (1..500).")] = 50,
+) -> list[EligiblePromo]:
+    """Running promos the caller may reserve (in one of their segments, or for everyone, and
+    within the promo's radius of their last location), nearest first, with `distance_m` and
+    `units_left`. `[]` until the caller has set a location (`PUT /me/location`)."""
+    return await listings.eligible_promos(session, user.id, limit)
+
+
+# Promos (admin)
+
+
+@router.post(
+    "/promos",
+    status_code=status.HTTP_201_CREATED,
+    response_model=PromoOut,
+    responses=problems(*ADMIN, 409),
+    tags=["promos"],
+)
+async def create_promo(
+    body: PromoIn, admin: AdminUser, session: Session, response: Response, idem: Idempotent
+) -> PromoOut:
+    """Put a product on a time-boxed promo with `quantity` units. `active: false` makes a
+    draft that never runs; `segment_ids: []` offers it to everyone within `radius_m`."""
+    out = await service.create_promo(session, body.model_dump())
+    response.headers["Location"] = f"{PREFIX}/promos/{out.id}"
+    await idem.remember(201, out)
+    return out
+
+
+@router.get("/promos", response_model=Page[PromoOut], responses=problems(*ADMIN), tags=["promos"])
+async def list_promos(
+    admin: AdminUser,
+    session: Session,
+    limit: Limit = 50,
+    cursor: Cursor = None,
+    status_filter: Annotated[
+        PromoStatus | None, Query(alias="status", description="Only promos in this status.")
+    ] = None,
+    product_id: uuid.UUID | None = None,
+) -> Page[PromoOut]:
+    """Newest first; filter by derived `status` or `product_id`."""
+    items = await service.list_promos(
+        session, limit + 1, time_id_cursor(cursor), status_filter, product_id
+    )
+    page = items[:limit]
+    next_cursor = encode_cursor(page[-1].created_at, page[-1].id) if len(items) > limit else None
+    return Page[PromoOut](items=page, next_cursor=next_cursor)
+
+
+@router.get(
+    "/promos/{promo_id}",
+    response_model=PromoOut,
+    responses=problems(*ADMIN, 404),
+    tags=["promos"],
+)
+async def get_promo(promo_id: uuid.UUID, admin: AdminUser, session: Session) -> PromoOut:
+    """The promo with its `status` (draft|scheduled|running|sold_out|ended|cancelled)."""
+    return await service.get_promo(session, promo_id)
+
+
+@router.patch(
+    "/promos/{promo_id}",
+    response_model=PromoOut,
+    responses=problems(*ADMIN, 404, 409),
+    tags=["promos"],
+)
+async def patch_promo(
+    promo_id: uuid.UUID, body: PromoPatch, admin: AdminUser, session: Session
+) -> PromoOut:
+    """Change any field but the product. `quantity` may drop only over units never
+    reserved (else 409 `conflict`); raising it reopens a sold-out promo."""
+    return await service.update_promo(session, promo_id, body.changes())
+
+
+@router.delete(
+    "/promos/{promo_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
+    responses=problems(*ADMIN, 404, 409),
+    tags=["promos"],
+)
+async def delete_promo(promo_id: uuid.UUID, admin: AdminUser, session: Session) -> None:
+    """Delete a promo nobody has reserved; afterwards cancel it instead (409 `conflict`)."""
+    await service.delete_promo(session, promo_id)
+
+
+@router.post(
+    "/promos/{promo_id}/cancel",
+    response_model=PromoOut,
+    responses=problems(*ADMIN, 404, 409),
+    tags=["promos"],
+)
+async def cancel_promo(
+    promo_id: uuid.UUID, admin: AdminUser, session: Session, idem: Idempotent
+) -> PromoOut:
+    """Cancel the promo (idempotent): no more reservations nor purchases."""
+    out = await service.cancel_promo(session, promo_id)
+    await idem.remember(200, out)
+    return out
+
+
+@router.get(
+    "/promos/{promo_id}/stats",
+    response_model=PromoStats,
+    responses=problems(*ADMIN, 404),
+    tags=["promos"],
+)
+async def promo_stats(promo_id: uuid.UUID, admin: AdminUser, session: Session) -> PromoStats:
+    """Units by state, notifications sent for the promo, and reservations ever made."""
+    return await service.promo_stats(session, promo_id)
+
+
+# Reservations
+
+
+@router.post(
+    "/promos/{promo_id}/reserve",
+    status_code=status.HTTP_201_CREATED,
+    response_model=ReservationOut,
+    responses={
+        200: {"model": ReservationOut, "description": "The caller's live reservation, again."},
+        **problems(*AUTH, 403, 404, 409),
+    },
+    tags=["reservations"],
+)
+async def reserve(
+    promo_id: uuid.UUID,
+    user: CurrentUser,
+    session: Session,
+    request: Request,
+    response: Response,
+    idem: Idempotent,
+    limits: RateLimit,
+) -> ReservationOut:
+    """Hold one unit for `RESERVATION_TTL_SECONDS` (60 s) → 201. A caller who already holds
+    a live reservation on the promo gets it back (200). 409 `sold-out`, `promo-not-running`,
+    `purchase-limit-reached`; 403 `not-eligible`."""
+    await limits.hit(limits.assign, "reserve", str(user.id))
+    ttl: int = request.app.state.settings.reservation_ttl_seconds
+    result = await reservations.reserve(session, promo_id, user.id, ttl)
+    code = status.HTTP_201_CREATED if result.created else status.HTTP_200_OK
+    response.status_code = code
+    if result.created:
+        response.headers["Location"] = f"{PREFIX}/reservations/{result.reservation.id}"
+    await idem.remember(code, result.reservation)
+    return result.reservation
+
+
+@router.post(
+    "/reservations/{reservation_id}/purchase",
+    response_model=ReservationOut,
+    responses=problems(*AUTH, 404, 409),
+    tags=["reservations"],
+)
+async def purchase(
+    reservation_id: uuid.UUID, user: CurrentUser, session: Session, idem: Idempotent
+) -> ReservationOut:
+    """Buy the held unit → `purchased` (again → the same 200). 409 `reservation-expired`
+    (lapsed or cancelled), `promo-not-running` (cancelled or ended meanwhile)."""
+    out = await reservations.purchase(session, reservation_id, user.id)
+    await idem.remember(200, out)
+    return out
+
+
+@router.post(
+    "/reservations/{reservation_id}/cancel",
+    response_model=ReservationOut,
+    responses=problems(*AUTH, 404, 409),
+    tags=["reservations"],
+)
+async def cancel_reservation(
+    reservation_id: uuid.UUID, user: CurrentUser, session: Session, idem: Idempotent
+) -> ReservationOut:
+    """Release the hold and its unit (a released one answers as it is); a purchased
+    reservation is 409 `reservation-expired` (not held)."""
+    out = await reservations.cancel(session, reservation_id, user.id)
+    await idem.remember(200, out)
+    return out
+
+
+@router.get(
+    "/reservations/{reservation_id}",
+    response_model=ReservationOut,
+    responses=problems(*AUTH, 404),
+    tags=["reservations"],
+)
+async def get_reservation(
+    reservation_id: uuid.UUID, user: CurrentUser, session: Session
+) -> ReservationOut:
+    """One of the caller's reservations; a lapsed hold reads `expired`."""
+    return await reservations.get_reservation(session, reservation_id, user.id)
+
+
+@router.get(
+    "/me/reservations",
+    response_model=Page[ReservationOut],
+    responses=problems(*AUTH),
+    tags=["me"],
+)
+async def my_reservations(
+    user: CurrentUser,
+    session: Session,
+    limit: Limit = 50,
+    cursor: Cursor = None,
+    promo_id: uuid.UUID | None = None,
+) -> Page[ReservationOut]:
+    """The caller's reservations, newest first; optionally of one promo."""
+    rows = await reservations.my_reservations(
+        session, user.id, limit + 1, promo_id, time_id_cursor(cursor)
+    )
+    page = rows[:limit]
+    next_cursor = encode_cursor(page[-1][1], page[-1][0].id) if len(rows) > limit else None
+    return Page[ReservationOut](items=[r for r, _ in page], next_cursor=next_cursor)

@@ -246,3 +246,13 @@ async def test_session_cookie_needs_csrf_on_unsafe_methods(
     )
     assert ok.status_code == 200
     client.cookies.clear()
+
+
+async def test_subnormal_coordinates_are_rounded_not_500(
+    client: httpx.AsyncClient, user: ApiUser
+) -> None:
+    response = await client.put(
+        "/api/v1/me/location", json={"lat": 5e-324, "lng": -5e-324}, headers=user.headers
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["lat"] == 0 and response.json()["lng"] == 0

@@ -63,3 +63,17 @@ async def test_unreachable_database_is_503_with_retry_after(app: FastAPI) -> Non
             assert response.headers["retry-after"]
             ready = await client.get("/readyz")
             assert_problem(ready, 503, "unavailable")
+
+
+async def test_raw_connection_is_inside_the_request_transaction(app: FastAPI) -> None:
+    from app.core.db import raw_connection
+
+    async with app.state.db.sessionmaker() as session, session.begin():
+        driver = await raw_connection(session)
+        assert driver.is_in_transaction()
+        await driver.execute("SELECT pg_advisory_xact_lock(42)")
+        held = await driver.fetchval(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()"
+        )
+        assert held == 1
+        await session.rollback()

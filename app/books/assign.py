@@ -1,0 +1,274 @@
+"""Handing codes to users: at random, by code, and in bulk to a segment or a list.
+
+Per-user limits are a count-then-act, so the same (book, user) is serialised with a
+transaction-scoped advisory lock taken in its own statement *before* the counting CTE
+(under READ COMMITTED a statement's snapshot predates the locks it waits for). Single
+assigns hold the book key shared; `distribute` holds it exclusively.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import uuid
+
+import asyncpg
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.books.errors import BookExhausted, BookInactive, CodeLimitReached, CodeUnavailable
+from app.books.schemas import CodeOut, DistributeOut, Skipped
+from app.books.service import BOOK_ACTIVE, CODE_COLUMNS, code_out, normalize_code
+from app.core.db import raw_connection
+from app.core.locking import LockNamespace, xact_lock_sql
+from app.core.problems import Busy, NotFound
+
+_BOOK_KEY = "$1::uuid::text"
+_BOOK_USER_KEY = "$1::uuid::text || ':' || $2::uuid::text"
+
+LOCK_BOOK_USER = (
+    f"SELECT {xact_lock_sql(LockNamespace.BOOK, _BOOK_KEY, shared=True)},"
+    f" {xact_lock_sql(LockNamespace.BOOK_USER, _BOOK_USER_KEY)}"
+)
+
+# The book, the target user and the limit check, shared by both single assigns.
+_GUARDS = f"""
+book AS (
+    SELECT b.id, b.max_codes_per_user, b.max_redemptions_per_code, {BOOK_ACTIVE} AS active
+    FROM books b WHERE b.id = $1
+),
+target AS (SELECT u.id FROM users u WHERE u.id = $2),
+held AS (SELECT count(*) AS n FROM codes WHERE user_id = $2 AND book_id = $1),
+allowed AS (
+    SELECT 1 FROM book, held, target
+    WHERE book.active
+      AND (book.max_codes_per_user IS NULL OR held.n < book.max_codes_per_user)
+)"""
+
+_OUTCOME = """
+SELECT claimed.*,
+       (SELECT active FROM book) AS book_active,
+       EXISTS (SELECT 1 FROM target) AS user_exists,
+       EXISTS (SELECT 1 FROM allowed) AS allowed
+FROM (SELECT 1) AS one LEFT JOIN claimed ON true
+"""
+
+_CLAIM = """
+claimed AS (
+    UPDATE codes c
+    SET status = 'assigned', user_id = $2, assigned_at = now(), updated_at = now()
+    FROM book b
+    WHERE c.book_id = $1 AND c.id IN (SELECT id FROM {source}) AND b.id = c.book_id {extra}
+    RETURNING c.id AS code_id, {columns}
+),
+logged AS (
+    INSERT INTO redemption_history (code_id, book_id, user_id, action, actor_id, details)
+    SELECT code_id, book_id, user_id, 'assigned', $4, $5::jsonb FROM claimed
+)"""
+
+
+# Random start `$3` on the indexed `rand_key`: the first free code at or after it, else the
+# first before it. `SKIP LOCKED` lets concurrent assigns take different rows without
+# waiting on each other; when every free row it met was locked, `free_left` says whether
+# any free row exists at all (rows held by in-flight claims still read as free).
+_ASSIGN_RANDOM = f"""
+WITH {_GUARDS},
+hi AS MATERIALIZED (
+    SELECT c.id FROM codes c
+    WHERE c.book_id = $1 AND c.status = 'unassigned' AND c.rand_key >= $3
+      AND EXISTS (SELECT 1 FROM allowed)
+    ORDER BY c.rand_key LIMIT 1 FOR UPDATE OF c SKIP LOCKED
+),
+lo AS MATERIALIZED (
+    SELECT c.id FROM codes c
+    WHERE c.book_id = $1 AND c.status = 'unassigned' AND c.rand_key < $3
+      AND EXISTS (SELECT 1 FROM allowed) AND NOT EXISTS (SELECT 1 FROM hi)
+    ORDER BY c.rand_key LIMIT 1 FOR UPDATE OF c SKIP LOCKED
+),
+picked AS (SELECT id FROM hi UNION ALL SELECT id FROM lo),
+{_CLAIM.format(source="picked", extra="", columns=CODE_COLUMNS)}
+SELECT claimed.*,
+       (SELECT active FROM book) AS book_active,
+       EXISTS (SELECT 1 FROM target) AS user_exists,
+       EXISTS (SELECT 1 FROM allowed) AS allowed,
+       CASE WHEN NOT EXISTS (SELECT 1 FROM claimed) THEN EXISTS (
+           SELECT 1 FROM codes f WHERE f.book_id = $1 AND f.status = 'unassigned')
+       END AS free_left
+FROM (SELECT 1) AS one LEFT JOIN claimed ON true
+"""
+
+# Retrying after a miss: each attempt is a new statement with a new snapshot, so claims
+# that committed meanwhile are gone from the candidates. Never a blocking FOR UPDATE here:
+# waiting scanners keep locks on rows that failed their recheck and can deadlock.
+_RETRY_DELAYS = [0.001 * min(2**i, 32) for i in range(40)]
+
+_ASSIGN_SPECIFIC = f"""
+WITH {_GUARDS},
+wanted AS (SELECT c.id FROM codes c WHERE c.code = $3),
+{
+    _CLAIM.format(
+        source="wanted",
+        extra="AND c.status = 'unassigned' AND EXISTS (SELECT 1 FROM allowed)",
+        columns=CODE_COLUMNS,
+    )
+}
+{_OUTCOME}"""
+
+
+def _raise_for(row: asyncpg.Record, book_id: uuid.UUID, user_id: uuid.UUID) -> None:
+    if row["book_active"] is None:
+        raise NotFound(f"No book {book_id}.")
+    if not row["user_exists"]:
+        raise NotFound(f"No user {user_id}.")
+    if not row["book_active"]:
+        raise BookInactive("The book is paused, archived or outside its validity window.")
+
+
+async def _claim_random(
+    conn: asyncpg.Connection, book_id: uuid.UUID, user_id: uuid.UUID, actor_id: uuid.UUID
+) -> asyncpg.Record:
+    """The claim statement, retried while free rows exist but are all being claimed."""
+    for delay in [*_RETRY_DELAYS, None]:
+        start = random.random()  # noqa: S311 - a start point, not a secret
+        row = await conn.fetchrow(_ASSIGN_RANDOM, book_id, user_id, start, actor_id, "{}")
+        assert row is not None
+        if row["code"] is not None or not row["allowed"] or not row["free_left"]:
+            return row
+        if delay is None:
+            return row
+        # Every free row we met is being claimed by a concurrent request; let it settle.
+        await asyncio.sleep(delay * (0.5 + random.random()))  # noqa: S311
+    raise AssertionError("unreachable")
+
+
+async def assign_random(
+    session: AsyncSession, book_id: uuid.UUID, user_id: uuid.UUID, actor_id: uuid.UUID
+) -> CodeOut:
+    """Give `user_id` a random free code of the book (one claim, no book-wide lock)."""
+    conn = await raw_connection(session)
+    await conn.execute(LOCK_BOOK_USER, book_id, user_id)
+    row = await _claim_random(conn, book_id, user_id, actor_id)
+    if row["code"] is not None:
+        return code_out(row)
+    _raise_for(row, book_id, user_id)
+    if not row["allowed"]:
+        raise CodeLimitReached("The user already holds the most codes this book allows.")
+    if row["free_left"]:
+        raise Busy("Every free code is being claimed right now; retry shortly.")
+    raise BookExhausted("The book has no unassigned code left.")
+
+
+async def assign_code(
+    session: AsyncSession, code: str, user_id: uuid.UUID, actor_id: uuid.UUID
+) -> CodeOut:
+    """Give `user_id` this specific code, if nobody holds it."""
+    wanted = normalize_code(code)
+    conn = await raw_connection(session)
+    book_id = await conn.fetchval("SELECT book_id FROM codes WHERE code = $1", wanted)
+    if book_id is None:
+        raise NotFound(f"No code {wanted}.")
+    await conn.execute(LOCK_BOOK_USER, book_id, user_id)
+    row = await conn.fetchrow(_ASSIGN_SPECIFIC, book_id, user_id, wanted, actor_id, "{}")
+    assert row is not None
+    if row["code"] is not None:
+        return code_out(row)
+    _raise_for(row, book_id, user_id)
+    status = await conn.fetchval("SELECT status FROM codes WHERE code = $1", wanted)
+    if status != "unassigned":
+        raise CodeUnavailable(f"Code {wanted} is already assigned.")
+    raise CodeLimitReached("The user already holds the most codes this book allows.")
+
+
+# --- distribute ----------------------------------------------------------------------------
+
+_LOCK_BOOK = f"SELECT {xact_lock_sql(LockNamespace.BOOK, _BOOK_KEY)}"
+
+_SEGMENT_USERS = """
+SELECT m.user_id AS id FROM segments s JOIN segment_members m ON m.segment_id = s.id
+WHERE s.id = $2 AND s.kind = 'static'
+UNION ALL
+SELECT u.id FROM segments s JOIN users u
+  ON segment_contains(s.kind, s.rules, s.id, u.id, u.tags, u.birth_date)
+WHERE s.id = $2 AND s.kind = 'rule'
+"""
+
+_LISTED_USERS = "SELECT u.id FROM users u WHERE u.id = ANY($2::uuid[])"
+
+# One set-based statement: eligible users under their limit, in ascending id, paired by
+# row number with free codes; the book is held exclusively, so no single assign interferes.
+_DISTRIBUTE = """
+WITH book AS (SELECT b.id, b.max_codes_per_user FROM books b WHERE b.id = $1),
+candidates AS ({users}),
+counted AS (
+    SELECT cand.id,
+           (SELECT count(*) FROM codes x WHERE x.user_id = cand.id AND x.book_id = $1) AS held
+    FROM candidates cand
+),
+eligible AS (
+    SELECT counted.id, row_number() OVER (ORDER BY counted.id) AS rn
+    FROM counted, book
+    WHERE book.max_codes_per_user IS NULL OR counted.held < book.max_codes_per_user
+),
+free AS MATERIALIZED (
+    SELECT f.id, row_number() OVER (ORDER BY f.rand_key) AS rn
+    FROM (
+        SELECT c.id, c.rand_key FROM codes c
+        WHERE c.book_id = $1 AND c.status = 'unassigned'
+        ORDER BY c.rand_key
+        LIMIT (SELECT count(*) FROM eligible)
+        FOR UPDATE OF c SKIP LOCKED
+    ) AS f
+),
+pairs AS (SELECT e.id AS user_id, f.id AS code_id FROM eligible e JOIN free f USING (rn)),
+claimed AS (
+    UPDATE codes c
+    SET status = 'assigned', user_id = p.user_id, assigned_at = now(), updated_at = now()
+    FROM pairs p WHERE c.book_id = $1 AND c.id = p.code_id AND c.status = 'unassigned'
+    RETURNING c.id, c.book_id, c.user_id
+),
+logged AS (
+    INSERT INTO redemption_history (code_id, book_id, user_id, action, actor_id, details)
+    SELECT id, book_id, user_id, 'assigned', $3, '{{"distribute": true}}'::jsonb FROM claimed
+)
+SELECT (SELECT count(*) FROM candidates) AS candidates,
+       (SELECT count(*) FROM eligible) AS eligible,
+       (SELECT count(*) FROM claimed) AS assigned
+"""
+
+
+async def distribute(
+    session: AsyncSession,
+    book_id: uuid.UUID,
+    actor_id: uuid.UUID,
+    *,
+    segment_id: uuid.UUID | None = None,
+    user_ids: list[uuid.UUID] | None = None,
+) -> DistributeOut:
+    """One code per user, users in ascending id until codes run out, limits respected."""
+    conn = await raw_connection(session)
+    active = await conn.fetchval(f"SELECT {BOOK_ACTIVE} FROM books b WHERE b.id = $1", book_id)
+    if active is None:
+        raise NotFound(f"No book {book_id}.")
+    if not active:
+        raise BookInactive("The book is paused, archived or outside its validity window.")
+    param: uuid.UUID | list[uuid.UUID]
+    if segment_id is not None:
+        if not await conn.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM segments WHERE id = $1)", segment_id
+        ):
+            raise NotFound(f"No segment {segment_id}.")
+        sql, param, requested = _DISTRIBUTE.format(users=_SEGMENT_USERS), segment_id, None
+    else:
+        unique = sorted(set(user_ids or []))
+        sql, param, requested = _DISTRIBUTE.format(users=_LISTED_USERS), unique, len(unique)
+    await conn.execute(_LOCK_BOOK, book_id)
+    row = await conn.fetchrow(sql, book_id, param, actor_id)
+    assert row is not None
+    candidates, eligible, assigned = row["candidates"], row["eligible"], row["assigned"]
+    return DistributeOut(
+        assigned=assigned,
+        skipped=Skipped(
+            limit_reached=candidates - eligible,
+            exhausted=eligible - assigned,
+            unknown_users=(requested - candidates) if requested is not None else 0,
+        ),
+    )

@@ -1,0 +1,111 @@
+"""Generating codes from a pattern: `#` digit 2-9, `?` letter, `*` either, anything else
+literal. The alphabet leaves out look-alikes (0/O, 1/I/L) so codes can be read aloud."""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import uuid
+
+import anyio
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.books.schemas import GenerateIn
+from app.core.db import raw_connection
+from app.core.problems import ValidationFailed
+
+DIGITS = b"23456789"
+LETTERS = b"ABCDEFGHJKMNPQRSTUVWXYZ"
+EITHER = DIGITS + LETTERS
+_CLASSES = {"#": DIGITS, "?": LETTERS, "*": EITHER}
+_LITERALS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
+_BATCH = 250_000
+_MAX_FRUITLESS_ROUNDS = 5
+
+Slot = bytes  # one literal byte, or an alphabet to draw from
+
+
+def slots_for(body: GenerateIn) -> list[Slot]:
+    """The pattern as a list of slots; 422 if it cannot make valid codes."""
+    pattern = body.pattern if body.pattern is not None else "*" * body.length
+    text = (body.prefix or "") + pattern
+    slots: list[Slot] = []
+    for ch in text.upper():
+        if ch in _CLASSES:
+            slots.append(_CLASSES[ch])
+        elif ch in _LITERALS:
+            slots.append(ch.encode())
+        else:
+            raise _invalid("pattern", f"character {ch!r} is not allowed in a code")
+    if len(slots) > 64:
+        raise _invalid("pattern", "codes would be longer than 64 characters")
+    return slots
+
+
+def capacity(slots: list[Slot]) -> int:
+    return math.prod(len(s) for s in slots if len(s) > 1)
+
+
+def _invalid(field: str, msg: str) -> ValidationFailed:
+    return ValidationFailed(f"{field}: {msg}.", errors=[{"loc": ["body", field], "msg": msg}])
+
+
+def _draw(alphabet: bytes, n: int) -> bytes:
+    """n uniform picks from the alphabet (rejection sampling keeps it unbiased)."""
+    k = len(alphabet)
+    usable = 256 - 256 % k
+    table = bytes(alphabet[i % k] for i in range(256))
+    rejected = bytes(range(usable, 256))
+    out = b""
+    while len(out) < n:
+        out += os.urandom(n - len(out) + n // 8 + 16).translate(table, rejected)
+    return out[:n]
+
+
+def make_batch(slots: list[Slot], n: int) -> bytes:
+    """n candidate codes, one per line (COPY text format)."""
+    width = len(slots) + 1
+    buf = bytearray(n * width)
+    for pos, slot in enumerate(slots):
+        buf[pos::width] = slot * n if len(slot) == 1 else _draw(slot, n)
+    buf[len(slots) :: width] = b"\n" * n
+    return bytes(buf)
+
+
+_INSERT = """
+WITH fresh AS (
+    SELECT DISTINCT g.code FROM generated_codes g
+    WHERE NOT EXISTS (SELECT 1 FROM codes c WHERE c.code = g.code)
+    LIMIT $2
+)
+INSERT INTO codes (book_id, code) SELECT $1, code FROM fresh ORDER BY code
+ON CONFLICT (code) DO NOTHING
+"""
+
+
+async def generate(session: AsyncSession, book_id: uuid.UUID, body: GenerateIn) -> int:
+    """Insert `count` new globally unique codes into the book; all or nothing."""
+    slots = slots_for(body)
+    if capacity(slots) < body.count:
+        raise _invalid("pattern", f"it can make at most {capacity(slots)} distinct codes")
+    conn = await raw_connection(session)
+    await conn.execute("SELECT set_config('statement_timeout', '600s', true)")
+    await conn.execute("CREATE TEMP TABLE IF NOT EXISTS generated_codes (code text) ON COMMIT DROP")
+    room = capacity(slots)
+    inserted, fruitless = 0, 0
+    while inserted < body.count:
+        missing = body.count - inserted
+        # A nearly full pattern needs many draws to hit its last free codes.
+        n = min(_BATCH, max(missing + missing // 10 + 16, room * 8))
+        data = await anyio.to_thread.run_sync(make_batch, slots, n)
+        await conn.execute("TRUNCATE generated_codes")
+        await conn.copy_to_table("generated_codes", source=io.BytesIO(data), columns=["code"])
+        status = await conn.execute(_INSERT, book_id, missing)
+        added = int(status.rsplit(" ", 1)[-1])
+        inserted += added
+        fruitless = 0 if added else fruitless + 1
+        if fruitless >= _MAX_FRUITLESS_ROUNDS:
+            raise _invalid("pattern", "too few unused codes are left in this pattern")
+    await conn.execute("TRUNCATE generated_codes")
+    return inserted

@@ -1,0 +1,113 @@
+"""Coupon books, their codes, the append-only redemption history and CSV imports."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    ForeignKey,
+    ForeignKeyConstraint,
+    Identity,
+    Index,
+    Text,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.core.models import Base, CreatedAtMixin
+
+
+class Book(CreatedAtMixin, Base):
+    __tablename__ = "books"
+    __table_args__ = (
+        CheckConstraint("status IN ('active', 'paused', 'archived')", name="status"),
+        CheckConstraint("lock_ttl_seconds BETWEEN 1 AND 86400", name="lock_ttl_seconds"),
+        CheckConstraint(
+            "starts_at IS NULL OR expires_at IS NULL OR starts_at < expires_at", name="window"
+        ),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), primary_key=True, server_default=text("gen_random_uuid()")
+    )
+    name: Mapped[str] = mapped_column(Text)
+    description: Mapped[str | None] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(Text, server_default="active")
+    # No ORM-side default: an explicit None (unlimited) must reach the INSERT.
+    max_codes_per_user: Mapped[int | None]
+    max_redemptions_per_code: Mapped[int] = mapped_column(server_default="1")
+    max_redemptions_per_user: Mapped[int | None]
+    lock_ttl_seconds: Mapped[int] = mapped_column(server_default="300")
+    starts_at: Mapped[datetime | None]
+    expires_at: Mapped[datetime | None]
+    metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JSONB, server_default="{}")
+
+
+class Code(Base):
+    __tablename__ = "codes"
+    __table_args__ = (
+        CheckConstraint(
+            "status IN ('unassigned', 'assigned', 'locked', 'redeemed')", name="status"
+        ),
+        CheckConstraint("redemptions >= 0", name="redemptions"),
+        Index(
+            "ix_codes_book_id_rand_key",
+            "book_id",
+            "rand_key",
+            postgresql_where=text("status = 'unassigned'"),
+        ),
+        Index("ix_codes_user_id_book_id", "user_id", "book_id"),
+    )
+
+    # Primary key (book_id, id): one index serves a book's listing and the key.
+    book_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("books.id"), primary_key=True)
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
+    code: Mapped[str] = mapped_column(Text, unique=True)
+    rand_key: Mapped[float] = mapped_column(server_default=text("random()"))
+    status: Mapped[str] = mapped_column(Text, server_default="unassigned")
+    user_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id"))
+    assigned_at: Mapped[datetime | None]
+    locked_until: Mapped[datetime | None]
+    lock_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
+    redemptions: Mapped[int] = mapped_column(server_default="0")
+    updated_at: Mapped[datetime] = mapped_column(server_default=text("now()"))
+
+
+class RedemptionHistory(Base):
+    """Append-only: a trigger refuses UPDATE, DELETE and TRUNCATE."""
+
+    __tablename__ = "redemption_history"
+    __table_args__ = (ForeignKeyConstraint(["book_id", "code_id"], ["codes.book_id", "codes.id"]),)
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
+    code_id: Mapped[int] = mapped_column(BigInteger)
+    book_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True))
+    user_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
+    action: Mapped[str] = mapped_column(Text)
+    actor_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
+    at: Mapped[datetime] = mapped_column(server_default=text("now()"))
+    details: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default="{}")
+    reverses_id: Mapped[int | None] = mapped_column(ForeignKey("redemption_history.id"))
+
+
+class Import(Base):
+    """One row per accepted CSV import (imports are not per-code history)."""
+
+    __tablename__ = "imports"
+
+    id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), primary_key=True, server_default=text("gen_random_uuid()")
+    )
+    book_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("books.id"))
+    actor_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
+    at: Mapped[datetime] = mapped_column(server_default=text("now()"))
+    received: Mapped[int] = mapped_column(BigInteger)
+    inserted: Mapped[int] = mapped_column(BigInteger)
+    duplicates_in_file: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    already_present: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    file_sha256: Mapped[str] = mapped_column(Text)

@@ -1,0 +1,194 @@
+"""Books (CRUD, live stats) and reading codes. State changes live in `assign.py`,
+`redeem.py`, `imports.py` and `generate.py`."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+from sqlalchemy import select, tuple_
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.books.models import Book
+from app.books.schemas import BookIn, BookOut, BookPatch, BookStatus, CodeOut, CodeStatus, Stats
+from app.core.db import raw_connection
+from app.core.problems import NotFound, ValidationFailed
+
+# A book hands out and redeems codes only while active and inside its validity window,
+# judged on the database clock.
+BOOK_ACTIVE = (
+    "(b.status = 'active' AND (b.starts_at IS NULL OR b.starts_at <= now())"
+    " AND (b.expires_at IS NULL OR b.expires_at > now()))"
+)
+
+# How a code reads: a lapsed lock is no lock (lazy expiry, no sweeper).
+CODE_COLUMNS = """
+    c.code, c.book_id,
+    CASE WHEN c.status = 'locked' AND c.locked_until <= now() THEN 'assigned'
+         ELSE c.status END AS status,
+    c.user_id, c.assigned_at,
+    CASE WHEN c.status = 'locked' AND c.locked_until > now() THEN c.locked_until END
+        AS locked_until,
+    c.redemptions,
+    greatest(b.max_redemptions_per_code - c.redemptions, 0) AS redemptions_left
+"""
+
+STATUS_FILTER = {
+    CodeStatus.unassigned: "c.status = 'unassigned'",
+    CodeStatus.assigned: (
+        "(c.status = 'assigned' OR (c.status = 'locked' AND c.locked_until <= now()))"
+    ),
+    CodeStatus.locked: "(c.status = 'locked' AND c.locked_until > now())",
+    CodeStatus.redeemed: "c.status = 'redeemed'",
+}
+
+_CODE_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def normalize_code(raw: str) -> str:
+    """Codes are case-insensitive and stored upper-case; anything else cannot exist."""
+    if not _CODE_RE.fullmatch(raw):
+        raise NotFound(f"No code {raw[:64]!r}.")
+    return raw.upper()
+
+
+def code_out(record: asyncpg.Record | Mapping[str, Any]) -> CodeOut:
+    return CodeOut.model_validate(
+        {key: record[key] for key in CodeOut.model_fields if key in record}
+    )
+
+
+# --- books -------------------------------------------------------------------------------
+
+_STATS_SQL = """
+SELECT book_id,
+       count(*) AS total,
+       count(*) FILTER (WHERE status = 'unassigned') AS unassigned,
+       count(*) FILTER (WHERE status = 'assigned'
+                        OR (status = 'locked' AND locked_until <= now())) AS assigned,
+       count(*) FILTER (WHERE status = 'locked' AND locked_until > now()) AS locked,
+       count(*) FILTER (WHERE status = 'redeemed') AS redeemed
+FROM codes WHERE book_id = ANY($1::uuid[]) GROUP BY book_id
+"""
+
+
+async def stats_for(session: AsyncSession, book_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, Stats]:
+    if not book_ids:
+        return {}
+    conn = await raw_connection(session)
+    rows = await conn.fetch(_STATS_SQL, list(book_ids))
+    found = {r["book_id"]: Stats(**{k: r[k] for k in Stats.model_fields}) for r in rows}
+    return {book_id: found.get(book_id, Stats()) for book_id in book_ids}
+
+
+def book_out(book: Book, stats: Stats) -> BookOut:
+    return BookOut(
+        id=book.id,
+        name=book.name,
+        description=book.description,
+        status=BookStatus(book.status),
+        max_codes_per_user=book.max_codes_per_user,
+        max_redemptions_per_code=book.max_redemptions_per_code,
+        max_redemptions_per_user=book.max_redemptions_per_user,
+        lock_ttl_seconds=book.lock_ttl_seconds,
+        starts_at=book.starts_at,
+        expires_at=book.expires_at,
+        metadata=book.metadata_,
+        created_at=book.created_at,
+        stats=stats,
+    )
+
+
+async def create_book(session: AsyncSession, data: BookIn) -> Book:
+    """Insert a book with its settings."""
+    values = data.model_dump(exclude={"metadata"})
+    book = Book(**values, metadata_=data.metadata)
+    session.add(book)
+    await session.flush()
+    await session.refresh(book)
+    return book
+
+
+async def get_book(session: AsyncSession, book_id: uuid.UUID) -> Book:
+    book = await session.get(Book, book_id)
+    if book is None:
+        raise NotFound(f"No book {book_id}.")
+    return book
+
+
+async def list_books(
+    session: AsyncSession, limit: int, after: tuple[datetime, uuid.UUID] | None
+) -> list[Book]:
+    query = select(Book).order_by(Book.created_at, Book.id).limit(limit)
+    if after is not None:
+        query = query.where(tuple_(Book.created_at, Book.id) > tuple_(*after))
+    return list((await session.scalars(query)).all())
+
+
+async def update_book(session: AsyncSession, book_id: uuid.UUID, patch: BookPatch) -> Book:
+    """Apply the fields present in the patch; the window is checked as a whole."""
+    book = await get_book(session, book_id)
+    for field in patch.model_fields_set:
+        value = getattr(patch, field)
+        setattr(book, "metadata_" if field == "metadata" else field, value)
+    if (
+        book.starts_at is not None
+        and book.expires_at is not None
+        and book.starts_at >= book.expires_at
+    ):
+        raise ValidationFailed(
+            "starts_at must be before expires_at.",
+            errors=[{"loc": ["body", "starts_at"], "msg": "must be before expires_at"}],
+        )
+    await session.flush()
+    await session.refresh(book)
+    return book
+
+
+# --- reading codes ------------------------------------------------------------------------
+
+
+async def get_code(session: AsyncSession, code: str, owner: uuid.UUID | None) -> CodeOut:
+    """One code; `owner` restricts to that holder (others' codes answer 404)."""
+    conn = await raw_connection(session)
+    row = await conn.fetchrow(
+        f"SELECT {CODE_COLUMNS} FROM codes c JOIN books b ON b.id = c.book_id"
+        " WHERE c.code = $1 AND ($2::uuid IS NULL OR c.user_id = $2)",
+        normalize_code(code),
+        owner,
+    )
+    if row is None:
+        raise NotFound(f"No code {code.upper()}.")
+    return code_out(row)
+
+
+async def list_codes(
+    session: AsyncSession,
+    *,
+    book_id: uuid.UUID | None,
+    user_id: uuid.UUID | None,
+    status: CodeStatus | None,
+    limit: int,
+    after: int | None,
+) -> list[tuple[int, CodeOut]]:
+    """A keyset page of codes by id, filtered by book, holder and (read) status."""
+    where = ["($1::uuid IS NULL OR c.book_id = $1)", "($2::uuid IS NULL OR c.user_id = $2)"]
+    if user_id is not None:
+        where.append("c.user_id IS NOT NULL")
+    if status is not None:
+        where.append(STATUS_FILTER[status])
+    where.append("($3::bigint IS NULL OR c.id > $3)")
+    conn = await raw_connection(session)
+    rows = await conn.fetch(
+        f"SELECT c.id, {CODE_COLUMNS} FROM codes c JOIN books b ON b.id = c.book_id"
+        f" WHERE {' AND '.join(where)} ORDER BY c.id LIMIT $4",
+        book_id,
+        user_id,
+        after,
+        limit,
+    )
+    return [(r["id"], code_out(r)) for r in rows]

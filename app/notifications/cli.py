@@ -1,0 +1,47 @@
+"""`python -m app worker`: the outbox worker as its own process (any number may run)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Annotated
+
+import typer
+
+from app.cli import cli, resolve_database
+
+
+@cli.command("worker")
+def worker(
+    concurrency: Annotated[
+        int | None, typer.Option(help="Jobs run at once (WORKER_CONCURRENCY)")
+    ] = None,
+    metrics_port: Annotated[
+        int | None, typer.Option(help="Serve Prometheus /metrics on this port")
+    ] = None,
+) -> None:
+    """Run the outbox worker (promo fan-out, webhook delivery) until SIGTERM or SIGINT."""
+    from app.core.logging import configure_logging
+    from app.core.settings import Environment, Settings
+    from app.notifications.config import NotificationSettings
+    from app.worker import WorkerConfig, run_until_signalled
+
+    settings = Settings()
+    json_logs = (
+        settings.log_json if settings.log_json is not None else settings.env is not Environment.dev
+    )
+    configure_logging(settings.log_level, json=json_logs)
+    server, url = resolve_database(settings)
+    os.environ["DATABASE_URL"] = url
+    settings = Settings(database_url=url, database_direct_url=settings.database_direct_url)
+    tuning = NotificationSettings()
+    if concurrency is not None:
+        tuning.worker_concurrency = concurrency
+    if metrics_port is not None:
+        from prometheus_client import start_http_server
+
+        from app.core.metrics import REGISTRY
+
+        start_http_server(metrics_port, registry=REGISTRY)
+    asyncio.run(run_until_signalled(WorkerConfig.from_settings(settings, tuning)))
+    del server

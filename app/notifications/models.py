@@ -1,0 +1,107 @@
+"""Tables of the notifications domain: inbox rows, outbox jobs, fan-out audience and progress."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import date, datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    Identity,
+    Index,
+    Integer,
+    Text,
+    UniqueConstraint,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.core.models import Base
+
+
+class Notification(Base):
+    """One per user per local day (UNIQUE (user_id, day)); `id` is the receiver's dedupe key."""
+
+    __tablename__ = "notifications"
+    __table_args__ = (
+        UniqueConstraint("user_id", "day"),
+        CheckConstraint("status IN ('unread', 'read')", name="status"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=False), primary_key=True)
+    user_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True))
+    promo_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), index=True)
+    day: Mapped[date]
+    status: Mapped[str] = mapped_column(Text, server_default="unread")
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    read_at: Mapped[datetime | None]
+
+
+class OutboxJob(Base):
+    """A unit of background work; `status = 'dead'` rows are the dead letters."""
+
+    __tablename__ = "outbox"
+    __table_args__ = (
+        CheckConstraint(
+            "status IN ('pending', 'running', 'done', 'dead', 'cancelled')", name="status"
+        ),
+        Index("ix_outbox_due", "run_at", "id", postgresql_where=text("status = 'pending'")),
+        Index("ix_outbox_running", "locked_at", postgresql_where=text("status = 'running'")),
+        Index("ix_outbox_dead", "id", postgresql_where=text("status = 'dead'")),
+        Index(
+            "ix_outbox_finished",
+            "updated_at",
+            postgresql_where=text("status IN ('done', 'cancelled')"),
+        ),
+        Index(
+            "uq_outbox_pending_key",
+            "key",
+            unique=True,
+            postgresql_where=text("status = 'pending'"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=False), primary_key=True)
+    topic: Mapped[str] = mapped_column(Text)
+    key: Mapped[str | None] = mapped_column(Text)
+    payload: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default="{}")
+    run_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    attempts: Mapped[int] = mapped_column(Integer, server_default="0")
+    max_attempts: Mapped[int] = mapped_column(Integer, server_default="8")
+    last_error: Mapped[str | None] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(Text, server_default="pending")
+    locked_by: Mapped[str | None] = mapped_column(Text)
+    locked_at: Mapped[datetime | None]
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
+class NotificationAudience(Base):
+    """Who a promo notifies, selected once, set-based, when its fan-out begins."""
+
+    __tablename__ = "notification_audience"
+
+    promo_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    user_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    day: Mapped[date]
+
+
+class NotificationFanout(Base):
+    """Progress of a promo's fan-out: `cursor` is the last audience user already handled."""
+
+    __tablename__ = "notification_fanouts"
+    __table_args__ = (CheckConstraint("status IN ('sending', 'done', 'cancelled')", name="status"),)
+
+    promo_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    status: Mapped[str] = mapped_column(Text, server_default="sending")
+    audience: Mapped[int] = mapped_column(Integer, server_default="0")
+    notified: Mapped[int] = mapped_column(Integer, server_default="0")
+    batches: Mapped[int] = mapped_column(Integer, server_default="0")
+    cursor: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
+    started_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    finished_at: Mapped[datetime | None]

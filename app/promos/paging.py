@@ -1,0 +1,44 @@
+"""Keyset cursors of the promos domain's lists."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from app.core.pagination import decode_cursor, encode_cursor
+from app.core.problems import ValidationFailed
+
+
+def bad_cursor() -> ValidationFailed:
+    return ValidationFailed(
+        "The cursor is not valid.", errors=[{"loc": ["query", "cursor"], "msg": "invalid"}]
+    )
+
+
+def id_cursor(cursor: str | None) -> uuid.UUID | None:
+    values = decode_cursor(cursor, 1)
+    if values is None:
+        return None
+    try:
+        return uuid.UUID(str(values[0]))
+    except ValueError as exc:
+        raise bad_cursor() from exc
+
+
+def time_id_cursor(cursor: str | None) -> tuple[datetime, uuid.UUID] | None:
+    values = decode_cursor(cursor, 2)
+    if values is None:
+        return None
+    try:
+        at = datetime.fromisoformat(str(values[0]))
+        if at.tzinfo is None:
+            raise ValueError("naive")
+        return at, uuid.UUID(str(values[1]))
+    except ValueError as exc:
+        raise bad_cursor() from exc
+
+
+def page_by_id(items: list[Any], limit: int) -> tuple[list[Any], str | None]:
+    page = items[:limit]
+    return page, (encode_cursor(page[-1].id) if len(items) > limit else None)

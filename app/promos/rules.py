@@ -1,0 +1,47 @@
+"""The promo rules as SQL fragments, so every query states them the same way.
+
+All of them read the database clock (`now()`). Aliases: `p` is a promo, `s` its store, `me`
+a row with the caller's `id, tags, birth_date` and `e = ll_to_earth(lat, lng)`.
+"""
+
+from __future__ import annotations
+
+# Bookable now. `sold_out_at` is separate: a sold-out promo answers `sold-out`, not
+# `promo-not-running`.
+OPEN = "(p.active AND p.cancelled_at IS NULL AND p.starts_at <= now() AND now() < p.ends_at)"
+
+RUNNING = f"({OPEN} AND p.sold_out_at IS NULL)"
+
+STATUS = """(CASE
+    WHEN p.cancelled_at IS NOT NULL THEN 'cancelled'
+    WHEN NOT p.active THEN 'draft'
+    WHEN now() >= p.ends_at THEN 'ended'
+    WHEN p.sold_out_at IS NOT NULL THEN 'sold_out'
+    WHEN now() < p.starts_at THEN 'scheduled'
+    ELSE 'running' END)"""
+
+# Free units plus lapsed holds. `sold` is kept exact by purchase (under the promo row lock),
+# so this only has to count the live holds, which are few.
+UNITS_LEFT = """(p.quantity - p.sold - (
+    SELECT count(*) FROM promo_units u JOIN reservations r ON r.id = u.reservation_id
+    WHERE u.promo_id = p.id AND u.state = 'held' AND r.expires_at > now()))::int"""
+
+DISTANCE = "earth_distance(ll_to_earth(s.lat, s.lng), me.e)"
+
+# No segments means everyone; otherwise membership of at least one, by the one definition
+# of membership (`segment_contains`).
+IN_SEGMENTS = """(NOT EXISTS (SELECT 1 FROM promo_segments ps WHERE ps.promo_id = p.id)
+    OR EXISTS (
+        SELECT 1 FROM promo_segments ps JOIN segments g ON g.id = ps.segment_id
+        WHERE ps.promo_id = p.id
+          AND segment_contains(g.kind, g.rules, g.id, me.id, me.tags, me.birth_date)))"""
+
+ELIGIBLE = f"({DISTANCE} <= p.radius_m AND {IN_SEGMENTS})"
+
+
+def me_sql(user_param: str) -> str:
+    """The caller as `me`, only when a location is known (no location = eligible for none)."""
+    return (
+        "SELECT u.id, u.tags, u.birth_date, ll_to_earth(u.lat, u.lng) AS e FROM users u"
+        f" WHERE u.id = {user_param} AND u.lat IS NOT NULL AND u.lng IS NOT NULL"
+    )
