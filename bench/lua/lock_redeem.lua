@@ -1,12 +1,14 @@
 -- lock+redeem: lock my code, then redeem it with the lock_id; repeat (multi-use code).
+-- Every run (BENCH_ROUND) uses its own codes, so a lock left by the previous run's last
+-- request never blocks this one.
 package.path = os.getenv("BENCH_LUA") .. "/?.lua;" .. package.path
 require("common")
 
 local me, phase, lock_id
 
 function init(args)
-  me = load_slot(os.getenv("BENCH_USERS"), slot)  -- token user_id code
-  base = os.getenv("BENCH_BASE") .. "/codes/" .. me[3]
+  me = load_slot(os.getenv("BENCH_USERS"), slot)  -- token user_id
+  base = os.getenv("BENCH_BASE") .. "/codes/LR-" .. os.getenv("BENCH_ROUND") .. "-" .. slot
   hdrs = headers_for(me[1], me[2])
   phase = "lock"
 end

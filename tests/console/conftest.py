@@ -70,7 +70,7 @@ class Account:
     password: str = PASSWORD
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def chromium_path() -> str:
     if not Path(CHROMIUM).exists():
         pytest.skip(
@@ -80,13 +80,13 @@ def chromium_path() -> str:
     return CHROMIUM
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def server(settings: Settings, chromium_path: str) -> Iterator[LiveServer]:
     with LiveServer(settings) as live:
         yield live
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser(chromium_path: str) -> Iterator[Browser]:
     with sync_playwright() as pw:
         instance = pw.chromium.launch(
@@ -143,7 +143,7 @@ class Accounts:
         return run_async(run())
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def accounts(settings: Settings) -> Accounts:
     return Accounts(settings.database_url or "")
 

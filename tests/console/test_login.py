@@ -49,6 +49,7 @@ def test_user_is_refused_admin_pages_but_sees_own_pages(
     page = new_page()
     page.goto(f"{server.url}/app")
     # Keyboard only: the email field has focus, Tab to the password, Enter submits.
+    expect(page.locator("input[name=email]")).to_be_focused()
     page.keyboard.type(user.email)
     page.keyboard.press("Tab")
     page.keyboard.type(user.password)
