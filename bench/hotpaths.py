@@ -130,11 +130,7 @@ async def seed(url: str, workdir: Path) -> Seeded:
         await conn.close()
     tokens = TokenService(secret=SECRET, ttl_seconds=86_400)
     users_file = workdir / "users.txt"
-    users_file.write_text(
-        "".join(
-            f"{tokens.issue(r['id'], Role.user)} {r['id']}\n" for r in slots
-        )
-    )
+    users_file.write_text("".join(f"{tokens.issue(r['id'], Role.user)} {r['id']}\n" for r in slots))
     return Seeded(book=book, promo=promo, users_file=users_file)
 
 
