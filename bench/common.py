@@ -1,5 +1,6 @@
 """What every benchmark needs: a throwaway database, the service as a subprocess, a free
-port, peak memory of a process tree, and a section of docs/benchmarks.md to (re)write."""
+port, (peak) memory of a process or its tree, and a section of docs/benchmarks.md to
+(re)write."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping
@@ -98,9 +100,14 @@ def process(
 
 
 def service(
-    url: str, port: int, workers: int, extra_env: Mapping[str, str] | None = None
+    url: str,
+    port: int,
+    workers: int,
+    extra_env: Mapping[str, str] | None = None,
+    health: str = "/healthz",
 ) -> contextlib.AbstractContextManager[subprocess.Popen[bytes]]:
-    """`python -m app serve` against `url`, rate limits and the worker off."""
+    """`python -m app serve` against `url`, rate limits and the worker off; `extra_env`
+    adds to (or overrides) its environment."""
     env = {
         "DATABASE_URL": url,
         "JWT_SECRET": SECRET,
@@ -112,7 +119,7 @@ def service(
         **(extra_env or {}),
     }
     args = [sys.executable, "-m", "app", "serve", "--port", str(port), "--host", "127.0.0.1"]
-    return process(args, port, env)
+    return process(args, port, env, health)
 
 
 def tree_rss_mb(pid: int) -> float:
@@ -127,6 +134,41 @@ def tree_rss_mb(pid: int) -> float:
         with contextlib.suppress(psutil.NoSuchProcess):
             total += proc.memory_info().rss
     return total / 1_048_576
+
+
+def peak_rss_mb(pid: int) -> float:
+    """The kernel's high-water mark (VmHWM) of one process's resident memory, in MiB."""
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0.0
+    match = re.search(r"VmHWM:\s+(\d+) kB", text)
+    return int(match.group(1)) / 1024 if match else 0.0
+
+
+class RssSampler:
+    """`with RssSampler(pid) as rss:` samples `tree_rss_mb(pid)` every `interval` seconds
+    while the block runs; `rss.peak_mb` is the largest sample."""
+
+    def __init__(self, pid: int, interval: float = 0.02) -> None:
+        self.pid = pid
+        self.interval = interval
+        self.peak_mb = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak_mb = max(self.peak_mb, tree_rss_mb(self.pid))
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def machine() -> str:

@@ -19,28 +19,30 @@ import asyncio
 import contextlib
 import os
 import platform
-import re
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import httpx
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from app.core.db import libpq_url  # noqa: E402
-from app.core.migrations import upgrade_to_head  # noqa: E402
+from app.core.migrations import upgrade_to_head
+from bench.common import (
+    ROOT,
+    free_port,
+    peak_rss_mb,
+    process,
+    throwaway_database,
+    write_section,
+)
 
 SECRET = "bench-secret"
 SINK = """
@@ -95,56 +97,6 @@ class Result:
     @property
     def rate_per_min(self) -> float:
         return self.delivered / self.total_s * 60 if self.total_s else 0.0
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def _peak_rss_mb(pid: int) -> float:
-    """VmHWM: the process's peak resident set size so far."""
-    try:
-        text = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return 0.0
-    match = re.search(r"VmHWM:\s+(\d+) kB", text)
-    return int(match.group(1)) / 1024 if match else 0.0
-
-
-@contextlib.contextmanager
-def database() -> Iterator[str]:
-    configured = os.environ.get("DATABASE_URL")
-    if configured:
-        admin = libpq_url(configured)
-        name = f"cf_bench_notify_{uuid.uuid4().hex[:6]}"
-
-        async def run(sql: str) -> None:
-            conn = await asyncpg.connect(admin)
-            try:
-                await conn.execute(sql)
-            finally:
-                await conn.close()
-
-        asyncio.run(run(f'CREATE DATABASE "{name}"'))
-        parts = urlsplit(admin)
-        url = urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, parts.fragment))
-        try:
-            yield url
-        finally:
-            asyncio.run(run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    else:
-        from app.core.embedded import start_embedded
-
-        tmp = Path(tempfile.mkdtemp(prefix="cf-bench-notify-"))
-        tmp.chmod(0o755)
-        server, url = start_embedded(tmp, cleanup="delete")
-        try:
-            yield url
-        finally:
-            server.cleanup()
 
 
 async def seed(conn: asyncpg.Connection, size: int, lat: float, lng: float) -> uuid.UUID:
@@ -232,7 +184,7 @@ async def run_one(url: str, size: int, lat: float, lng: float, sink_url: str) ->
         notified = await conn.fetchval(
             "SELECT notified FROM notification_fanouts WHERE promo_id = $1", promo_id
         )
-        peak = _peak_rss_mb(worker.pid)
+        peak = peak_rss_mb(worker.pid)
         return Result(
             size=size,
             audience_s=audience_s,
@@ -255,11 +207,9 @@ async def run_one(url: str, size: int, lat: float, lng: float, sink_url: str) ->
         await conn.close()
 
 
-def write_section(results: list[Result]) -> None:
-    path = ROOT / "docs" / "benchmarks.md"
+def summary(results: list[Result]) -> str:
+    """The body of the "Notifications" section."""
     lines = [
-        "## Notifications",
-        "",
         f"`make bench-notify` on {datetime.now(UTC):%Y-%m-%d} ({platform.machine()}, "
         f"{os.cpu_count()} cores; PostgreSQL, one worker process and the webhook sink share "
         "the box). One promo, every user within its radius; the clock starts when the "
@@ -287,16 +237,7 @@ def write_section(results: list[Result]) -> None:
         " means other work competed for the two cores.",
         "",
     ]
-    section = "\n".join(lines)
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    pattern = re.compile(r"^## Notifications\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(section, text)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    print(f"wrote {path}")
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -305,27 +246,27 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",") if s]
-    port = _free_port()
+    port = free_port()
     sink_url = f"http://127.0.0.1:{port}/hook"
     with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as fh:
         fh.write(SINK)
         sink_file = Path(fh.name)
-    sink = subprocess.Popen(
-        [
-            *(sys.executable, "-m", "uvicorn", f"{sink_file.stem}:app"),
-            *("--app-dir", str(sink_file.parent), "--host", "127.0.0.1", "--port", str(port)),
-            *("--log-level", "warning", "--no-access-log"),
-        ],
-        env={**os.environ, "BENCH_SECRET": SECRET},
-    )
+    sink_args = [
+        *(sys.executable, "-m", "uvicorn", f"{sink_file.stem}:app"),
+        *("--app-dir", str(sink_file.parent), "--host", "127.0.0.1", "--port", str(port)),
+        *("--log-level", "warning", "--no-access-log"),
+    ]
     results: list[Result] = []
     try:
-        with database() as url:
+        with (
+            process(sink_args, port, {"BENCH_SECRET": SECRET}, health="/stats") as sink,
+            throwaway_database("bench-notify") as url,
+        ):
             upgrade_to_head(url)
             for i, size in enumerate(sizes):
                 print(f"fan-out to {size:,} users", flush=True)
                 result = asyncio.run(run_one(url, size, 40.0 + i, -3.7 - i, sink_url))
-                result.sink_peak_rss_mb = _peak_rss_mb(sink.pid)
+                result.sink_peak_rss_mb = peak_rss_mb(sink.pid)
                 results.append(result)
                 print(
                     f"  audience {result.audience_s:.2f}s, inbox {result.inbox_s:.2f}s, "
@@ -336,11 +277,9 @@ def main() -> None:
                     flush=True,
                 )
     finally:
-        sink.terminate()
-        sink.wait(timeout=10)
         sink_file.unlink(missing_ok=True)
     if not args.no_write:
-        write_section(results)
+        write_section("Notifications", summary(results))
 
 
 if __name__ == "__main__":

@@ -22,36 +22,33 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
 import platform
 import random
-import re
-import socket
-import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import httpx
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from app.core.db import libpq_url  # noqa: E402
-from app.core.migrations import upgrade_to_head  # noqa: E402
-from app.core.security import Role, TokenService  # noqa: E402
-from app.core.settings import Settings  # noqa: E402
+from app.core.migrations import upgrade_to_head
+from app.core.security import Role, TokenService
+from app.core.settings import Settings
+from bench.common import (
+    SECRET,
+    free_port,
+    service,
+    throwaway_database,
+    write_section,
+)
 
-SECRET = "bench-promos-secret-" + "x" * 32
 STORES = 10_000
 PROMOS = 1_000
 EYE_USERS = 2_000  # users asking GET /me/promos
@@ -83,46 +80,6 @@ class Throughput:
     @property
     def rate(self) -> float:
         return self.pairs / self.seconds if self.seconds else 0.0
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-@contextlib.contextmanager
-def database() -> Iterator[str]:
-    configured = os.environ.get("DATABASE_URL")
-    if configured:
-        admin = libpq_url(configured)
-        name = f"cf_bench_promos_{uuid.uuid4().hex[:6]}"
-
-        async def run(sql: str) -> None:
-            conn = await asyncpg.connect(admin)
-            try:
-                await conn.execute(sql)
-            finally:
-                await conn.close()
-
-        asyncio.run(run(f'CREATE DATABASE "{name}"'))
-        parts = urlsplit(admin)
-        url = urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, parts.fragment))
-        try:
-            yield url
-        finally:
-            asyncio.run(run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    else:
-        from app.core.embedded import start_embedded
-
-        tmp = Path(tempfile.mkdtemp(prefix="cf-bench-promos-"))
-        tmp.chmod(0o755)
-        server, url = start_embedded(tmp, cleanup="delete")
-        try:
-            yield url
-        finally:
-            server.cleanup()
 
 
 async def seed(url: str) -> tuple[list[uuid.UUID], list[uuid.UUID], list[uuid.UUID]]:
@@ -204,42 +161,6 @@ async def seed(url: str) -> tuple[list[uuid.UUID], list[uuid.UUID], list[uuid.UU
         return [r["id"] for r in eyes], [r["id"] for r in buyers], [r["id"] for r in buy_promos]
     finally:
         await conn.close()
-
-
-@contextlib.contextmanager
-def service(url: str, port: int, workers: int) -> Iterator[subprocess.Popen[bytes]]:
-    env = {
-        **os.environ,
-        "DATABASE_URL": url,
-        "JWT_SECRET": SECRET,
-        "RATE_LIMIT_ENABLED": "false",
-        "RUN_WORKER": "false",
-        "LOG_LEVEL": "WARNING",
-        "WORKERS": str(workers),
-        "DB_POOL_SIZE": "20",
-        "DATA_DIR": tempfile.mkdtemp(prefix="cf-bench-data-"),
-    }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "app", "serve", "--port", str(port), "--host", "127.0.0.1"],
-        cwd=ROOT,
-        env=env,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise RuntimeError("the service did not start")
-            time.sleep(0.2)
-        yield proc
-    finally:
-        proc.terminate()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=30)
 
 
 def _tokens(ids: list[uuid.UUID]) -> list[str]:
@@ -327,20 +248,18 @@ async def invariants(url: str) -> dict[str, int]:
         await conn.close()
 
 
-def write_section(
+def summary(
     eye: Latency,
     buy: Throughput,
     checks: dict[str, int],
     seconds: float,
     workers: int,
     load: float,
-) -> None:
-    path = ROOT / "docs" / "benchmarks.md"
+) -> str:
+    """The body of the "Flash promos" section."""
     ok = checks["oversold"] == checks["counter_mismatch"] == checks["bad_units"] == 0
     avg_items = eye.items / max(1, len(eye.samples) - sum(eye.errors.values()))
     lines = [
-        "## Flash promos",
-        "",
         f"`make bench-promos` on {datetime.now(UTC):%Y-%m-%d} ({platform.machine()}, "
         f"{os.cpu_count()} cores; PostgreSQL, the service ({workers} uvicorn worker"
         f"{'s' if workers > 1 else ''}) and the load generator share the box; rate limits"
@@ -367,16 +286,7 @@ def write_section(
         " and checks each candidate promo's own radius and segments.",
         "",
     ]
-    section = "\n".join(lines) + "\n"  # a blank line before any next section
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    pattern = re.compile(r"^## Flash promos\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section, text)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    print(f"wrote {path}")
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -386,14 +296,14 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     load = os.getloadavg()[0]
-    with database() as url:
+    with throwaway_database("bench-promos") as url:
         upgrade_to_head(url)
         t = time.perf_counter()
         eyes, buyers, buy_promos = asyncio.run(seed(url))
         print(f"seeded in {time.perf_counter() - t:.1f}s", flush=True)
-        port = _free_port()
+        port = free_port()
         base = f"http://127.0.0.1:{port}"
-        with service(url, port, args.workers):
+        with service(url, port, args.workers, {"DB_POOL_SIZE": "20"}):
             eye = asyncio.run(eligibility(base, _tokens(eyes), args.seconds, 8))
             print(
                 f"GET /me/promos: {len(eye.samples) / args.seconds:,.0f} req/s, "
@@ -410,7 +320,7 @@ def main() -> None:
         checks = asyncio.run(invariants(url))
         print(f"invariants: {checks}", flush=True)
     if not args.no_write:
-        write_section(eye, buy, checks, args.seconds, args.workers, load)
+        write_section("Flash promos", summary(eye, buy, checks, args.seconds, args.workers, load))
 
 
 if __name__ == "__main__":

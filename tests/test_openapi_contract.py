@@ -4,64 +4,29 @@ real server process. Fails on any 500 or any response its schema does not descri
 from __future__ import annotations
 
 import asyncio
-import socket
-import threading
-import time
 import uuid
 from collections.abc import Iterator
 
 import pytest
 import schemathesis
-import uvicorn
 from hypothesis import HealthCheck, given, settings
 from schemathesis import checks as st_checks
 
 from app.core.security import Role
 from app.core.settings import Settings
-from app.main import create_app
+from tests.live_server import LiveServer
 
 EXAMPLES = 15
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class _Server:
-    def __init__(self, app_settings: Settings) -> None:
-        self.app = create_app(app_settings)
-        self.port = _free_port()
-        self.server = uvicorn.Server(
-            uvicorn.Config(
-                self.app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on"
-            )
-        )
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> _Server:
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            if time.monotonic() > deadline:
-                raise RuntimeError("server did not start")
-            time.sleep(0.05)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
-
-
 @pytest.fixture(scope="module")
-def live_server(settings: Settings) -> Iterator[_Server]:
-    with _Server(settings) as server:
+def live_server(settings: Settings) -> Iterator[LiveServer]:
+    with LiveServer(settings) as server:
         yield server
 
 
 @pytest.fixture(scope="module")
-def admin_token(live_server: _Server, settings: Settings) -> str:
+def admin_token(live_server: LiveServer, settings: Settings) -> str:
     import asyncpg
 
     from app.core.db import libpq_url
@@ -90,7 +55,7 @@ CHECKS = [
 ]
 
 
-def _operations(live_server: _Server) -> list[schemathesis.APIOperation]:  # type: ignore[name-defined]
+def _operations(live_server: LiveServer) -> list[schemathesis.APIOperation]:  # type: ignore[name-defined]
     schema = schemathesis.openapi.from_url(f"http://127.0.0.1:{live_server.port}/openapi.json")
     operations = []
     for result in schema.get_all_operations():
@@ -101,7 +66,7 @@ def _operations(live_server: _Server) -> list[schemathesis.APIOperation]:  # typ
     return operations
 
 
-def test_every_route_honours_its_schema(live_server: _Server, admin_token: str) -> None:
+def test_every_route_honours_its_schema(live_server: LiveServer, admin_token: str) -> None:
     operations = _operations(live_server)
     assert len(operations) > 10
     headers = {"Authorization": f"Bearer {admin_token}"}

@@ -24,9 +24,13 @@ _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _bearer = HTTPBearer(auto_error=False, description="JWT from POST /api/v1/auth/token")
 
 
-def get_token_service(request: Request) -> TokenService:
+def token_service(request: Request) -> TokenService:
     tokens: TokenService = request.app.state.tokens
     return tokens
+
+
+async def get_token_service(request: Request) -> TokenService:
+    return token_service(request)
 
 
 async def get_current_user(
@@ -42,7 +46,7 @@ async def get_current_user(
         token = credentials.credentials
     else:
         token = _cookie_token(request)
-    tokens = get_token_service(request)
+    tokens = token_service(request)
     claims = await tokens.verify(token)
     if claims.get("_external"):
         return await _external_principal(request, tokens, claims)

@@ -107,15 +107,20 @@ async def apply_timeouts(session: AsyncSession, db: Database) -> None:
     )
 
 
-def get_database(request: Request) -> Database:
+def database(request: Request) -> Database:
     db: Database = request.app.state.db
     return db
+
+
+async def get_database(request: Request) -> Database:
+    # async: a plain `def` dependency would cost a thread-pool hop on every request
+    return database(request)
 
 
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
     """One transaction per request, committed when the endpoint returns and before the
     response is sent (the dependency has function scope), rolled back on any error."""
-    db = get_database(request)
+    db = database(request)
     async with db.sessionmaker() as session, session.begin():
         if db.timeouts_per_transaction:
             await apply_timeouts(session, db)
