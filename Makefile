@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-pg lint format migrate bench bench-import clean bench-notify bench-promos
+.PHONY: install run test test-pg test-pgbouncer lint format migrate bench bench-import clean bench-notify bench-promos
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -43,6 +43,12 @@ bench-promos: install ## GET /me/promos latency and reserve+purchase throughput;
 
 bench-import: install ## stream a 1,000,000-line CSV through the API; writes docs/benchmarks.md
 	$(PY) bench/import_codes.py
+
+test-pgbouncer: install ## the suite through PgBouncer (transaction mode) to 127.0.0.1:5432
+	scripts/test-pgbouncer.sh
+
+bench: install ## hot paths vs the bare reference app (needs wrk); writes docs/benchmarks.md
+	$(PY) -m bench.hotpaths
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -42,7 +42,7 @@ def database_url() -> Iterator[str]:
         admin_url = libpq_url(configured)
 
         async def admin(sql: str) -> None:
-            conn = await asyncpg.connect(admin_url)
+            conn = await asyncpg.connect(admin_url, statement_cache_size=0)
             try:
                 await conn.execute(sql)
             finally:
@@ -64,11 +64,20 @@ def database_url() -> Iterator[str]:
         server.cleanup()
 
 
+def _direct_url(database_url: str) -> str | None:
+    """DATABASE_DIRECT_URL (e.g. past PgBouncer, for LISTEN) pointed at the test database."""
+    direct = os.environ.get("DATABASE_DIRECT_URL")
+    if not direct:
+        return None
+    return _with_database(libpq_url(direct), urlsplit(database_url).path.lstrip("/"))
+
+
 @pytest.fixture(scope="session")
 def settings(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Settings:
     return Settings(
         env="test",
         database_url=database_url,
+        database_direct_url=_direct_url(database_url),
         jwt_secret="test-secret-" + "x" * 32,
         rate_limit_enabled=False,
         run_worker=False,

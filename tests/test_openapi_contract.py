@@ -32,7 +32,7 @@ def admin_token(live_server: LiveServer, settings: Settings) -> str:
     from app.core.db import libpq_url
 
     async def make() -> uuid.UUID:
-        conn = await asyncpg.connect(libpq_url(settings.database_url or ""))
+        conn = await asyncpg.connect(libpq_url(settings.database_url or ""), statement_cache_size=0)
         try:
             user_id: uuid.UUID = await conn.fetchval(
                 "INSERT INTO users (email, role) VALUES ($1, 'admin') RETURNING id",

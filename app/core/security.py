@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
@@ -19,6 +19,7 @@ _hasher = PasswordHash.recommended()
 _DUMMY_HASH = _hasher.hash("timing-equaliser-password")
 _FORBIDDEN_HEADERS = ("jku", "x5u", "jwk", "x5c")
 _EXTERNAL_ALGORITHMS = ["RS256", "ES256"]
+_VERIFIED_CACHE_SIZE = 50_000
 
 # The web console keeps the token in an HttpOnly cookie and sends a double-submit CSRF token.
 SESSION_COOKIE = "cf_session"
@@ -66,6 +67,9 @@ class TokenService:
     issuer: str | None = None
     audience: str | None = None
     role_claim: str = "role"
+    # Verified tokens → claims, so a client's repeated requests skip the signature check.
+    # Only tokens that passed verification enter; an entry is used only before its `exp`.
+    _verified: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> TokenService:
@@ -93,6 +97,16 @@ class TokenService:
 
     async def verify(self, token: str) -> dict[str, Any]:
         """Claims of a valid token; anything else raises 401."""
+        cached = self._verified.get(token)
+        if cached is not None and cached["exp"] > time.time():
+            return cached
+        claims = await self._verify(token)
+        if len(self._verified) >= _VERIFIED_CACHE_SIZE:
+            self._verified.clear()
+        self._verified[token] = claims
+        return claims
+
+    async def _verify(self, token: str) -> dict[str, Any]:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError as exc:

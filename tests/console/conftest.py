@@ -85,7 +85,7 @@ class Accounts:
         email = f"console-{role}-{uuid.uuid4().hex[:10]}@example.com"
 
         async def insert() -> uuid.UUID:
-            conn = await asyncpg.connect(self.url)
+            conn = await asyncpg.connect(self.url, statement_cache_size=0)
             try:
                 user_id: uuid.UUID = await conn.fetchval(
                     "INSERT INTO users (email, password_hash, role) VALUES ($1, $2, $3) "
@@ -104,7 +104,7 @@ class Accounts:
         """Run one committed statement (test set-up that has no console page)."""
 
         async def run() -> list[asyncpg.Record]:
-            conn = await asyncpg.connect(self.url)
+            conn = await asyncpg.connect(self.url, statement_cache_size=0)
             try:
                 return list(await conn.fetch(sql, *args))
             finally:

@@ -36,7 +36,9 @@ SECRET = "webhook-test-secret"
 @pytest.fixture
 async def pg(settings: Settings) -> AsyncIterator[asyncpg.Connection]:
     """An autocommit connection: what it writes is visible to workers at once."""
-    conn = await asyncpg.connect(libpq_url(settings.database_url or ""))
+    conn = await asyncpg.connect(
+        libpq_url(settings.database_url or ""), statement_cache_size=settings.statement_cache_size
+    )
     try:
         yield conn
     finally:
@@ -156,7 +158,8 @@ def worker_config(settings: Settings) -> WorkerConfig:
     url = libpq_url(settings.database_url or "")
     return WorkerConfig(
         database_url=url,
-        direct_url=url,
+        direct_url=libpq_url(settings.database_direct_url or url),
+        statement_cache_size=settings.statement_cache_size,
         concurrency=4,
         poll_seconds=0.2,
         lease_seconds=30,
