@@ -7,10 +7,11 @@ import uuid
 
 import structlog
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.core.metrics import HTTP_LATENCY, HTTP_REQUESTS
-from app.core.problems import problem_response
+from app.core.problems import problem_response, unhandled_error_response
 
 log = structlog.get_logger("access")
 
@@ -44,9 +45,12 @@ class RequestContextMiddleware:
         started = time.perf_counter()
         status = 500
 
+        started = False
+
         async def send_wrapper(message: Message) -> None:
-            nonlocal status
+            nonlocal status, started
             if message["type"] == "http.response.start":
+                started = True
                 status = message["status"]
                 headers = list(message.get("headers", []))
                 headers.append((b"x-request-id", request_id.encode("latin-1")))
@@ -56,6 +60,13 @@ class RequestContextMiddleware:
 
         try:
             await self.app(scope, receive, send_wrapper)
+        except Exception as exc:
+            # Answer unhandled errors here rather than in Starlette's outermost handler, so
+            # the 500 carries the request id and security headers like every other answer.
+            if started:
+                raise
+            response = await unhandled_error_response(Request(scope), exc)
+            await response(scope, receive, send_wrapper)
         finally:
             elapsed = time.perf_counter() - started
             template = _route_template(scope)
@@ -82,6 +93,8 @@ def _route_template(scope: Scope) -> str:
     return str(template) if template else "<unmatched>"
 
 
+# Only the CSV upload route takes the larger limit, whatever Content-Type a client claims.
+_UPLOAD_PATHS = ("/codes",)
 _UPLOAD_TYPES = (b"text/csv", b"text/plain", b"multipart/form-data", b"application/octet-stream")
 
 
@@ -105,7 +118,8 @@ class BodyLimitMiddleware:
                 content_type = value.lower()
             elif name == b"content-length" and value.isdigit():
                 declared = int(value)
-        limit = self.max_upload if content_type.startswith(_UPLOAD_TYPES) else self.max_body
+        upload = content_type.startswith(_UPLOAD_TYPES) and scope["path"].endswith(_UPLOAD_PATHS)
+        limit = self.max_upload if upload else self.max_body
         if declared is not None and declared > limit:
             await self._reject(scope, receive, send, limit)
             return

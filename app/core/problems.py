@@ -259,6 +259,11 @@ async def _on_http(request: Request, exc: Exception) -> Response:
     )
 
 
+async def unhandled_error_response(request: Request, exc: Exception) -> Response:
+    """503 for a database that is away, else a logged 500 with no internals."""
+    return await _on_unhandled(request, exc)
+
+
 async def _on_unhandled(request: Request, exc: Exception) -> Response:
     mapped = problem_for_database_error(exc)
     if mapped is not None:

@@ -8,10 +8,12 @@ Push providers (FCM, APNs) plug in behind this same interface: a receiver of the
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import random
 import uuid
+from http.cookiejar import CookieJar, DefaultCookiePolicy
 
 import httpx
 
@@ -92,10 +94,15 @@ class WebhookSender:
     def __init__(self, url: str | None, secret: str | None, timeout_s: float) -> None:
         self.url = url
         self.secret = secret
+        self.timeout_s = timeout_s
+        # The receiver is not trusted: no cookies kept between deliveries, no redirects
+        # followed (httpx's default), and its response body is never read (see `post`).
+        no_cookies = CookieJar(policy=DefaultCookiePolicy(allowed_domains=[]))
         self.client = httpx.AsyncClient(
             timeout=httpx.Timeout(timeout_s),
             limits=httpx.Limits(max_connections=32, max_keepalive_connections=32),
             headers={"User-Agent": "couponflash-webhook/1"},
+            cookies=no_cookies,
         )
 
     @property
@@ -113,7 +120,14 @@ class WebhookSender:
         if self.secret:
             headers[SIGNATURE_HEADER] = sign(self.secret, body)
         try:
-            response = await self.client.post(self.url, content=body, headers=headers)
+            # One deadline for the whole exchange (httpx's timeout is per read), and only the
+            # status line and headers are read: a huge or dripping body costs nothing.
+            async with asyncio.timeout(self.timeout_s):
+                request = self.client.build_request("POST", self.url, content=body, headers=headers)
+                response = await self.client.send(request, stream=True)
+                await response.aclose()
+        except TimeoutError as exc:
+            raise DeliveryError(f"no answer within {self.timeout_s} s") from exc
         except httpx.HTTPError as exc:
             raise DeliveryError(f"{type(exc).__name__}: {exc}") from exc
         if not 200 <= response.status_code < 300:
