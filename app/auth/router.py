@@ -21,7 +21,7 @@ from app.auth.schemas import (
 )
 from app.core.db import Session
 from app.core.openapi import AUTH, problems
-from app.core.pagination import Cursor, Limit, Page, decode_cursor, encode_cursor
+from app.core.pagination import Cursor, Limit, Page, encode_cursor, uuid_cursor
 from app.core.ratelimit import RateLimits, client_ip, get_rate_limits
 from app.core.security import Role
 
@@ -94,12 +94,7 @@ async def put_profile(body: ProfileIn, user: CurrentUser, session: Session) -> P
 async def list_users(
     admin: AdminUser, session: Session, limit: Limit = 50, cursor: Cursor = None
 ) -> Page[ProfileOut]:
-    after = decode_cursor(cursor, 1)
-    try:
-        after_id = uuid.UUID(after[0]) if after else None
-    except ValueError:
-        after_id = None
-    users = await service.list_users(session, limit + 1, after_id)
+    users = await service.list_users(session, limit + 1, uuid_cursor(cursor))
     page = users[:limit]
     next_cursor = encode_cursor(page[-1].id) if len(users) > limit else None
     return Page[ProfileOut](

@@ -29,8 +29,14 @@ from app.books.types import Timestamp
 from app.core.db import Session
 from app.core.idempotency import Idempotent
 from app.core.openapi import AUTH, problems
-from app.core.pagination import Cursor, Limit, Page, decode_cursor, encode_cursor
-from app.core.problems import Forbidden, ValidationFailed
+from app.core.pagination import (
+    Cursor,
+    Limit,
+    Page,
+    encode_cursor,
+    int_cursor,
+)
+from app.core.problems import Forbidden
 from app.core.ratelimit import RateLimits, get_rate_limits
 from app.core.security import Principal
 
@@ -42,17 +48,6 @@ CODE_ERRORS = problems(*AUTH, 403, 404, 409)
 def _owner(user: Principal) -> uuid.UUID | None:
     """Admins act on any code; everyone else only on their own."""
     return None if user.is_admin else user.id
-
-
-def _int_cursor(cursor: str | None) -> int | None:
-    values = decode_cursor(cursor, 1)
-    if values is None:
-        return None
-    if type(values[0]) is not int:
-        raise ValidationFailed(
-            "The cursor is not valid.", errors=[{"loc": ["query", "cursor"], "msg": "invalid"}]
-        )
-    return values[0]
 
 
 @router.get("/codes/{code}", response_model=CodeOut, responses=problems(*AUTH, 404))
@@ -205,7 +200,7 @@ async def my_codes(
         user_id=user.id,
         status=status_,
         limit=limit + 1,
-        after=_int_cursor(cursor),
+        after=int_cursor(cursor),
     )
     page = rows[:limit]
     return Page[CodeOut](
@@ -238,7 +233,7 @@ async def list_history(
 ) -> Page[HistoryEntry]:
     """Every transition, newest first: assigned, locked, unlocked, redeemed, rolled_back."""
     filters = history.HistoryFilter(book_id, code, user_id, action, since, until)
-    entries = await history.list_history(session, filters, limit + 1, _int_cursor(cursor))
+    entries = await history.list_history(session, filters, limit + 1, int_cursor(cursor))
     return _history_page(entries, limit)
 
 
@@ -255,5 +250,5 @@ async def my_history(
 ) -> Page[HistoryEntry]:
     """The caller's own history, newest first."""
     filters = history.HistoryFilter(book_id=book_id, user_id=user.id, action=action)
-    entries = await history.list_history(session, filters, limit + 1, _int_cursor(cursor))
+    entries = await history.list_history(session, filters, limit + 1, int_cursor(cursor))
     return _history_page(entries, limit)

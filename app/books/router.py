@@ -31,28 +31,21 @@ from app.books.schemas import (
 from app.core.db import Session
 from app.core.idempotency import Idempotent, IdempotentUpload
 from app.core.openapi import AUTH, problems
-from app.core.pagination import Cursor, Limit, Page, decode_cursor, encode_cursor
-from app.core.problems import Forbidden, ValidationFailed
+from app.core.pagination import (
+    Cursor,
+    Limit,
+    Page,
+    bad_cursor,
+    decode_cursor,
+    encode_cursor,
+    int_cursor,
+)
+from app.core.problems import Forbidden
 from app.core.ratelimit import RateLimits, get_rate_limits
 
 router = APIRouter(tags=["books"])
 RateLimit = Annotated[RateLimits, Depends(get_rate_limits)]
 ADMIN = (*AUTH, 403)
-
-
-def _bad_cursor() -> ValidationFailed:
-    return ValidationFailed(
-        "The cursor is not valid.", errors=[{"loc": ["query", "cursor"], "msg": "invalid"}]
-    )
-
-
-def int_cursor(cursor: str | None) -> int | None:
-    values = decode_cursor(cursor, 1)
-    if values is None:
-        return None
-    if type(values[0]) is not int:
-        raise _bad_cursor()
-    return values[0]
 
 
 @router.post(
@@ -83,7 +76,7 @@ async def list_books(
         try:
             after = (datetime.fromisoformat(str(values[0])), uuid.UUID(str(values[1])))
         except ValueError as exc:
-            raise _bad_cursor() from exc
+            raise bad_cursor() from exc
     books = await service.list_books(session, limit + 1, after)
     page = books[:limit]
     stats = await service.stats_for(session, [b.id for b in page])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import uuid
 from typing import Annotated, Any, Generic, TypeVar
 
 import orjson
@@ -45,3 +46,33 @@ def decode_cursor(cursor: str | None, arity: int) -> list[Any] | None:
             "The cursor is not valid.", errors=[{"loc": ["query", "cursor"], "msg": "invalid"}]
         )
     return values
+
+
+_BIGINT_MAX = 2**63 - 1
+
+
+def bad_cursor() -> ValidationFailed:
+    return ValidationFailed(
+        "The cursor is not valid.", errors=[{"loc": ["query", "cursor"], "msg": "invalid"}]
+    )
+
+
+def uuid_cursor(cursor: str | None) -> uuid.UUID | None:
+    """The id after which a page keyed by a UUID continues; None for the first page."""
+    values = decode_cursor(cursor, 1)
+    if values is None:
+        return None
+    try:
+        return uuid.UUID(str(values[0]))
+    except ValueError as exc:
+        raise bad_cursor() from exc
+
+
+def int_cursor(cursor: str | None) -> int | None:
+    """The bigint id after which a page continues; None for the first page."""
+    values = decode_cursor(cursor, 1)
+    if values is None:
+        return None
+    if type(values[0]) is not int or not 0 <= values[0] <= _BIGINT_MAX:
+        raise bad_cursor()
+    return values[0]

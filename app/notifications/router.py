@@ -12,8 +12,15 @@ from app.auth.deps import AdminUser, CurrentUser
 from app.core.db import Session
 from app.core.idempotency import Idempotent
 from app.core.openapi import AUTH, problems
-from app.core.pagination import Cursor, Limit, Page, decode_cursor, encode_cursor
-from app.core.problems import ValidationFailed
+from app.core.pagination import (
+    Cursor,
+    Limit,
+    Page,
+    bad_cursor,
+    decode_cursor,
+    encode_cursor,
+    int_cursor,
+)
 from app.notifications import service
 from app.notifications.config import NotificationSettings, direct_url
 from app.notifications.schemas import DeadLetterOut, NotificationOut, NotificationStatus
@@ -24,12 +31,6 @@ router = APIRouter(tags=["notifications"])
 _BIGINT = 2**63 - 1
 NotificationId = Annotated[int, Path(ge=1, le=_BIGINT, description="Notification id.")]
 JobId = Annotated[int, Path(ge=1, le=_BIGINT, description="Dead letter (outbox job) id.")]
-
-
-def _bad_cursor() -> ValidationFailed:
-    return ValidationFailed(
-        "The cursor is not valid.", errors=[{"loc": ["query", "cursor"], "msg": "invalid"}]
-    )
 
 
 @router.get(
@@ -57,7 +58,7 @@ async def list_my_notifications(
         try:
             before = date.fromisoformat(str(values[0]))
         except ValueError as exc:
-            raise _bad_cursor() from exc
+            raise bad_cursor() from exc
     rows = await service.inbox(session, user.id, limit + 1, before, status)
     page = rows[:limit]
     return Page[NotificationOut](
@@ -137,13 +138,7 @@ async def list_dead_letters(
     admin: AdminUser, session: Session, limit: Limit = 50, cursor: Cursor = None
 ) -> Page[DeadLetterOut]:
     """Webhook batches (and other jobs) that failed `max_attempts` times, oldest first."""
-    values = decode_cursor(cursor, 1)
-    after: int | None = None
-    if values is not None:
-        if type(values[0]) is not int or not 0 <= values[0] <= _BIGINT:
-            raise _bad_cursor()
-        after = values[0]
-    rows = await service.dead_letters(session, limit + 1, after)
+    rows = await service.dead_letters(session, limit + 1, int_cursor(cursor))
     page = rows[:limit]
     return Page[DeadLetterOut](
         items=page, next_cursor=encode_cursor(page[-1].id) if len(rows) > limit else None

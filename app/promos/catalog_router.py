@@ -10,9 +10,9 @@ from app.auth.deps import AdminUser
 from app.core.db import Session
 from app.core.idempotency import Idempotent
 from app.core.openapi import AUTH, problems
-from app.core.pagination import Cursor, Limit, Page
+from app.core.pagination import Cursor, Limit, Page, uuid_cursor
 from app.promos import catalog
-from app.promos.paging import id_cursor, page_by_id
+from app.promos.paging import page_by_id
 from app.promos.schemas import ProductIn, ProductOut, ProductPatch, StoreIn, StoreOut, StorePatch
 
 router = APIRouter()
@@ -44,7 +44,7 @@ async def create_store(
 async def list_stores(
     admin: AdminUser, session: Session, limit: Limit = 50, cursor: Cursor = None
 ) -> Page[StoreOut]:
-    stores = await catalog.list_stores(session, limit + 1, id_cursor(cursor))
+    stores = await catalog.list_stores(session, limit + 1, uuid_cursor(cursor))
     page, next_cursor = page_by_id(stores, limit)
     return Page[StoreOut](items=[StoreOut.model_validate(s) for s in page], next_cursor=next_cursor)
 
@@ -114,7 +114,7 @@ async def list_products(
     cursor: Cursor = None,
     store_id: uuid.UUID | None = None,
 ) -> Page[ProductOut]:
-    products = await catalog.list_products(session, limit + 1, id_cursor(cursor), store_id)
+    products = await catalog.list_products(session, limit + 1, uuid_cursor(cursor), store_id)
     page, next_cursor = page_by_id(products, limit)
     return Page[ProductOut](
         items=[ProductOut.model_validate(p) for p in page], next_cursor=next_cursor

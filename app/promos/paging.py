@@ -6,24 +6,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from app.core.pagination import decode_cursor, encode_cursor
-from app.core.problems import ValidationFailed
-
-
-def bad_cursor() -> ValidationFailed:
-    return ValidationFailed(
-        "The cursor is not valid.", errors=[{"loc": ["query", "cursor"], "msg": "invalid"}]
-    )
-
-
-def id_cursor(cursor: str | None) -> uuid.UUID | None:
-    values = decode_cursor(cursor, 1)
-    if values is None:
-        return None
-    try:
-        return uuid.UUID(str(values[0]))
-    except ValueError as exc:
-        raise bad_cursor() from exc
+from app.core.pagination import bad_cursor, decode_cursor, encode_cursor
 
 
 def time_id_cursor(cursor: str | None) -> tuple[datetime, uuid.UUID] | None:

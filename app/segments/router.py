@@ -10,8 +10,7 @@ from app.auth.deps import AdminUser
 from app.core.db import Session
 from app.core.idempotency import Idempotent
 from app.core.openapi import AUTH, problems
-from app.core.pagination import Cursor, Limit, Page, decode_cursor, encode_cursor
-from app.core.problems import ValidationFailed
+from app.core.pagination import Cursor, Limit, Page, encode_cursor, uuid_cursor
 from app.segments import service
 from app.segments.schemas import (
     MemberOut,
@@ -24,16 +23,6 @@ from app.segments.schemas import (
 
 router = APIRouter(prefix="/segments", tags=["segments"])
 ERRORS = problems(*AUTH, 403, 404)
-
-
-def _after(cursor: str | None) -> uuid.UUID | None:
-    values = decode_cursor(cursor, 1)
-    if values is None:
-        return None
-    try:
-        return uuid.UUID(str(values[0]))
-    except ValueError as exc:
-        raise ValidationFailed("The cursor is not valid.") from exc
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=SegmentOut, responses=ERRORS)
@@ -52,7 +41,7 @@ async def create_segment(
 async def list_segments(
     admin: AdminUser, session: Session, limit: Limit = 50, cursor: Cursor = None
 ) -> Page[SegmentOut]:
-    rows = await service.list_page(session, limit + 1, _after(cursor))
+    rows = await service.list_page(session, limit + 1, uuid_cursor(cursor))
     page = rows[:limit]
     return Page[SegmentOut](
         items=[SegmentOut.model_validate(s) for s in page],
@@ -108,7 +97,7 @@ async def list_members(
     cursor: Cursor = None,
 ) -> Page[MemberOut]:
     """Users in the segment: its listed members, or for a rule segment those the rules match."""
-    rows = await service.members(session, segment_id, limit + 1, _after(cursor))
+    rows = await service.members(session, segment_id, limit + 1, uuid_cursor(cursor))
     page = rows[:limit]
     return Page[MemberOut](
         items=[MemberOut(user_id=uid, email=email) for uid, email in page],
