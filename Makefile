@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-pg test-pgbouncer lint format migrate bench bench-import clean bench-notify bench-promos
+.PHONY: install run test test-pg test-pgbouncer lint format migrate bench bench-import clean bench-notify bench-promos test-faults
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -46,6 +46,9 @@ bench-import: install ## stream a 1,000,000-line CSV through the API; writes doc
 
 test-pgbouncer: install ## the suite through PgBouncer (transaction mode) to 127.0.0.1:5432
 	scripts/test-pgbouncer.sh
+
+test-faults: install ## fault injection (PostgreSQL restart, SIGKILL, timeouts, pool, SIGTERM) on a private cluster
+	RUN_FAULTS=1 $(PY) -m pytest tests/faults -q -s -p no:randomly -p no:cacheprovider
 
 bench: install ## hot paths vs the bare reference app (needs wrk); writes docs/benchmarks.md
 	$(PY) -m bench.hotpaths

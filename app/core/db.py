@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.pool import NullPool
 
+from app.core.problems import Unavailable
 from app.core.settings import Settings
 
 
@@ -146,8 +147,15 @@ async def raw_connection(session: AsyncSession) -> asyncpg.Connection:
     if not driver.is_in_transaction():
         adapted: Any = raw.dbapi_connection
         start = getattr(adapted, "_start_transaction", None)
-        if start is not None and getattr(adapted, "_transaction", True) is None:
-            await start()
-        else:  # a SQLAlchemy without that hook: let it begin on a trivial statement
+        if start is None or getattr(adapted, "_transaction", True) is not None:
+            # A SQLAlchemy without that hook: let it begin on a trivial statement.
             await session.execute(text("SELECT 1"))
+            return driver
+        try:
+            await start()
+        except Exception as exc:
+            # Errors raised here bypass SQLAlchemy's own handling: mark the connection
+            # dead so the pool replaces it, and answer 503 (e.g. the server restarted).
+            await conn.invalidate(exc)
+            raise Unavailable("The database connection was lost; retry shortly.") from exc
     return driver
