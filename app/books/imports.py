@@ -87,14 +87,20 @@ class CopyFeed:
             data = data.removeprefix(_BOM)
         cut = data.rfind(b"\n")
         if cut < 0:
-            self._carry = data
-            if len(data) > MAX_LINE_BYTES:
-                self._carry, self._skipping = data[:MAX_LINE_BYTES], True
+            self._hold(data)
             return b""
-        self._carry = data[cut + 1 :]
-        if len(self._carry) > MAX_LINE_BYTES:
-            self._carry, self._skipping = self._carry[:MAX_LINE_BYTES], True
+        self._hold(data[cut + 1 :])
         return self._convert(data[: cut + 1])
+
+    def _hold(self, partial: bytes) -> None:
+        """Keep the unfinished last line; past MAX_LINE_BYTES keep only its head. Leading
+        blanks are dropped first (SQL trims them anyway), so a long run of them before a
+        code neither hides the code nor makes the line look blank."""
+        if len(partial) > MAX_LINE_BYTES:
+            partial = partial.lstrip(b" \t")
+        if len(partial) > MAX_LINE_BYTES:
+            partial, self._skipping = partial[:MAX_LINE_BYTES], True
+        self._carry = partial
 
     def finish(self) -> bytes:
         rest, self._carry = self._carry, b""
