@@ -116,7 +116,7 @@ async def lock(
             f" ({state['lock_ttl_seconds']}).",
             errors=[{"loc": ["body", "ttl_seconds"], "msg": "greater than the book's lock TTL"}],
         )
-    if state["lock_live"]:
+    if state["lock_live"] and state["lock_id"] != lock_id:
         raise CodeLocked(f"Code {wanted} is already locked.")
     problem = redeem_problem(state, lock_id)
     raise problem or CodeNotAssigned(f"Code {wanted} cannot be locked.")

@@ -29,15 +29,17 @@ HEADER = "Idempotency-Key"
 
 _LOCK = text(f"SELECT {try_xact_lock_sql(LockNamespace.IDEMPOTENCY, ':lock_key')}")
 _FIND = text(
-    "SELECT request_hash, status_code, body FROM idempotency_keys"
+    "SELECT request_hash, status_code, body, location FROM idempotency_keys"
     " WHERE user_id = :user_id AND route = :route AND key = :key"
     " AND created_at > now() - make_interval(hours => :ttl)"
 )
 _STORE = text(
-    "INSERT INTO idempotency_keys (user_id, route, key, request_hash, status_code, body)"
-    " VALUES (:user_id, :route, :key, :hash, :status, CAST(:body AS jsonb))"
+    "INSERT INTO idempotency_keys"
+    " (user_id, route, key, request_hash, status_code, body, location)"
+    " VALUES (:user_id, :route, :key, :hash, :status, CAST(:body AS jsonb), :location)"
     " ON CONFLICT (user_id, route, key) DO UPDATE SET request_hash = EXCLUDED.request_hash,"
-    " status_code = EXCLUDED.status_code, body = EXCLUDED.body, created_at = now()"
+    " status_code = EXCLUDED.status_code, body = EXCLUDED.body,"
+    " location = EXCLUDED.location, created_at = now()"
 )
 
 
@@ -58,17 +60,25 @@ class IdempotencyKeyReused(ProblemError):
 class IdempotentReplay(Exception):
     """Raised to answer with a stored response; the request's transaction does nothing."""
 
-    def __init__(self, status_code: int, body: Any) -> None:
+    def __init__(self, status_code: int, body: Any, location: str | None = None) -> None:
         self.status_code = status_code
         self.body = body
+        self.location = location
 
 
 class Idempotency:
     """Per-request handle: `remember()` stores the response if the client sent a key."""
 
     def __init__(
-        self, session: AsyncSession, principal: Principal, route: str, key: str | None, ttl: int
+        self,
+        session: AsyncSession,
+        principal: Principal,
+        route: str,
+        key: str | None,
+        ttl: int,
+        response: Response | None = None,
     ) -> None:
+        self.response = response
         self.session = session
         self.principal = principal
         self.route = route
@@ -102,7 +112,7 @@ class Idempotency:
             raise IdempotencyKeyReused(
                 "This Idempotency-Key was used with a different request body."
             )
-        raise IdempotentReplay(row.status_code, row.body)
+        raise IdempotentReplay(row.status_code, row.body, row.location)
 
     async def remember(self, status_code: int, payload: Any) -> None:
         if self.key is None or self.request_hash is None:
@@ -117,6 +127,8 @@ class Idempotency:
                 "hash": self.request_hash,
                 "status": status_code,
                 "body": body,
+                # Routes set Location before remembering, so a replayed 201 carries it too.
+                "location": self.response.headers.get("location") if self.response else None,
             },
         )
 
@@ -133,21 +145,23 @@ def _validated_key(request: Request) -> str | None:
     return key
 
 
-async def get_idempotency(request: Request, session: Session, user: CurrentUser) -> Idempotency:
+async def get_idempotency(
+    request: Request, response: Response, session: Session, user: CurrentUser
+) -> Idempotency:
     """Idempotency for JSON bodies: the request hash is the SHA-256 of the raw body."""
     ttl: int = request.app.state.settings.idempotency_ttl_hours
-    idem = Idempotency(session, user, request.url.path, _validated_key(request), ttl)
+    idem = Idempotency(session, user, request.url.path, _validated_key(request), ttl, response)
     if idem.key is not None:
         await idem.begin(hashlib.sha256(await request.body()).hexdigest())
     return idem
 
 
 async def get_upload_idempotency(
-    request: Request, session: Session, user: CurrentUser
+    request: Request, response: Response, session: Session, user: CurrentUser
 ) -> Idempotency:
     """Idempotency for streamed uploads: the caller calls `begin()` with the file's hash."""
     ttl: int = request.app.state.settings.idempotency_ttl_hours
-    return Idempotency(session, user, request.url.path, _validated_key(request), ttl)
+    return Idempotency(session, user, request.url.path, _validated_key(request), ttl, response)
 
 
 Idempotent = Annotated[Idempotency, Depends(get_idempotency)]
@@ -156,11 +170,14 @@ IdempotentUpload = Annotated[Idempotency, Depends(get_upload_idempotency)]
 
 async def _on_replay(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, IdempotentReplay)
+    headers = {"Idempotent-Replayed": "true"}
+    if exc.location:
+        headers["Location"] = exc.location
     return Response(
         orjson.dumps(exc.body),
         status_code=exc.status_code,
         media_type="application/json",
-        headers={"Idempotent-Replayed": "true"},
+        headers=headers,
     )
 
 

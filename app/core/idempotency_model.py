@@ -21,3 +21,4 @@ class IdempotencyKey(CreatedAtMixin, Base):
     request_hash: Mapped[str] = mapped_column(Text)
     status_code: Mapped[int]
     body: Mapped[Any] = mapped_column(JSONB)
+    location: Mapped[str | None] = mapped_column(Text)

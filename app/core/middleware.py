@@ -42,7 +42,7 @@ class RequestContextMiddleware:
         request_id = request_id or uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = request_id
         structlog.contextvars.bind_contextvars(request_id=request_id)
-        started = time.perf_counter()
+        t0 = time.perf_counter()
         status = 500
 
         started = False
@@ -68,7 +68,7 @@ class RequestContextMiddleware:
             response = await unhandled_error_response(Request(scope), exc)
             await response(scope, receive, send_wrapper)
         finally:
-            elapsed = time.perf_counter() - started
+            elapsed = time.perf_counter() - t0
             template = _route_template(scope)
             method = scope["method"]
             HTTP_REQUESTS.labels(method, template, str(status)).inc()
@@ -102,10 +102,13 @@ class BodyLimitMiddleware:
     """Refuses bodies over the limit with 413, by `Content-Length` or while streaming.
     Uploads (CSV, multipart) get the larger upload limit."""
 
-    def __init__(self, app: ASGIApp, max_body: int, max_upload: int) -> None:
+    def __init__(
+        self, app: ASGIApp, max_body: int, max_upload: int, problem_base: str = "/problems"
+    ) -> None:
         self.app = app
         self.max_body = max_body
         self.max_upload = max_upload
+        self.problem_base = problem_base
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -121,7 +124,7 @@ class BodyLimitMiddleware:
         upload = content_type.startswith(_UPLOAD_TYPES) and scope["path"].endswith(_UPLOAD_PATHS)
         limit = self.max_upload if upload else self.max_body
         if declared is not None and declared > limit:
-            await self._reject(scope, receive, send, limit)
+            await self._reject(scope, receive, send, limit, self.problem_base)
             return
         received = 0
         response_started = False
@@ -145,15 +148,16 @@ class BodyLimitMiddleware:
             await self.app(scope, limited_receive, tracking_send)
         except _TooLarge:
             if not response_started:
-                await self._reject(scope, receive, send, limit)
+                await self._reject(scope, receive, send, limit, self.problem_base)
 
     @staticmethod
-    async def _reject(scope: Scope, receive: Receive, send: Send, limit: int) -> None:
+    async def _reject(scope: Scope, receive: Receive, send: Send, limit: int, base: str) -> None:
         response = problem_response(
             None,
             status=413,
             slug="payload-too-large",
             detail=f"The request body is larger than {limit} bytes.",
+            base=base,
             instance=scope["path"],
         )
         await response(scope, receive, send)
