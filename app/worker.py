@@ -120,8 +120,10 @@ class Worker:
         delay = 0.5
         while not self._stop.is_set():
             try:
+                # Direct, like LISTEN: a job's liveness is its worker's `application_name`
+                # in pg_stat_activity, which a transaction pooler would hide.
                 pool: asyncpg.Pool = await asyncpg.create_pool(
-                    cfg.database_url,
+                    cfg.direct_url,
                     min_size=1,
                     max_size=cfg.concurrency + 2,
                     max_inactive_connection_lifetime=0,  # one connection says we are alive
