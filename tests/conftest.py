@@ -27,6 +27,10 @@ from app.core.settings import Settings
 from app.main import create_app
 from tests.helpers import ApiUser
 
+# The fault-injection suite restarts servers and kills processes: it is collected only by
+# `make test-faults` (RUN_FAULTS=1), never by the everyday `make test`.
+collect_ignore = [] if os.environ.get("RUN_FAULTS") == "1" else ["faults"]
+
 
 def _with_database(url: str, name: str) -> str:
     parts = urlsplit(url)

@@ -5,7 +5,6 @@ here run only with RUN_FAULTS=1 (`make test-faults`) and skip otherwise."""
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Iterator
@@ -15,18 +14,6 @@ import asyncpg
 import pytest
 
 from tests.faults.harness import Cluster
-
-HERE = Path(__file__).resolve().parent
-ENABLED = os.environ.get("RUN_FAULTS") == "1"
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if ENABLED:
-        return
-    skip = pytest.mark.skip(reason="fault injection runs with RUN_FAULTS=1 (make test-faults)")
-    for item in items:
-        if item.path.is_relative_to(HERE):
-            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")
