@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.errors import BadCredentials, EmailTaken
 from app.auth.models import User
-from app.core.problems import NotFound
+from app.core.crud import get_or_404, page_by_id
 from app.core.security import Role, hash_password, verify_password
 
 
@@ -47,18 +47,12 @@ async def authenticate(session: AsyncSession, email: str, password: str) -> User
 
 
 async def get_user(session: AsyncSession, user_id: uuid.UUID) -> User:
-    user = await session.get(User, user_id)
-    if user is None:
-        raise NotFound(f"No user {user_id}.")
-    return user
+    return await get_or_404(session, User, user_id, "user")
 
 
 async def list_users(session: AsyncSession, limit: int, after: uuid.UUID | None) -> list[User]:
     """Users in id order, keyset-paginated."""
-    stmt = select(User).order_by(User.id).limit(limit)
-    if after is not None:
-        stmt = stmt.where(User.id > after)
-    return list((await session.execute(stmt)).scalars())
+    return await page_by_id(session, User, limit, after)
 
 
 async def set_role(session: AsyncSession, user_id: uuid.UUID, role: Role) -> User:

@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.books.models import Book
 from app.books.schemas import BookIn, BookOut, BookPatch, BookStatus, CodeOut, CodeStatus, Stats
+from app.core.crud import get_or_404
 from app.core.db import raw_connection
 from app.core.problems import NotFound, ValidationFailed
 
@@ -114,10 +115,7 @@ async def create_book(session: AsyncSession, data: BookIn) -> Book:
 
 
 async def get_book(session: AsyncSession, book_id: uuid.UUID) -> Book:
-    book = await session.get(Book, book_id)
-    if book is None:
-        raise NotFound(f"No book {book_id}.")
-    return book
+    return await get_or_404(session, Book, book_id, "book")
 
 
 async def list_books(

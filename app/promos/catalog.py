@@ -9,7 +9,8 @@ from sqlalchemy import exists, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.core.problems import NotFound, ValidationFailed
+from app.core.crud import get_or_404, page_by_id
+from app.core.problems import ValidationFailed
 from app.promos.errors import InUse
 from app.promos.models import Product, Promo, Store
 
@@ -32,18 +33,12 @@ async def create_store(session: AsyncSession, fields: dict[str, Any]) -> Store:
 
 
 async def get_store(session: AsyncSession, store_id: uuid.UUID) -> Store:
-    store = await session.get(Store, store_id)
-    if store is None:
-        raise NotFound(f"No store {store_id}.")
-    return store
+    return await get_or_404(session, Store, store_id, "store")
 
 
 async def list_stores(session: AsyncSession, limit: int, after: uuid.UUID | None) -> list[Store]:
     """Stores in id order, keyset-paginated."""
-    stmt = select(Store).order_by(Store.id).limit(limit)
-    if after is not None:
-        stmt = stmt.where(Store.id > after)
-    return list((await session.execute(stmt)).scalars())
+    return await page_by_id(session, Store, limit, after)
 
 
 async def update_store(
@@ -82,22 +77,15 @@ async def create_product(session: AsyncSession, fields: dict[str, Any]) -> Produ
 
 
 async def get_product(session: AsyncSession, product_id: uuid.UUID) -> Product:
-    product = await session.get(Product, product_id)
-    if product is None:
-        raise NotFound(f"No product {product_id}.")
-    return product
+    return await get_or_404(session, Product, product_id, "product")
 
 
 async def list_products(
     session: AsyncSession, limit: int, after: uuid.UUID | None, store_id: uuid.UUID | None
 ) -> list[Product]:
     """Products in id order, keyset-paginated, optionally of one store."""
-    stmt = select(Product).order_by(Product.id).limit(limit)
-    if after is not None:
-        stmt = stmt.where(Product.id > after)
-    if store_id is not None:
-        stmt = stmt.where(Product.store_id == store_id)
-    return list((await session.execute(stmt)).scalars())
+    where = [Product.store_id == store_id] if store_id is not None else []
+    return await page_by_id(session, Product, limit, after, *where)
 
 
 async def update_product(

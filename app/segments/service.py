@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import uuid
 
-from sqlalchemy import delete, select, text
+from sqlalchemy import delete, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.core.crud import get_or_404, page_by_id
 from app.core.problems import NotFound
 from app.segments.errors import NotStatic
 from app.segments.models import Segment, SegmentMember
@@ -53,17 +54,11 @@ async def create(
 
 
 async def get(session: AsyncSession, segment_id: uuid.UUID) -> Segment:
-    segment = await session.get(Segment, segment_id)
-    if segment is None:
-        raise NotFound(f"No segment {segment_id}.")
-    return segment
+    return await get_or_404(session, Segment, segment_id, "segment")
 
 
 async def list_page(session: AsyncSession, limit: int, after: uuid.UUID | None) -> list[Segment]:
-    stmt = select(Segment).order_by(Segment.id).limit(limit)
-    if after is not None:
-        stmt = stmt.where(Segment.id > after)
-    return list((await session.execute(stmt)).scalars())
+    return await page_by_id(session, Segment, limit, after)
 
 
 async def update(
