@@ -6,7 +6,6 @@ Routes on single codes and the history live in `codes_router.py` and are include
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends, Query, Request, Response, status
@@ -35,10 +34,9 @@ from app.core.pagination import (
     Cursor,
     Limit,
     Page,
-    bad_cursor,
-    decode_cursor,
     encode_cursor,
     int_cursor,
+    time_id_cursor,
 )
 from app.core.problems import Forbidden
 from app.core.ratelimit import RateLimits, get_rate_limits
@@ -70,14 +68,7 @@ async def list_books(
     admin: AdminUser, session: Session, limit: Limit = 50, cursor: Cursor = None
 ) -> Page[BookOut]:
     """Books in creation order, each with live stats."""
-    values = decode_cursor(cursor, 2)
-    after = None
-    if values is not None:
-        try:
-            after = (datetime.fromisoformat(str(values[0])), uuid.UUID(str(values[1])))
-        except ValueError as exc:
-            raise bad_cursor() from exc
-    books = await service.list_books(session, limit + 1, after)
+    books = await service.list_books(session, limit + 1, time_id_cursor(cursor))
     page = books[:limit]
     stats = await service.stats_for(session, [b.id for b in page])
     last = page[-1] if page else None

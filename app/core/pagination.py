@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import uuid
+from datetime import datetime
 from typing import Annotated, Any, Generic, TypeVar
 
 import orjson
@@ -76,3 +77,17 @@ def int_cursor(cursor: str | None) -> int | None:
     if type(values[0]) is not int or not 0 <= values[0] <= _BIGINT_MAX:
         raise bad_cursor()
     return values[0]
+
+
+def time_id_cursor(cursor: str | None) -> tuple[datetime, uuid.UUID] | None:
+    """The (timestamp, id) after which a page in time order continues; None for the first."""
+    values = decode_cursor(cursor, 2)
+    if values is None:
+        return None
+    try:
+        at = datetime.fromisoformat(str(values[0]))
+        if at.tzinfo is None:
+            raise ValueError("naive")
+        return at, uuid.UUID(str(values[1]))
+    except ValueError as exc:
+        raise bad_cursor() from exc

@@ -13,11 +13,10 @@ from app.auth.deps import AdminUser, CurrentUser
 from app.core.db import Session
 from app.core.idempotency import Idempotent
 from app.core.openapi import AUTH, problems
-from app.core.pagination import Cursor, Limit, Page, encode_cursor
+from app.core.pagination import Cursor, Limit, Page, encode_cursor, time_id_cursor
 from app.core.ratelimit import RateLimits, get_rate_limits
 from app.promos import listings, reservations, service
 from app.promos.catalog_router import router as catalog_router
-from app.promos.paging import time_id_cursor
 from app.promos.schemas import (
     EligiblePromo,
     PromoIn,

@@ -76,3 +76,13 @@ async def test_413_uses_the_configured_problem_base(settings: Settings, app: Fas
             )
     body = assert_problem(response, 413, "payload-too-large")
     assert str(body["type"]).startswith("https://errors.example/p/")
+
+
+async def test_book_list_refuses_a_cursor_with_a_naive_time(
+    client: httpx.AsyncClient, admin: ApiUser
+) -> None:
+    from app.core.pagination import encode_cursor
+
+    cursor = encode_cursor("2026-01-01T00:00:00", "00000000-0000-0000-0000-000000000000")
+    response = await client.get(f"/api/v1/books?cursor={cursor}", headers=admin.headers)
+    assert_problem(response, 422, "validation-error")
