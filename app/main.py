@@ -10,6 +10,8 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from app.auth.router import router as auth_router
+from app.books.codes_router import router as codes_router
+from app.books.history_router import router as history_router
 from app.books.router import router as books_router
 from app.console.router import router as console_router
 from app.core.db import Database
@@ -17,13 +19,14 @@ from app.core.health import router as health_router
 from app.core.idempotency import install_idempotency_handler
 from app.core.logging import configure_logging
 from app.core.metrics import POOL
-from app.core.middleware import BodyLimitMiddleware, RequestContextMiddleware
+from app.core.middleware import RequestContextMiddleware
 from app.core.migrations import head_revisions
 from app.core.problems import install_problem_handlers
 from app.core.ratelimit import RateLimits
 from app.core.security import TokenService
 from app.core.settings import Environment, Settings
 from app.notifications.router import router as notifications_router
+from app.promos.reservations_router import router as reservations_router
 from app.promos.router import router as promos_router
 from app.segments.router import router as segments_router
 from app.worker import start_worker
@@ -31,6 +34,16 @@ from app.worker import start_worker
 log = structlog.get_logger(__name__)
 
 API_PREFIX = "/api/v1"
+API_ROUTERS = (
+    codes_router,
+    reservations_router,
+    books_router,
+    history_router,
+    promos_router,
+    auth_router,
+    segments_router,
+    notifications_router,
+)
 DESCRIPTION = """
 Coupon books and flash promos: unique codes handed out fairly and never twice, and
 time-boxed deals with limited units that are never oversold.
@@ -85,17 +98,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_problem_handlers(app)
     install_idempotency_handler(app)
 
+    # Routes are matched in order, one by one: the hot paths come first.
+    for router in API_ROUTERS:
+        app.include_router(router, prefix=API_PREFIX)
     app.include_router(health_router)
     app.include_router(console_router)
-    for router in (auth_router, books_router, segments_router, promos_router, notifications_router):
-        app.include_router(router, prefix=API_PREFIX)
 
-    app.add_middleware(
-        BodyLimitMiddleware,
-        max_body=settings.max_body_bytes,
-        max_upload=settings.max_upload_bytes,
-        problem_base=settings.problem_base,
-    )
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -104,5 +112,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "X-Request-ID"],
             expose_headers=["Location", "Retry-After", "X-Request-ID"],
         )
-    app.add_middleware(RequestContextMiddleware)
+    app.add_middleware(
+        RequestContextMiddleware,
+        max_body=settings.max_body_bytes,
+        max_upload=settings.max_upload_bytes,
+        problem_base=settings.problem_base,
+    )
     return app

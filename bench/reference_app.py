@@ -24,6 +24,7 @@ from starlette.routing import Route
 from app.books.assign import LOCK_BOOK_USER, _claim_random
 from app.books.redeem import _LOCK as LOCK_CODE
 from app.books.redeem import _LOCK_HOLDER, _REDEEM
+from app.core.db import keep_session
 from app.promos.reservations import _LOCK as LOCK_PROMO_USER
 from app.promos.reservations import _PURCHASE, _RESERVE
 
@@ -138,6 +139,7 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
         min_size=size,
         max_size=size,
         server_settings={"lock_timeout": "2000ms", "statement_timeout": "15000ms"},
+        reset=keep_session,  # the service's pool setting: no session reset on release
     )
     yield
     await POOL["pool"].close()

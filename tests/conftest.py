@@ -9,7 +9,9 @@ import os
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -24,6 +26,7 @@ from app.core.db import apply_timeouts, get_session, libpq_url
 from app.core.migrations import upgrade_to_head
 from app.core.security import Role
 from app.core.settings import Settings
+from app.core.transaction import Acquire, connection_source
 from app.main import create_app
 from tests.helpers import ApiUser
 
@@ -129,12 +132,26 @@ async def client(app: FastAPI, conn: AsyncConnection) -> AsyncIterator[httpx.Asy
             await apply_timeouts(session, request.app.state.db)
             yield session
 
+    # SQL routes take a savepoint on the same connection: begin the outer transaction on the
+    # driver first, so theirs nests inside it instead of committing on its own.
+    await conn.execute(text("SELECT 1"))
+    driver = (await conn.get_raw_connection()).driver_connection
+
+    @asynccontextmanager
+    async def lend() -> AsyncIterator[Any]:
+        yield driver
+
+    async def test_connection(request: Request) -> Acquire:
+        return lend
+
     app.dependency_overrides[get_session] = session_in_test_transaction
+    app.dependency_overrides[connection_source] = test_connection
     try:
         async with _client(app) as c:
             yield c
     finally:
         app.dependency_overrides.pop(get_session, None)
+        app.dependency_overrides.pop(connection_source, None)
 
 
 @pytest.fixture

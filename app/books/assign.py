@@ -141,10 +141,9 @@ async def _claim_random(
 
 
 async def assign_random(
-    session: AsyncSession, book_id: uuid.UUID, user_id: uuid.UUID, actor_id: uuid.UUID
+    conn: asyncpg.Connection, book_id: uuid.UUID, user_id: uuid.UUID, actor_id: uuid.UUID
 ) -> CodeOut:
     """Give `user_id` a random free code of the book (one claim, no book-wide lock)."""
-    conn = await raw_connection(session)
     await conn.execute(LOCK_BOOK_USER, book_id, user_id)
     row = await _claim_random(conn, book_id, user_id, actor_id)
     if row["code"] is not None:
@@ -158,11 +157,10 @@ async def assign_random(
 
 
 async def assign_code(
-    session: AsyncSession, code: str, user_id: uuid.UUID, actor_id: uuid.UUID
+    conn: asyncpg.Connection, code: str, user_id: uuid.UUID, actor_id: uuid.UUID
 ) -> CodeOut:
     """Give `user_id` this specific code, if nobody holds it."""
     wanted = normalize_code(code)
-    conn = await raw_connection(session)
     book_id = await conn.fetchval("SELECT book_id FROM codes WHERE code = $1", wanted)
     if book_id is None:
         raise NotFound(f"No code {wanted}.")

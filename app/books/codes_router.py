@@ -1,21 +1,21 @@
-"""HTTP routes on single codes (owner or admin; another user's code answers 404), the
-caller's codes and the redemption history."""
+"""HTTP routes that hand out and use codes: assign (at random or by code), lock, unlock,
+redeem, validate, roll back, read one. Owner or admin; another user's code answers 404.
+
+These are the hot paths: `LeanRoute` calls them without per-request dependency solving,
+and each runs in one `Tx` (a transaction on a bare asyncpg connection)."""
 
 from __future__ import annotations
 
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Depends, Query, Response, status
+from fastapi import APIRouter, Body, Depends, Response, status
 
 from app.auth.deps import AdminUser, CurrentUser
-from app.books import assign, history, redeem, service
+from app.books import assign, redeem, service
 from app.books.schemas import (
-    Action,
     AssignIn,
     CodeOut,
-    CodeStatus,
-    HistoryEntry,
     LockedCodeOut,
     LockIn,
     RedeemIn,
@@ -25,22 +25,14 @@ from app.books.schemas import (
     ValidateIn,
     ValidateOut,
 )
-from app.books.types import Timestamp
-from app.core.db import Session
-from app.core.idempotency import Idempotent
+from app.core.lean import LeanRoute
 from app.core.openapi import AUTH, problems
-from app.core.pagination import (
-    Cursor,
-    Limit,
-    Page,
-    encode_cursor,
-    int_cursor,
-)
 from app.core.problems import Forbidden
 from app.core.ratelimit import RateLimits, get_rate_limits
 from app.core.security import Principal
+from app.core.transaction import Tx
 
-router = APIRouter(tags=["codes"])
+router = APIRouter(tags=["codes"], route_class=LeanRoute)
 RateLimit = Annotated[RateLimits, Depends(get_rate_limits)]
 CODE_ERRORS = problems(*AUTH, 403, 404, 409)
 
@@ -51,9 +43,10 @@ def _owner(user: Principal) -> uuid.UUID | None:
 
 
 @router.get("/codes/{code}", response_model=CodeOut, responses=problems(*AUTH, 404))
-async def get_code(code: str, user: CurrentUser, session: Session) -> CodeOut:
+async def get_code(code: str, user: CurrentUser, tx: Tx) -> CodeOut:
     """A code as it reads now (a lapsed lock reads as `assigned`)."""
-    return await service.get_code(session, code, _owner(user))
+    async with tx as conn:
+        return await service.get_code(conn, code, _owner(user))
 
 
 @router.post(
@@ -65,25 +58,19 @@ async def get_code(code: str, user: CurrentUser, session: Session) -> CodeOut:
 async def assign_code(
     code: str,
     user: CurrentUser,
-    session: Session,
+    tx: Tx,
     response: Response,
     limits: RateLimit,
-    idem: Idempotent,
     body: Annotated[AssignIn | None, Body()] = None,
 ) -> CodeOut:
     """Claim this specific code (a user for themself, an admin for `user_id`).
     409 `code-unavailable`, `code-limit-reached`, `book-inactive`."""
-    requested = body.user_id if body else None
-    target = user.id if requested is None or requested == user.id else None
-    if target is None:
-        if not user.is_admin:
-            raise Forbidden("Only an admin may assign a code to another user.")
-        target = requested
-    assert target is not None
+    target = _target_user(user.id, user.is_admin, body.user_id if body else None)
     await limits.hit(limits.assign, "assign", str(user.id))
-    out = await assign.assign_code(session, code, target, user.id)
-    response.headers["Location"] = f"/api/v1/codes/{out.code}"
-    await idem.remember(status.HTTP_201_CREATED, out)
+    async with tx as conn:
+        out = await assign.assign_code(conn, code, target, user.id)
+        location = response.headers["Location"] = f"/api/v1/codes/{out.code}"
+        await tx.remember(conn, status.HTTP_201_CREATED, out, location)
     return out
 
 
@@ -91,23 +78,23 @@ async def assign_code(
 async def lock_code(
     code: str,
     user: CurrentUser,
-    session: Session,
-    idem: Idempotent,
+    tx: Tx,
     body: Annotated[LockIn | None, Body()] = None,
 ) -> LockedCodeOut:
     """Hold the code for checkout for `ttl_seconds` (default and maximum: the book's lock
     TTL). Locking a locked code is 409 `code-locked` unless `lock_id` is the live one, which
     extends the lock."""
     body = body or LockIn()
-    out = await redeem.lock(
-        session,
-        code,
-        owner=_owner(user),
-        actor_id=user.id,
-        ttl_seconds=body.ttl_seconds,
-        lock_id=body.lock_id,
-    )
-    await idem.remember(status.HTTP_200_OK, out)
+    async with tx as conn:
+        out = await redeem.lock(
+            conn,
+            code,
+            owner=_owner(user),
+            actor_id=user.id,
+            ttl_seconds=body.ttl_seconds,
+            lock_id=body.lock_id,
+        )
+        await tx.remember(conn, status.HTTP_200_OK, out)
     return out
 
 
@@ -115,20 +102,20 @@ async def lock_code(
 async def unlock_code(
     code: str,
     user: CurrentUser,
-    session: Session,
-    idem: Idempotent,
+    tx: Tx,
     body: Annotated[UnlockIn | None, Body()] = None,
 ) -> CodeOut:
     """Release a lock: the owner needs the live `lock_id`, an admin none. Unlocking a code
     that is not locked is a harmless 200."""
-    out = await redeem.unlock(
-        session,
-        code,
-        owner=_owner(user),
-        actor_id=user.id,
-        lock_id=body.lock_id if body else None,
-    )
-    await idem.remember(status.HTTP_200_OK, out)
+    async with tx as conn:
+        out = await redeem.unlock(
+            conn,
+            code,
+            owner=_owner(user),
+            actor_id=user.id,
+            lock_id=body.lock_id if body else None,
+        )
+        await tx.remember(conn, status.HTTP_200_OK, out)
     return out
 
 
@@ -136,24 +123,24 @@ async def unlock_code(
 async def redeem_code(
     code: str,
     user: CurrentUser,
-    session: Session,
-    idem: Idempotent,
+    tx: Tx,
     body: Annotated[RedeemIn | None, Body()] = None,
 ) -> RedeemOut:
     """Use the code once (from `assigned`, or `locked` with its `lock_id`). 409
     `code-locked`, `code-not-assigned`, `redemption-limit-reached`,
     `user-redemption-limit-reached`, `book-inactive`."""
     body = body or RedeemIn()
-    out = await redeem.redeem(
-        session,
-        code,
-        owner=_owner(user),
-        actor_id=user.id,
-        lock_id=body.lock_id,
-        order_ref=body.order_ref,
-        metadata=body.metadata,
-    )
-    await idem.remember(status.HTTP_200_OK, out)
+    async with tx as conn:
+        out = await redeem.redeem(
+            conn,
+            code,
+            owner=_owner(user),
+            actor_id=user.id,
+            lock_id=body.lock_id,
+            order_ref=body.order_ref,
+            metadata=body.metadata,
+        )
+        await tx.remember(conn, status.HTTP_200_OK, out)
     return out
 
 
@@ -161,94 +148,58 @@ async def redeem_code(
 async def validate_code(
     code: str,
     user: CurrentUser,
-    session: Session,
+    tx: Tx,
     body: Annotated[ValidateIn | None, Body()] = None,
 ) -> ValidateOut:
     """Would redeeming work now? Changes nothing; names the problem redeem would raise."""
-    slug = await redeem.validate(
-        session, code, owner=_owner(user), lock_id=body.lock_id if body else None
-    )
+    async with tx as conn:
+        slug = await redeem.validate(
+            conn, code, owner=_owner(user), lock_id=body.lock_id if body else None
+        )
     return ValidateOut(redeemable=slug is None, problem=slug)
 
 
 @router.post("/codes/{code}/rollback", response_model=CodeOut, responses=CODE_ERRORS)
-async def rollback_code(
-    code: str, body: RollbackIn, admin: AdminUser, session: Session, idem: Idempotent
-) -> CodeOut:
+async def rollback_code(code: str, body: RollbackIn, admin: AdminUser, tx: Tx) -> CodeOut:
     """Reverse one redemption (order cancelled, payment failed): `redemptions` - 1 and the
     code is usable again. 409 `not-redeemed` if unknown or already rolled back."""
-    out = await redeem.rollback(
-        session, code, redemption_id=body.redemption_id, actor_id=admin.id, reason=body.reason
-    )
-    await idem.remember(status.HTTP_200_OK, out)
+    async with tx as conn:
+        out = await redeem.rollback(
+            conn, code, redemption_id=body.redemption_id, actor_id=admin.id, reason=body.reason
+        )
+        await tx.remember(conn, status.HTTP_200_OK, out)
     return out
 
 
-@router.get("/me/codes", response_model=Page[CodeOut], responses=problems(*AUTH), tags=["me"])
-async def my_codes(
-    user: CurrentUser,
-    session: Session,
-    book_id: uuid.UUID | None = None,
-    status_: Annotated[CodeStatus | None, Query(alias="status")] = None,
-    limit: Limit = 50,
-    cursor: Cursor = None,
-) -> Page[CodeOut]:
-    """The caller's codes, optionally of one book and in one status."""
-    rows = await service.list_codes(
-        session,
-        book_id=book_id,
-        user_id=user.id,
-        status=status_,
-        limit=limit + 1,
-        after=int_cursor(cursor),
-    )
-    page = rows[:limit]
-    return Page[CodeOut](
-        items=[c for _, c in page],
-        next_cursor=encode_cursor(page[-1][0]) if len(rows) > limit else None,
-    )
-
-
-def _history_page(entries: list[HistoryEntry], limit: int) -> Page[HistoryEntry]:
-    page = entries[:limit]
-    return Page[HistoryEntry](
-        items=page, next_cursor=encode_cursor(page[-1].id) if len(entries) > limit else None
-    )
-
-
-@router.get(
-    "/history", response_model=Page[HistoryEntry], responses=problems(*AUTH, 403), tags=["history"]
+@router.post(
+    "/books/{book_id}/assign",
+    status_code=status.HTTP_201_CREATED,
+    response_model=CodeOut,
+    responses=problems(*AUTH, 403, 404, 409),
+    tags=["books"],
 )
-async def list_history(
-    admin: AdminUser,
-    session: Session,
-    book_id: uuid.UUID | None = None,
-    code: Annotated[str | None, Query(max_length=64, pattern=r"^[A-Za-z0-9_-]+$")] = None,
-    user_id: uuid.UUID | None = None,
-    action: Action | None = None,
-    since: Annotated[Timestamp | None, Query()] = None,
-    until: Annotated[Timestamp | None, Query()] = None,
-    limit: Limit = 50,
-    cursor: Cursor = None,
-) -> Page[HistoryEntry]:
-    """Every transition, newest first: assigned, locked, unlocked, redeemed, rolled_back."""
-    filters = history.HistoryFilter(book_id, code, user_id, action, since, until)
-    entries = await history.list_history(session, filters, limit + 1, int_cursor(cursor))
-    return _history_page(entries, limit)
-
-
-@router.get(
-    "/me/history", response_model=Page[HistoryEntry], responses=problems(*AUTH), tags=["me"]
-)
-async def my_history(
+async def assign_random(
+    book_id: uuid.UUID,
     user: CurrentUser,
-    session: Session,
-    book_id: uuid.UUID | None = None,
-    action: Action | None = None,
-    limit: Limit = 50,
-    cursor: Cursor = None,
-) -> Page[HistoryEntry]:
-    """The caller's own history, newest first."""
-    filters = history.HistoryFilter(book_id=book_id, user_id=user.id, action=action)
-    entries = await history.list_history(session, filters, limit + 1, int_cursor(cursor))
-    return _history_page(entries, limit)
+    tx: Tx,
+    response: Response,
+    limits: RateLimit,
+    body: Annotated[AssignIn | None, Body()] = None,
+) -> CodeOut:
+    """A random free code of the book: a user assigns to themself, an admin to `user_id`.
+    409 `book-exhausted`, `code-limit-reached`, `book-inactive`."""
+    target = _target_user(user.id, user.is_admin, body.user_id if body else None)
+    await limits.hit(limits.assign, "assign", str(user.id))
+    async with tx as conn:
+        code = await assign.assign_random(conn, book_id, target, user.id)
+        location = response.headers["Location"] = f"/api/v1/codes/{code.code}"
+        await tx.remember(conn, status.HTTP_201_CREATED, code, location)
+    return code
+
+
+def _target_user(caller: uuid.UUID, is_admin: bool, requested: uuid.UUID | None) -> uuid.UUID:
+    if requested is None or requested == caller:
+        return caller
+    if not is_admin:
+        raise Forbidden("Only an admin may assign a code to another user.")
+    return requested

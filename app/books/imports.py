@@ -161,6 +161,8 @@ SELECT i.line, i.code FROM import_codes i JOIN codes c ON c.code = i.code
 WHERE c.book_id <> $1 ORDER BY i.line LIMIT {MAX_REPORTED}
 """
 
+# Sorted by code, so concurrent imports meet their common codes in the same order and wait
+# on each other instead of deadlocking.
 _INSERT_ALL = "INSERT INTO codes (book_id, code) SELECT $1, code FROM import_codes ORDER BY code"
 _INSERT_NEW = """
 INSERT INTO codes (book_id, code)
@@ -168,6 +170,9 @@ SELECT $1, i.code FROM import_codes i
 WHERE NOT EXISTS (SELECT 1 FROM codes c WHERE c.code = i.code)
 ORDER BY i.code
 """
+# After losing a race: skip what concurrent imports stored meanwhile; whose those codes
+# are is checked afterwards.
+_INSERT_SKIPPING = _INSERT_NEW + "ON CONFLICT (code) DO NOTHING"
 
 _RECORD = """
 INSERT INTO imports
@@ -187,10 +192,11 @@ async def import_chunks(
     conn = await raw_connection(session)
     if not await conn.fetchval("SELECT EXISTS (SELECT 1 FROM books WHERE id = $1)", book_id):
         raise NotFound(f"No book {book_id}.")
-    # Bulk work: allow it time and memory for this transaction only.
+    # Bulk work: allow it time and memory for this transaction only. The lock wait too: an
+    # import sharing codes with a concurrent one waits for it to end, however long it runs.
     await conn.execute(
         "SELECT set_config('statement_timeout', '900s', true),"
-        " set_config('work_mem', '128MB', true)"
+        " set_config('lock_timeout', '900s', true), set_config('work_mem', '128MB', true)"
     )
     await conn.execute("DROP TABLE IF EXISTS import_lines, import_codes")
     await conn.execute(
@@ -222,17 +228,25 @@ async def import_chunks(
             f"{overlap['foreign_']} code(s) already belong to another book; nothing stored.",
             codes=[dict(r) for r in rows],
         )
-    try:
-        status = await conn.execute(_INSERT_NEW if overlap["present"] else _INSERT_ALL, book_id)
-    except asyncpg.UniqueViolationError as exc:  # a concurrent import took one of them
-        raise CodeExists(
-            "Some codes were added to another book meanwhile; nothing stored.", codes=[]
-        ) from exc
+    inserted, raced = await _insert(conn, book_id, skip_present=bool(overlap["present"]))
+    if raced:
+        # A concurrent import or generation stored some of these codes after the check
+        # above. Those of this book count as already present; any of another book refuse
+        # the whole file, as if they had been there from the start.
+        overlap = await conn.fetchrow(_OVERLAP, book_id)
+        assert overlap is not None
+        if overlap["foreign_"]:
+            rows = await conn.fetch(_FOREIGN, book_id)
+            raise CodeExists(
+                f"{overlap['foreign_']} code(s) were added to another book meanwhile;"
+                " nothing stored.",
+                codes=[dict(r) for r in rows],
+            )
     out = ImportOut(
         received=int(totals["received"]),
-        inserted=int(status.rsplit(" ", 1)[-1]),
+        inserted=inserted,
         duplicates_in_file=int(totals["received"] - totals["distinct_"]),
-        already_present=int(overlap["present"]),
+        already_present=int(totals["distinct_"]) - inserted,
     )
     await conn.execute(
         _RECORD,
@@ -246,6 +260,24 @@ async def import_chunks(
     )
     await conn.execute("DROP TABLE import_lines, import_codes")
     return out
+
+
+async def _insert(
+    conn: asyncpg.Connection, book_id: uuid.UUID, *, skip_present: bool
+) -> tuple[int, bool]:
+    """Insert the staged codes; returns (rows inserted, whether a concurrent writer stored
+    some of them first). The fast plain INSERT runs in a savepoint: when it meets a code
+    committed meanwhile (it waits for the other transaction first), it is undone and the
+    insert runs again skipping what exists."""
+    await conn.execute("SAVEPOINT import_insert")
+    try:
+        status = await conn.execute(_INSERT_NEW if skip_present else _INSERT_ALL, book_id)
+    except asyncpg.UniqueViolationError:
+        await conn.execute("ROLLBACK TO SAVEPOINT import_insert")
+        status = await conn.execute(_INSERT_SKIPPING, book_id)
+        return int(status.rsplit(" ", 1)[-1]), True
+    await conn.execute("RELEASE SAVEPOINT import_insert")
+    return int(status.rsplit(" ", 1)[-1]), False
 
 
 async def _upload_chunks(upload: UploadFile) -> AsyncIterator[bytes]:

@@ -12,7 +12,6 @@ from typing import Any
 
 import asyncpg
 import orjson
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.books.errors import (
     BookInactive,
@@ -24,7 +23,6 @@ from app.books.errors import (
 )
 from app.books.schemas import CodeOut, LockedCodeOut, RedeemOut
 from app.books.service import BOOK_ACTIVE, CODE_COLUMNS, code_out, normalize_code
-from app.core.db import raw_connection
 from app.core.locking import LockNamespace, xact_lock_sql
 from app.core.problems import NotFound, ProblemError, ValidationFailed
 
@@ -95,7 +93,7 @@ SELECT * FROM done
 
 
 async def lock(
-    session: AsyncSession,
+    conn: asyncpg.Connection,
     code: str,
     *,
     owner: uuid.UUID | None,
@@ -105,7 +103,6 @@ async def lock(
 ) -> LockedCodeOut:
     """Hold an assigned code for checkout; the live `lock_id` extends an existing lock."""
     wanted = normalize_code(code)
-    conn = await raw_connection(session)
     row = await conn.fetchrow(_LOCK, wanted, owner, ttl_seconds, lock_id, actor_id)
     if row is not None:
         return LockedCodeOut(**code_out(row).model_dump(), lock_id=row["lock_id"])
@@ -140,7 +137,7 @@ SELECT * FROM done
 
 
 async def unlock(
-    session: AsyncSession,
+    conn: asyncpg.Connection,
     code: str,
     *,
     owner: uuid.UUID | None,
@@ -150,7 +147,6 @@ async def unlock(
     """Release a live lock (the owner needs its `lock_id`, an admin does not); releasing a
     code that is not locked is a harmless no-op."""
     wanted = normalize_code(code)
-    conn = await raw_connection(session)
     row = await conn.fetchrow(_UNLOCK, wanted, owner, owner is None, lock_id, actor_id)
     if row is not None:
         return code_out(row)
@@ -209,7 +205,7 @@ FROM done, logged
 
 
 async def redeem(
-    session: AsyncSession,
+    conn: asyncpg.Connection,
     code: str,
     *,
     owner: uuid.UUID | None,
@@ -220,7 +216,6 @@ async def redeem(
 ) -> RedeemOut:
     """Use the code once; it becomes `redeemed` at the book's redemptions per code."""
     wanted = normalize_code(code)
-    conn = await raw_connection(session)
     await conn.execute(_LOCK_HOLDER, wanted)
     details: dict[str, Any] = {}
     if order_ref is not None:
@@ -237,10 +232,9 @@ async def redeem(
 
 
 async def validate(
-    session: AsyncSession, code: str, *, owner: uuid.UUID | None, lock_id: uuid.UUID | None
+    conn: asyncpg.Connection, code: str, *, owner: uuid.UUID | None, lock_id: uuid.UUID | None
 ) -> str | None:
     """Dry-run redeem: the slug of the problem redeem would raise now, or None."""
-    conn = await raw_connection(session)
     state = await _state(conn, normalize_code(code), owner)
     problem = redeem_problem(state, lock_id)
     return problem.slug if problem is not None else None
@@ -276,7 +270,7 @@ SELECT * FROM done
 
 
 async def rollback(
-    session: AsyncSession,
+    conn: asyncpg.Connection,
     code: str,
     *,
     redemption_id: int,
@@ -285,7 +279,6 @@ async def rollback(
 ) -> CodeOut:
     """Reverse one redemption (order cancelled, payment failed), at most once."""
     wanted = normalize_code(code)
-    conn = await raw_connection(session)
     try:
         row = await conn.fetchrow(_ROLLBACK, wanted, redemption_id, actor_id, reason)
     except asyncpg.UniqueViolationError as exc:  # a concurrent rollback of the same one won

@@ -1,6 +1,6 @@
 """HTTP routes of the books domain: books, their codes, assign and distribute.
 
-Routes on single codes and the history live in `codes_router.py` and are included here.
+Routes on single codes and the history live in `codes_router.py`.
 """
 
 from __future__ import annotations
@@ -8,14 +8,12 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Depends, Query, Request, Response, status
+from fastapi import APIRouter, Depends, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
 
-from app.auth.deps import AdminUser, CurrentUser
+from app.auth.deps import AdminUser
 from app.books import assign, export, generate, imports, service
-from app.books.codes_router import router as codes_router
 from app.books.schemas import (
-    AssignIn,
     BookIn,
     BookOut,
     BookPatch,
@@ -38,7 +36,6 @@ from app.core.pagination import (
     int_cursor,
     time_id_cursor,
 )
-from app.core.problems import Forbidden
 from app.core.ratelimit import RateLimits, get_rate_limits
 
 router = APIRouter(tags=["books"])
@@ -195,39 +192,6 @@ async def export_codes(
 
 
 @router.post(
-    "/books/{book_id}/assign",
-    status_code=status.HTTP_201_CREATED,
-    response_model=CodeOut,
-    responses=problems(*AUTH, 403, 404, 409),
-)
-async def assign_random(
-    book_id: uuid.UUID,
-    user: CurrentUser,
-    session: Session,
-    response: Response,
-    limits: RateLimit,
-    idem: Idempotent,
-    body: Annotated[AssignIn | None, Body()] = None,
-) -> CodeOut:
-    """A random free code of the book: a user assigns to themself, an admin to `user_id`.
-    409 `book-exhausted`, `code-limit-reached`, `book-inactive`."""
-    target = _target_user(user.id, user.is_admin, body.user_id if body else None)
-    await limits.hit(limits.assign, "assign", str(user.id))
-    code = await assign.assign_random(session, book_id, target, user.id)
-    response.headers["Location"] = f"/api/v1/codes/{code.code}"
-    await idem.remember(status.HTTP_201_CREATED, code)
-    return code
-
-
-def _target_user(caller: uuid.UUID, is_admin: bool, requested: uuid.UUID | None) -> uuid.UUID:
-    if requested is None or requested == caller:
-        return caller
-    if not is_admin:
-        raise Forbidden("Only an admin may assign a code to another user.")
-    return requested
-
-
-@router.post(
     "/books/{book_id}/distribute",
     response_model=DistributeOut,
     responses=problems(*ADMIN, 404, 409),
@@ -242,6 +206,3 @@ async def distribute(
     )
     await idem.remember(status.HTTP_200_OK, out)
     return out
-
-
-router.include_router(codes_router)

@@ -132,7 +132,11 @@ async def update_book(session: AsyncSession, book_id: uuid.UUID, patch: BookPatc
     book = await get_book(session, book_id)
     for field in patch.model_fields_set:
         value = getattr(patch, field)
-        setattr(book, "metadata_" if field == "metadata" else field, value)
+        if field == "metadata":
+            # The column is a JSON object; `null` empties it (JSONB would store a JSON null).
+            book.metadata_ = value if value is not None else {}
+        else:
+            setattr(book, field, value)
     if (
         book.starts_at is not None
         and book.expires_at is not None
@@ -150,9 +154,8 @@ async def update_book(session: AsyncSession, book_id: uuid.UUID, patch: BookPatc
 # --- reading codes ------------------------------------------------------------------------
 
 
-async def get_code(session: AsyncSession, code: str, owner: uuid.UUID | None) -> CodeOut:
+async def get_code(conn: asyncpg.Connection, code: str, owner: uuid.UUID | None) -> CodeOut:
     """One code; `owner` restricts to that holder (others' codes answer 404)."""
-    conn = await raw_connection(session)
     row = await conn.fetchrow(
         f"SELECT {CODE_COLUMNS} FROM codes c JOIN books b ON b.id = c.book_id"
         " WHERE c.code = $1 AND ($2::uuid IS NULL OR c.user_id = $2)",

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
+import orjson
 from fastapi import Depends, Request
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import (
@@ -37,6 +39,32 @@ def libpq_url(url: str) -> str:
     return urlunsplit(("postgresql", parts.netloc, parts.path, parts.query, parts.fragment))
 
 
+def _server_settings(settings: Settings) -> dict[str, str]:
+    server_settings = {"application_name": "couponflash"}
+    if not settings.db_pgbouncer:
+        # Timeouts as startup parameters cost no round trip per request; behind PgBouncer
+        # (which refuses unknown startup parameters) each transaction sets them instead.
+        server_settings["lock_timeout"] = f"{settings.db_lock_timeout_ms}ms"
+        server_settings["statement_timeout"] = f"{settings.db_statement_timeout_ms}ms"
+    return server_settings
+
+
+async def keep_session(conn: asyncpg.Connection) -> None:
+    """Pool release without asyncpg's session reset (`RESET ALL`, `UNLISTEN *`, unlock all:
+    one more round trip per request). Requests leave no session state behind: their locks
+    are `pg_advisory_xact_lock`, their settings `SET LOCAL`, and an open transaction is
+    still rolled back by the pool before this runs."""
+
+
+async def _json_codecs(conn: asyncpg.Connection) -> None:
+    """JSON as SQLAlchemy's asyncpg dialect sets it up: parameters are JSON text, results
+    are decoded, so SQL shared by both pools behaves the same on either."""
+    for name in ("json", "jsonb"):
+        await conn.set_type_codec(
+            name, encoder=str, decoder=orjson.loads, schema="pg_catalog", format="text"
+        )
+
+
 def create_engine(
     settings: Settings, url: str | None = None, *, pooled: bool = True
 ) -> AsyncEngine:
@@ -44,15 +72,9 @@ def create_engine(
     target = url or settings.database_url
     if not target:
         raise RuntimeError("DATABASE_URL is not set and no embedded server was started")
-    server_settings = {"application_name": "couponflash"}
-    if not settings.db_pgbouncer:
-        # Timeouts as startup parameters cost no round trip per request; behind PgBouncer
-        # (which refuses unknown startup parameters) each transaction sets them instead.
-        server_settings["lock_timeout"] = f"{settings.db_lock_timeout_ms}ms"
-        server_settings["statement_timeout"] = f"{settings.db_statement_timeout_ms}ms"
     connect_args: dict[str, Any] = {
         "statement_cache_size": settings.statement_cache_size,
-        "server_settings": server_settings,
+        "server_settings": _server_settings(settings),
     }
     final_url = sqlalchemy_url(target)
     if settings.statement_cache_size == 0:
@@ -74,24 +96,55 @@ def create_engine(
 
 @dataclass
 class Database:
+    """Two pools on one server: SQLAlchemy's for ORM sessions, and a bare asyncpg pool for
+    the routes written in SQL (the hot paths), which need no ORM around the connection."""
+
     engine: AsyncEngine
     sessionmaker: async_sessionmaker[AsyncSession]
     lock_timeout_ms: int
     statement_timeout_ms: int
     timeouts_per_transaction: bool
+    pool_options: dict[str, Any] = field(default_factory=dict)
+    acquire_timeout_s: float = 5.0
+    pool: asyncpg.Pool | None = None
+    _opening: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     @classmethod
     def from_settings(cls, settings: Settings, url: str | None = None) -> Database:
         engine = create_engine(settings, url)
+        target = url or settings.database_url
+        assert target is not None
         return cls(
             engine=engine,
             sessionmaker=async_sessionmaker(engine, expire_on_commit=False, autoflush=False),
             lock_timeout_ms=settings.db_lock_timeout_ms,
             statement_timeout_ms=settings.db_statement_timeout_ms,
             timeouts_per_transaction=settings.db_pgbouncer,
+            pool_options={
+                "dsn": libpq_url(target),
+                "min_size": 0,
+                "max_size": settings.db_pool_size,
+                "statement_cache_size": settings.statement_cache_size,
+                "server_settings": _server_settings(settings),
+            },
+            acquire_timeout_s=settings.db_pool_timeout_s,
         )
 
+    async def sql_pool(self) -> asyncpg.Pool:
+        """The asyncpg pool, created on first use (connections open on demand)."""
+        if self.pool is not None:
+            return self.pool
+        async with self._opening:
+            if self.pool is None:
+                self.pool = await asyncpg.create_pool(
+                    **self.pool_options, init=_json_codecs, reset=keep_session
+                )
+        return self.pool
+
     async def dispose(self) -> None:
+        if self.pool is not None:
+            await self.pool.close()
+            self.pool = None
         await self.engine.dispose()
 
 

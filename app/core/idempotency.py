@@ -12,31 +12,31 @@ from __future__ import annotations
 import hashlib
 from typing import Annotated, Any
 
+import asyncpg
 import orjson
 from fastapi import Depends, FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import Response
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.deps import CurrentUser
-from app.core.db import Session
+from app.core.db import Session, raw_connection
 from app.core.locking import LockNamespace, try_xact_lock_sql
 from app.core.problems import ProblemError, ValidationFailed
 from app.core.security import Principal
 
 HEADER = "Idempotency-Key"
 
-_LOCK = text(f"SELECT {try_xact_lock_sql(LockNamespace.IDEMPOTENCY, ':lock_key')}")
-_FIND = text(
+_LOCK = f"SELECT {try_xact_lock_sql(LockNamespace.IDEMPOTENCY, '$1::text')}"
+_FIND = (
     "SELECT request_hash, status_code, body, location FROM idempotency_keys"
-    " WHERE user_id = :user_id AND route = :route AND key = :key"
-    " AND created_at > now() - make_interval(hours => :ttl)"
+    " WHERE user_id = $1 AND route = $2 AND key = $3"
+    " AND created_at > now() - make_interval(hours => $4)"
 )
-_STORE = text(
+_STORE = (
     "INSERT INTO idempotency_keys"
     " (user_id, route, key, request_hash, status_code, body, location)"
-    " VALUES (:user_id, :route, :key, :hash, :status, CAST(:body AS jsonb), :location)"
+    " VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7)"
     " ON CONFLICT (user_id, route, key) DO UPDATE SET request_hash = EXCLUDED.request_hash,"
     " status_code = EXCLUDED.status_code, body = EXCLUDED.body,"
     " location = EXCLUDED.location, created_at = now()"
@@ -66,12 +66,12 @@ class IdempotentReplay(Exception):
         self.location = location
 
 
-class Idempotency:
-    """Per-request handle: `remember()` stores the response if the client sent a key."""
+class IdempotencyKey:
+    """Per-request handle: `begin()` takes the key (or replays), `remember()` stores the
+    response, both on the request's own connection and transaction."""
 
     def __init__(
         self,
-        session: AsyncSession,
         principal: Principal,
         route: str,
         key: str | None,
@@ -79,58 +79,69 @@ class Idempotency:
         response: Response | None = None,
     ) -> None:
         self.response = response
-        self.session = session
         self.principal = principal
         self.route = route
         self.key = key
         self.ttl = ttl
         self.request_hash: str | None = None
 
-    async def begin(self, request_hash: str) -> None:
+    async def begin(self, conn: asyncpg.Connection, request_hash: str) -> None:
         """Take the key for this transaction; replays or refuses as the contract says."""
         if self.key is None:
             return
         self.request_hash = request_hash
-        lock_key = f"{self.principal.id}:{self.route}:{self.key}"
-        got = (await self.session.execute(_LOCK, {"lock_key": lock_key})).scalar_one()
-        if not got:
+        if not await conn.fetchval(_LOCK, f"{self.principal.id}:{self.route}:{self.key}"):
             raise IdempotencyKeyInUse()
-        row = (
-            await self.session.execute(
-                _FIND,
-                {
-                    "user_id": self.principal.id,
-                    "route": self.route,
-                    "key": self.key,
-                    "ttl": self.ttl,
-                },
-            )
-        ).first()
+        row = await conn.fetchrow(_FIND, self.principal.id, self.route, self.key, self.ttl)
         if row is None:
             return
-        if row.request_hash != request_hash:
+        if row["request_hash"] != request_hash:
             raise IdempotencyKeyReused(
                 "This Idempotency-Key was used with a different request body."
             )
-        raise IdempotentReplay(row.status_code, row.body, row.location)
+        body = row["body"]
+        raise IdempotentReplay(
+            row["status_code"],
+            orjson.loads(body) if isinstance(body, str) else body,
+            row["location"],
+        )
 
-    async def remember(self, status_code: int, payload: Any) -> None:
+    async def remember(
+        self, conn: asyncpg.Connection, status_code: int, payload: Any, location: str | None = None
+    ) -> None:
         if self.key is None or self.request_hash is None:
             return
-        body = orjson.dumps(jsonable_encoder(payload)).decode()
-        await self.session.execute(
+        if location is None and self.response is not None:
+            # Routes set Location before remembering, so a replayed 201 carries it too.
+            location = self.response.headers.get("location")
+        await conn.execute(
             _STORE,
-            {
-                "user_id": self.principal.id,
-                "route": self.route,
-                "key": self.key,
-                "hash": self.request_hash,
-                "status": status_code,
-                "body": body,
-                # Routes set Location before remembering, so a replayed 201 carries it too.
-                "location": self.response.headers.get("location") if self.response else None,
-            },
+            self.principal.id,
+            self.route,
+            self.key,
+            self.request_hash,
+            status_code,
+            orjson.dumps(jsonable_encoder(payload)).decode(),
+            location,
         )
+
+
+class Idempotency:
+    """`IdempotencyKey` bound to the ORM session's connection, for routes that use `Session`."""
+
+    def __init__(self, idem: IdempotencyKey, session: AsyncSession) -> None:
+        self.idem = idem
+        self.session = session
+
+    @property
+    def key(self) -> str | None:
+        return self.idem.key
+
+    async def begin(self, request_hash: str) -> None:
+        await self.idem.begin(await raw_connection(self.session), request_hash)
+
+    async def remember(self, status_code: int, payload: Any) -> None:
+        await self.idem.remember(await raw_connection(self.session), status_code, payload)
 
 
 def _validated_key(request: Request) -> str | None:
@@ -145,14 +156,22 @@ def _validated_key(request: Request) -> str | None:
     return key
 
 
+def idempotency_for(request: Request, user: Principal, response: Response | None) -> IdempotencyKey:
+    ttl: int = request.app.state.settings.idempotency_ttl_hours
+    return IdempotencyKey(user, request.scope["path"], _validated_key(request), ttl, response)
+
+
+async def body_hash(request: Request) -> str:
+    """Idempotency for JSON bodies: the request hash is the SHA-256 of the raw body."""
+    return hashlib.sha256(await request.body()).hexdigest()
+
+
 async def get_idempotency(
     request: Request, response: Response, session: Session, user: CurrentUser
 ) -> Idempotency:
-    """Idempotency for JSON bodies: the request hash is the SHA-256 of the raw body."""
-    ttl: int = request.app.state.settings.idempotency_ttl_hours
-    idem = Idempotency(session, user, request.url.path, _validated_key(request), ttl, response)
+    idem = Idempotency(idempotency_for(request, user, response), session)
     if idem.key is not None:
-        await idem.begin(hashlib.sha256(await request.body()).hexdigest())
+        await idem.begin(await body_hash(request))
     return idem
 
 
@@ -160,8 +179,7 @@ async def get_upload_idempotency(
     request: Request, response: Response, session: Session, user: CurrentUser
 ) -> Idempotency:
     """Idempotency for streamed uploads: the caller calls `begin()` with the file's hash."""
-    ttl: int = request.app.state.settings.idempotency_ttl_hours
-    return Idempotency(session, user, request.url.path, _validated_key(request), ttl, response)
+    return Idempotency(idempotency_for(request, user, response), session)
 
 
 Idempotent = Annotated[Idempotency, Depends(get_idempotency)]

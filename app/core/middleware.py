@@ -1,4 +1,4 @@
-"""Pure ASGI middleware: request id + access log + metrics, security headers, body limits."""
+"""Pure ASGI middleware: request id, metrics, security headers, body limits, last-resort errors."""
 
 from __future__ import annotations
 
@@ -24,28 +24,56 @@ _SECURITY_HEADERS = [
 
 
 class RequestContextMiddleware:
-    """Binds a request id (from `X-Request-ID` or new), echoes it, adds security headers,
-    records metrics by route template and logs one line per request."""
+    """The one middleware of ours, outermost: binds a request id (from `X-Request-ID` or
+    new), echoes it, adds security headers, refuses bodies over the limit with 413 (by
+    `Content-Length` or while streaming; the CSV upload route takes the larger upload
+    limit), answers unhandled errors, records metrics by route template and logs requests
+    that failed on our side. One layer, so each request pays for one wrapper of each kind."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_body: int = 1_048_576,
+        max_upload: int = 1_048_576,
+        problem_base: str = "/problems",
+    ) -> None:
         self.app = app
+        self.max_body = max_body
+        self.max_upload = max_upload
+        self.problem_base = problem_base
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         request_id = ""
+        content_type = b""
+        declared: int | None = None
         for name, value in scope["headers"]:
             if name == b"x-request-id":
                 request_id = value.decode("latin-1")[:128]
-                break
+            elif name == b"content-type":
+                content_type = value.lower()
+            elif name == b"content-length" and value.isdigit():
+                declared = int(value)
         request_id = request_id or uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = request_id
         structlog.contextvars.bind_contextvars(request_id=request_id)
+        upload = content_type.startswith(_UPLOAD_TYPES) and scope["path"].endswith(_UPLOAD_PATHS)
+        limit = self.max_upload if upload else self.max_body
         t0 = time.perf_counter()
         status = 500
-
         started = False
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise _TooLarge(limit)
+            return message
 
         async def send_wrapper(message: Message) -> None:
             nonlocal status, started
@@ -59,13 +87,25 @@ class RequestContextMiddleware:
             await send(message)
 
         try:
-            await self.app(scope, receive, send_wrapper)
+            if declared is not None and declared > limit:
+                raise _TooLarge(limit)
+            await self.app(scope, limited_receive, send_wrapper)
         except Exception as exc:
-            # Answer unhandled errors here rather than in Starlette's outermost handler, so
-            # the 500 carries the request id and security headers like every other answer.
+            # Answer errors here rather than in Starlette's outermost handler, so the answer
+            # carries the request id and security headers like every other one.
             if started:
                 raise
-            response = await unhandled_error_response(Request(scope), exc)
+            if isinstance(exc, _TooLarge):
+                response = problem_response(
+                    None,
+                    status=413,
+                    slug="payload-too-large",
+                    detail=exc.detail,
+                    base=self.problem_base,
+                    instance=scope["path"],
+                )
+            else:
+                response = await unhandled_error_response(Request(scope), exc)
             await response(scope, receive, send_wrapper)
         finally:
             elapsed = time.perf_counter() - t0
@@ -96,71 +136,6 @@ def _route_template(scope: Scope) -> str:
 # Only the CSV upload route takes the larger limit, whatever Content-Type a client claims.
 _UPLOAD_PATHS = ("/codes",)
 _UPLOAD_TYPES = (b"text/csv", b"text/plain", b"multipart/form-data", b"application/octet-stream")
-
-
-class BodyLimitMiddleware:
-    """Refuses bodies over the limit with 413, by `Content-Length` or while streaming.
-    Uploads (CSV, multipart) get the larger upload limit."""
-
-    def __init__(
-        self, app: ASGIApp, max_body: int, max_upload: int, problem_base: str = "/problems"
-    ) -> None:
-        self.app = app
-        self.max_body = max_body
-        self.max_upload = max_upload
-        self.problem_base = problem_base
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        content_type = b""
-        declared: int | None = None
-        for name, value in scope["headers"]:
-            if name == b"content-type":
-                content_type = value.lower()
-            elif name == b"content-length" and value.isdigit():
-                declared = int(value)
-        upload = content_type.startswith(_UPLOAD_TYPES) and scope["path"].endswith(_UPLOAD_PATHS)
-        limit = self.max_upload if upload else self.max_body
-        if declared is not None and declared > limit:
-            await self._reject(scope, receive, send, limit, self.problem_base)
-            return
-        received = 0
-        response_started = False
-
-        async def limited_receive() -> Message:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > limit:
-                    raise _TooLarge(limit)
-            return message
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal response_started
-            if message["type"] == "http.response.start":
-                response_started = True
-            await send(message)
-
-        try:
-            await self.app(scope, limited_receive, tracking_send)
-        except _TooLarge:
-            if not response_started:
-                await self._reject(scope, receive, send, limit, self.problem_base)
-
-    @staticmethod
-    async def _reject(scope: Scope, receive: Receive, send: Send, limit: int, base: str) -> None:
-        response = problem_response(
-            None,
-            status=413,
-            slug="payload-too-large",
-            detail=f"The request body is larger than {limit} bytes.",
-            base=base,
-            instance=scope["path"],
-        )
-        await response(scope, receive, send)
 
 
 class _TooLarge(StarletteHTTPException):

@@ -58,4 +58,6 @@ def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
     }
 
 
-AUTH = (401, 422, 429, 503)
+# 400 (`bad-request`): a body that is not JSON / CSV at all; every route lists it, since
+# the per-route lists cannot tell routes with a body from those without.
+AUTH = (400, 401, 422, 429, 503)

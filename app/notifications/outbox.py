@@ -18,7 +18,7 @@ from asyncpg.pool import PoolConnectionProxy
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.core.locking import LockNamespace, xact_lock_sql
+from app.core.locking import LockNamespace, try_xact_lock_sql, xact_lock_sql
 
 # A plain connection or one borrowed from a pool.
 Conn = asyncpg.Connection | PoolConnectionProxy
@@ -121,13 +121,26 @@ async def enqueue(
 
 # Worker side (raw asyncpg connections, short transactions) --------------------------------
 
-# A keyed job going back to `pending` while a newer one with its key is already pending (the
-# promo was rescheduled meanwhile) is superseded: it becomes `cancelled`, never a duplicate.
+# A keyed job going back to `pending` while another with its key is already pending, or a
+# newer one is running (the promo was rescheduled meanwhile), is superseded: it becomes
+# `cancelled`, never a duplicate. The newer-running case lets one statement take back two
+# jobs of one promo (recovery) without making both pending.
 _BACK_TO_PENDING = """
 CASE WHEN key IS NOT NULL AND EXISTS (
-        SELECT 1 FROM outbox d WHERE d.key = outbox.key AND d.status = 'pending'
-        AND d.id <> outbox.id)
+        SELECT 1 FROM outbox d WHERE d.key = outbox.key AND d.id <> outbox.id
+        AND (d.status = 'pending' OR (d.status = 'running' AND d.id > outbox.id)))
      THEN 'cancelled' ELSE 'pending' END
+"""
+
+# The check above reads other jobs' state, so it runs under the scheduling lock of the job's
+# promo, as its own statement first: an edit of the promo inserting a new pending job has
+# then either committed (and the check sees it) or not started (and finds this job pending).
+# Without it, the job went back to `pending` beside the edit's uncommitted one, hit the
+# one-pending-per-key index when the edit committed, and stayed `running` until its lease.
+_PROMO_KEY_SQL = "o.payload->>'promo_id'"
+_LOCK_JOB_PROMO = f"""
+SELECT {xact_lock_sql(LockNamespace.OUTBOX, _PROMO_KEY_SQL)}
+FROM outbox o WHERE o.id = $1 AND o.topic = '{PROMO_STARTED}'
 """
 
 # MATERIALIZED: the planner may otherwise re-run the sub-select and claim more than `limit`.
@@ -178,65 +191,91 @@ async def fail(conn: Conn, job: Job, worker_id: str, error: str, retry_in_s: flo
     """Record a failed attempt: back to `pending` after `retry_in_s`, or `dead` when the
     attempts are used up. Returns True when the job became a dead letter."""
     dead = job.attempts >= job.max_attempts
-    await conn.execute(
-        f"""
-        UPDATE outbox
-        SET status = CASE WHEN $3 THEN 'dead' ELSE {_BACK_TO_PENDING} END,
-            last_error = left($4, 2000), locked_by = NULL, locked_at = NULL,
-            run_at = now() + make_interval(secs => $5), updated_at = now()
-        WHERE id = $1 AND status = 'running' AND locked_by = $2
-        """,
-        job.id,
-        worker_id,
-        dead,
-        error,
-        retry_in_s,
-    )
+    async with conn.transaction():
+        await conn.execute(_LOCK_JOB_PROMO, job.id)
+        await conn.execute(
+            f"""
+            UPDATE outbox
+            SET status = CASE WHEN $3 THEN 'dead' ELSE {_BACK_TO_PENDING} END,
+                last_error = left($4, 2000), locked_by = NULL, locked_at = NULL,
+                run_at = now() + make_interval(secs => $5), updated_at = now()
+            WHERE id = $1 AND status = 'running' AND locked_by = $2
+            """,
+            job.id,
+            worker_id,
+            dead,
+            error,
+            retry_in_s,
+        )
     return dead
 
 
 async def release(conn: Conn, job_id: int, worker_id: str) -> None:
     """Give an unfinished job back (shutdown): pending again, and the attempt not counted."""
-    await conn.execute(
-        f"UPDATE outbox SET status = {_BACK_TO_PENDING}, locked_by = NULL, locked_at = NULL,"
-        " attempts = greatest(attempts - 1, 0), run_at = now(), updated_at = now()"
-        " WHERE id = $1 AND status = 'running' AND locked_by = $2",
-        job_id,
-        worker_id,
-    )
-    await conn.execute("SELECT pg_notify('outbox', '')")
+    async with conn.transaction():
+        await conn.execute(_LOCK_JOB_PROMO, job_id)
+        await conn.execute(
+            f"UPDATE outbox SET status = {_BACK_TO_PENDING}, locked_by = NULL, locked_at = NULL,"
+            " attempts = greatest(attempts - 1, 0), run_at = now(), updated_at = now()"
+            " WHERE id = $1 AND status = 'running' AND locked_by = $2",
+            job_id,
+            worker_id,
+        )
+        await conn.execute("SELECT pg_notify('outbox', '')")
 
 
 async def reschedule(conn: Conn, job_id: int, worker_id: str, at: datetime) -> None:
     """Put a job back for later without counting an attempt (a promo moved its start)."""
-    await conn.execute(
-        f"UPDATE outbox SET status = {_BACK_TO_PENDING}, locked_by = NULL, locked_at = NULL,"
-        " attempts = greatest(attempts - 1, 0), run_at = $3, updated_at = now()"
-        " WHERE id = $1 AND status = 'running' AND locked_by = $2",
-        job_id,
-        worker_id,
-        at,
-    )
+    async with conn.transaction():
+        await conn.execute(_LOCK_JOB_PROMO, job_id)
+        await conn.execute(
+            f"UPDATE outbox SET status = {_BACK_TO_PENDING}, locked_by = NULL, locked_at = NULL,"
+            " attempts = greatest(attempts - 1, 0), run_at = $3, updated_at = now()"
+            " WHERE id = $1 AND status = 'running' AND locked_by = $2",
+            job_id,
+            worker_id,
+            at,
+        )
+
+
+# A running job whose lease ran out ($2 seconds) or whose worker has no connection left.
+_ORPHAN = """{job}.status = 'running'
+AND ({job}.locked_at < now() - make_interval(secs => $2)
+     OR NOT EXISTS (SELECT 1 FROM pg_stat_activity a
+                    WHERE a.application_name = $1 || {job}.locked_by))"""
 
 
 async def recover_orphans(conn: Conn, app_prefix: str, lease_s: float) -> int:
     """Jobs whose worker is gone (its listening connection vanished) or whose lease ran out go
     back to `pending`, or to `dead` when that was their last attempt."""
-    rows = await conn.fetch(
-        f"""
-        UPDATE outbox
-        SET status = CASE WHEN attempts >= max_attempts THEN 'dead' ELSE {_BACK_TO_PENDING} END,
-            last_error = 'worker lost while running the job', locked_by = NULL,
-            locked_at = NULL, run_at = now(), updated_at = now()
-        WHERE status = 'running'
-          AND (locked_at < now() - make_interval(secs => $2)
-               OR NOT EXISTS (SELECT 1 FROM pg_stat_activity a
-                              WHERE a.application_name = $1 || outbox.locked_by))
-        RETURNING id
-        """,
-        app_prefix,
-        lease_s,
-    )
+    async with conn.transaction():
+        # The scheduling lock of each orphan's promo, without waiting (the worker's loop runs
+        # this): a promo whose lock is busy keeps its orphans until a later round.
+        busy: list[str] = await conn.fetchval(
+            f"""
+            SELECT coalesce(array_agg(k.promo), '{{}}') FROM (
+                SELECT DISTINCT {_PROMO_KEY_SQL} AS promo FROM outbox o
+                WHERE o.topic = '{PROMO_STARTED}' AND {_ORPHAN.format(job="o")}) AS k
+            WHERE NOT {try_xact_lock_sql(LockNamespace.OUTBOX, "k.promo")}
+            """,
+            app_prefix,
+            lease_s,
+        )
+        rows = await conn.fetch(
+            f"""
+            UPDATE outbox
+            SET status = CASE WHEN attempts >= max_attempts THEN 'dead'
+                              ELSE {_BACK_TO_PENDING} END,
+                last_error = 'worker lost while running the job', locked_by = NULL,
+                locked_at = NULL, run_at = now(), updated_at = now()
+            WHERE {_ORPHAN.format(job="outbox")}
+              AND NOT (topic = '{PROMO_STARTED}' AND payload->>'promo_id' = ANY($3::text[]))
+            RETURNING id
+            """,
+            app_prefix,
+            lease_s,
+            busy,
+        )
     return len(rows)
 
 

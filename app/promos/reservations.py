@@ -207,10 +207,9 @@ def _out(row: asyncpg.Record) -> ReservationOut:
 
 
 async def reserve(
-    session: AsyncSession, promo_id: uuid.UUID, user_id: uuid.UUID, ttl_seconds: int
+    conn: asyncpg.Connection, promo_id: uuid.UUID, user_id: uuid.UUID, ttl_seconds: int
 ) -> Reserved:
     """Hold one unit for `ttl_seconds`; a caller with a live hold gets it back."""
-    conn = await raw_connection(session)
     await conn.execute(_LOCK, str(promo_id), str(user_id))
     row = await conn.fetchrow(_RESERVE, promo_id, user_id, ttl_seconds)
     if row is None:
@@ -251,10 +250,9 @@ async def reserve(
 
 
 async def get_reservation(
-    session: AsyncSession, reservation_id: uuid.UUID, user_id: uuid.UUID
+    conn: asyncpg.Connection, reservation_id: uuid.UUID, user_id: uuid.UUID
 ) -> ReservationOut:
     """The caller's reservation; anyone else's is 404."""
-    conn = await raw_connection(session)
     row = await conn.fetchrow(_GET, reservation_id, user_id)
     if row is None:
         raise NotFound(f"No reservation {reservation_id}.")
@@ -262,11 +260,10 @@ async def get_reservation(
 
 
 async def purchase(
-    session: AsyncSession, reservation_id: uuid.UUID, user_id: uuid.UUID
+    conn: asyncpg.Connection, reservation_id: uuid.UUID, user_id: uuid.UUID
 ) -> ReservationOut:
     """Buy the held unit (idempotent: a purchased reservation answers the same). Selling the
     last unit marks the promo sold out."""
-    conn = await raw_connection(session)
     row = await conn.fetchrow(_PURCHASE, reservation_id, user_id)
     if row is None:
         raise NotFound(f"No reservation {reservation_id}.")
@@ -278,7 +275,7 @@ async def purchase(
         # The unit was ours but the promo closed meanwhile; raising rolls the unit back.
         raise PromoNotRunning("The promo was cancelled or ended; the reservation cannot be bought.")
     # Lost a race or nothing to do: read the reservation as it is now (fresh snapshot).
-    current = await get_reservation(session, reservation_id, user_id)
+    current = await get_reservation(conn, reservation_id, user_id)
     if current.status == "purchased":
         return current
     raise ReservationExpired(
@@ -287,14 +284,13 @@ async def purchase(
 
 
 async def cancel(
-    session: AsyncSession, reservation_id: uuid.UUID, user_id: uuid.UUID
+    conn: asyncpg.Connection, reservation_id: uuid.UUID, user_id: uuid.UUID
 ) -> ReservationOut:
     """Release a hold and its unit (harmless if already released); a purchase is 409."""
-    conn = await raw_connection(session)
     row = await conn.fetchrow(_CANCEL, reservation_id, user_id)
     if row is None:
         raise NotFound(f"No reservation {reservation_id}.")
-    current = await get_reservation(session, reservation_id, user_id)
+    current = await get_reservation(conn, reservation_id, user_id)
     if current.status == "purchased":
         raise ReservationExpired(f"Reservation {reservation_id} was purchased; it is not held.")
     return current

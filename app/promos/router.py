@@ -1,13 +1,13 @@
-"""HTTP routes of the promos domain: promos (admin), what users see, and reservations; the
-store and product routes are in `catalog_router`. Routes parse, authorise and call one
-service function."""
+"""HTTP routes of the promos domain: promos (admin), what users see and their reservations;
+reserving and buying are in `reservations_router`, stores and products in `catalog_router`.
+Routes parse, authorise and call one service function."""
 
 from __future__ import annotations
 
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request, Response, status
+from fastapi import APIRouter, Depends, Query, Response, status
 
 from app.auth.deps import AdminUser, CurrentUser
 from app.core.db import Session
@@ -171,87 +171,6 @@ async def cancel_promo(
 async def promo_stats(promo_id: uuid.UUID, admin: AdminUser, session: Session) -> PromoStats:
     """Units by state, notifications sent for the promo, and reservations ever made."""
     return await service.promo_stats(session, promo_id)
-
-
-# Reservations
-
-
-@router.post(
-    "/promos/{promo_id}/reserve",
-    status_code=status.HTTP_201_CREATED,
-    response_model=ReservationOut,
-    responses={
-        200: {"model": ReservationOut, "description": "The caller's live reservation, again."},
-        **problems(*AUTH, 403, 404, 409),
-    },
-    tags=["reservations"],
-)
-async def reserve(
-    promo_id: uuid.UUID,
-    user: CurrentUser,
-    session: Session,
-    request: Request,
-    response: Response,
-    idem: Idempotent,
-    limits: RateLimit,
-) -> ReservationOut:
-    """Hold one unit for `RESERVATION_TTL_SECONDS` (60 s) → 201. A caller who already holds
-    a live reservation on the promo gets it back (200). 409 `sold-out`, `promo-not-running`,
-    `purchase-limit-reached`; 403 `not-eligible`."""
-    await limits.hit(limits.assign, "reserve", str(user.id))
-    ttl: int = request.app.state.settings.reservation_ttl_seconds
-    result = await reservations.reserve(session, promo_id, user.id, ttl)
-    code = status.HTTP_201_CREATED if result.created else status.HTTP_200_OK
-    response.status_code = code
-    if result.created:
-        response.headers["Location"] = f"{PREFIX}/reservations/{result.reservation.id}"
-    await idem.remember(code, result.reservation)
-    return result.reservation
-
-
-@router.post(
-    "/reservations/{reservation_id}/purchase",
-    response_model=ReservationOut,
-    responses=problems(*AUTH, 404, 409),
-    tags=["reservations"],
-)
-async def purchase(
-    reservation_id: uuid.UUID, user: CurrentUser, session: Session, idem: Idempotent
-) -> ReservationOut:
-    """Buy the held unit → `purchased` (again → the same 200). 409 `reservation-expired`
-    (lapsed or cancelled), `promo-not-running` (cancelled or ended meanwhile)."""
-    out = await reservations.purchase(session, reservation_id, user.id)
-    await idem.remember(200, out)
-    return out
-
-
-@router.post(
-    "/reservations/{reservation_id}/cancel",
-    response_model=ReservationOut,
-    responses=problems(*AUTH, 404, 409),
-    tags=["reservations"],
-)
-async def cancel_reservation(
-    reservation_id: uuid.UUID, user: CurrentUser, session: Session, idem: Idempotent
-) -> ReservationOut:
-    """Release the hold and its unit (a released one answers as it is); a purchased
-    reservation is 409 `reservation-expired` (not held)."""
-    out = await reservations.cancel(session, reservation_id, user.id)
-    await idem.remember(200, out)
-    return out
-
-
-@router.get(
-    "/reservations/{reservation_id}",
-    response_model=ReservationOut,
-    responses=problems(*AUTH, 404),
-    tags=["reservations"],
-)
-async def get_reservation(
-    reservation_id: uuid.UUID, user: CurrentUser, session: Session
-) -> ReservationOut:
-    """One of the caller's reservations; a lapsed hold reads `expired`."""
-    return await reservations.get_reservation(session, reservation_id, user.id)
 
 
 @router.get(

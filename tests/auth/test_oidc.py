@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any
@@ -14,8 +16,12 @@ import jwt
 import pytest
 from asgi_lifespan import LifespanManager
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from fastapi import APIRouter, Depends
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
+from sqlalchemy import text
 
+from app.auth.deps import CurrentUser
+from app.core.db import Session
 from app.core.settings import Settings
 from app.main import create_app
 from tests.helpers import assert_problem
@@ -147,3 +153,98 @@ async def test_hs256_signed_with_public_key_is_refused(oidc_client: httpx.AsyncC
         "/api/v1/auth/me", headers={"Authorization": f"Bearer {forged}"}
     )
     assert_problem(response, 401, "unauthenticated")
+
+
+# First requests of new external users with a small pool ------------------------------------
+
+SMALL_POOL = 2
+
+
+async def _hold_connection(session: Session) -> None:
+    await session.execute(text("SELECT 1"))  # the request's own connection is taken here
+
+
+_probe = APIRouter()
+
+
+@_probe.get("/probe/connection-then-user", dependencies=[Depends(_hold_connection)])
+async def _connection_then_user(user: CurrentUser) -> dict[str, str]:
+    """A route that takes its database connection before it knows the caller."""
+    return {"id": str(user.id)}
+
+
+@pytest.fixture
+async def small_pool_client(settings: Settings, jwks_url: str) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(
+        settings.model_copy(
+            update={
+                "auth_jwks_url": jwks_url,
+                "auth_issuer": ISSUER,
+                "auth_audience": AUDIENCE,
+                "auth_role_claim": "roles",
+                "db_pool_size": SMALL_POOL,
+                "db_max_overflow": 0,
+                "db_pool_timeout_s": 5.0,
+            }
+        )
+    )
+    app.include_router(_probe)
+    async with LifespanManager(app):
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://test", timeout=60
+        ) as client:
+            yield client
+
+
+def _new_subject_headers(**claims: Any) -> dict[str, str]:
+    sub = f"new-{uuid.uuid4().hex[:12]}"
+    token = jwt.encode(_claims(sub, **claims), RSA_KEY, algorithm="RS256", headers={"kid": "rsa-1"})
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def test_first_requests_of_new_subjects_when_the_connection_is_taken_first(
+    small_pool_client: httpx.AsyncClient,
+) -> None:
+    """Many new subjects at once on a route that holds its pooled connection before the
+    caller is known: creating the local user must not need a second pooled connection,
+    or every request holding one waits for another that never frees (pool timeout, 503)."""
+    users = [_new_subject_headers() for _ in range(4 * SMALL_POOL)]
+    responses = await asyncio.gather(
+        *[small_pool_client.get("/probe/connection-then-user", headers=h) for h in users]
+    )
+    assert [r.status_code for r in responses] == [200] * len(users), [
+        r.text for r in responses if r.status_code != 200
+    ]
+    assert len({r.json()["id"] for r in responses}) == len(users)
+
+
+async def test_first_requests_of_new_subjects_on_hot_routes_with_a_small_pool(
+    small_pool_client: httpx.AsyncClient,
+) -> None:
+    """New subjects' first requests on real routes, a hot path among them, never wait for
+    a second pooled connection: with a pool of two, all of them succeed."""
+    admin = _new_subject_headers(roles=["admin"])
+    book = await small_pool_client.post(
+        "/api/v1/books", json={"name": f"oidc-{uuid.uuid4().hex[:8]}"}, headers=admin
+    )
+    assert book.status_code == 201, book.text
+    codes = "\n".join(f"OIDC-{uuid.uuid4().hex[:12].upper()}" for _ in range(20))
+    filled = await small_pool_client.post(
+        f"/api/v1/books/{book.json()['id']}/codes",
+        content=codes.encode(),
+        headers={**admin, "Content-Type": "text/csv"},
+    )
+    assert filled.status_code == 201, filled.text
+    users = [_new_subject_headers() for _ in range(6 * SMALL_POOL)]
+    requests = [
+        small_pool_client.post(
+            f"/api/v1/books/{book.json()['id']}/assign",
+            headers={**h, "Idempotency-Key": uuid.uuid4().hex},
+        )
+        for h in users[::2]
+    ] + [small_pool_client.get("/api/v1/auth/me", headers=h) for h in users[1::2]]
+    responses = await asyncio.gather(*requests)
+    assert sorted(r.status_code for r in responses) == [200] * (len(users) // 2) + [201] * (
+        len(users) // 2
+    ), [r.text for r in responses if r.status_code >= 300]

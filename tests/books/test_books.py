@@ -40,6 +40,18 @@ async def test_get_list_and_patch_book(client: httpx.AsyncClient, admin: ApiUser
     assert book["id"] in {b["id"] for b in listed.json()["items"]}
 
 
+async def test_patch_metadata_null_clears_it(client: httpx.AsyncClient, admin: ApiUser) -> None:
+    """The schema allows `metadata: null`; it empties the metadata (it once answered 500)."""
+    book = await make_book(client, admin, metadata={"a": 1})
+    resp = await client.patch(
+        f"{API}/books/{book['id']}", json={"metadata": None}, headers=admin.headers
+    )
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["metadata"] == {}
+    got = await client.get(f"{API}/books/{book['id']}", headers=admin.headers)
+    assert got.json()["metadata"] == {}
+
+
 async def test_book_pagination_walks_every_book(client: httpx.AsyncClient, admin: ApiUser) -> None:
     ids = {(await make_book(client, admin))["id"] for _ in range(3)}
     seen: set[str] = set()

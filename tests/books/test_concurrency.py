@@ -14,7 +14,7 @@ from sqlalchemy import text
 from app.core.security import Role
 from tests.books.helpers import API, fill, history_count, make_book, unique_codes
 from tests.conftest import MakeUser
-from tests.helpers import ApiUser
+from tests.helpers import ApiUser, assert_invariants, assert_problem
 
 
 async def _live_book(
@@ -249,3 +249,79 @@ async def test_rejected_import_over_the_real_pool_stores_nothing(
     assert tuple(stored) == (0, 0)
     ok = await fill(live_client, admin, book["id"], codes)
     assert ok["inserted"] == 50
+
+
+async def _upload_live(
+    client: httpx.AsyncClient, admin: ApiUser, book_id: str, codes: list[str]
+) -> httpx.Response:
+    return await client.post(
+        f"{API}/books/{book_id}/codes",
+        content="\n".join(codes).encode(),
+        headers={**admin.headers, "Content-Type": "text/csv"},
+    )
+
+
+async def test_concurrent_overlapping_uploads_into_one_book_all_succeed(
+    app: FastAPI, live_client: httpx.AsyncClient, make_live_user: MakeUser
+) -> None:
+    """Uploads racing on the same codes of the same book: the codes another upload stored
+    meanwhile count as already present, never as another book's (409)."""
+    admin = await make_live_user(Role.admin)
+    book = await make_book(live_client, admin)
+    shared = unique_codes(3000)
+    files = [shared + unique_codes(500) for _ in range(6)]
+    responses = await asyncio.gather(
+        *[_upload_live(live_client, admin, book["id"], f) for f in files]
+    )
+    assert [r.status_code for r in responses] == [201] * 6, [r.text for r in responses]
+    outs = [r.json() for r in responses]
+    distinct = {c for f in files for c in f}
+    assert sum(o["inserted"] for o in outs) == len(distinct)
+    for out, f in zip(outs, files, strict=True):
+        assert out["received"] == len(f) and out["duplicates_in_file"] == 0
+        assert out["inserted"] + out["already_present"] == len(f)
+    async with app.state.db.engine.connect() as conn:
+        stored = (
+            await conn.execute(
+                text(
+                    "SELECT count(*), count(DISTINCT code),"
+                    " (SELECT coalesce(sum(inserted), 0) FROM imports WHERE book_id = :b)"
+                    " FROM codes WHERE book_id = :b"
+                ),
+                {"b": book["id"]},
+            )
+        ).one()
+    assert tuple(stored) == (len(distinct), len(distinct), len(distinct))
+    await assert_invariants(app)
+
+
+async def test_concurrent_uploads_of_one_code_set_into_two_books_one_wins(
+    app: FastAPI, live_client: httpx.AsyncClient, make_live_user: MakeUser
+) -> None:
+    """The same codes raced into two books: one book gets them all, the other upload is
+    409 `code-exists` and stores nothing (not even its codes no other book has)."""
+    admin = await make_live_user(Role.admin)
+    books = [await make_book(live_client, admin) for _ in range(2)]
+    shared = unique_codes(3000)
+    own = [unique_codes(200) for _ in books]
+    responses = await asyncio.gather(
+        *[
+            _upload_live(live_client, admin, b["id"], shared + extra)
+            for b, extra in zip(books, own, strict=True)
+        ]
+    )
+    assert sorted(r.status_code for r in responses) == [201, 409], [r.text for r in responses]
+    winner = 0 if responses[0].status_code == 201 else 1
+    problem = assert_problem(responses[1 - winner], 409, "code-exists")
+    refused: list[dict[str, Any]] = problem["codes"]  # type: ignore[assignment]
+    assert len(refused) == 100 and {r["code"] for r in refused} <= set(shared)
+    assert responses[winner].json()["inserted"] == len(shared) + len(own[winner])
+    async with app.state.db.engine.connect() as conn:
+        per_book = {
+            str(r[0]): r[1]
+            for r in await conn.execute(
+                text("SELECT book_id, count(*) FROM codes WHERE book_id IN (:a, :b) GROUP BY 1"),
+                {"a": books[0]["id"], "b": books[1]["id"]},
+            )
+        }
+    assert per_book == {books[winner]["id"]: len(shared) + len(own[winner])}

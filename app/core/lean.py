@@ -1,0 +1,158 @@
+"""`LeanRoute`: FastAPI routes on the hot paths, called without FastAPI's per-request
+dependency solving and response re-validation.
+
+FastAPI still reads the endpoint's signature for the OpenAPI (parameters, body, security,
+response model), so the route is documented exactly like any other. At request time the
+handler built here calls the endpoint directly from a plan made once: path parameters and
+the JSON body are validated with pydantic as FastAPI would (a bad one is the same 422
+problem), each dependency is resolved from the request alone by its registered resolver,
+and the returned model is serialised straight to JSON bytes.
+
+A lean endpoint may take: path parameters, one body parameter, `Request`, `Response` (to
+set headers or the status), and dependencies whose resolver is registered with
+`resolve_with()` or that take the request only. Anything else fails when the route is
+declared, not when it is called.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
+from typing import Annotated, Any, get_args, get_origin, get_type_hints
+
+from fastapi import Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.params import Body, Depends
+from fastapi.routing import APIRoute
+from pydantic import BaseModel, TypeAdapter, ValidationError
+
+Resolver = Callable[[Request], Awaitable[Any]]
+_RESOLVERS: dict[Callable[..., Any], Resolver] = {}
+
+
+def resolve_with(dependency: Callable[..., Any], resolver: Resolver) -> None:
+    """Lean routes resolve `Depends(dependency)` by calling `resolver(request)`."""
+    _RESOLVERS[dependency] = resolver
+
+
+@dataclass(frozen=True, slots=True)
+class _Param:
+    name: str
+    kind: str  # "path" | "body" | "request" | "response" | "dependency"
+    adapter: TypeAdapter[Any] | None = None
+    default: Any = None
+    required: bool = False
+    dependency: Callable[..., Any] | None = None
+    resolver: Resolver | None = None
+
+
+def _resolver_for(dependency: Callable[..., Any]) -> Resolver:
+    if dependency in _RESOLVERS:
+        return _RESOLVERS[dependency]
+    params = list(inspect.signature(dependency).parameters.values())
+    if len(params) == 1 and params[0].annotation in (Request, "Request"):
+        return dependency
+    raise TypeError(f"{dependency.__name__} has no resolver for lean routes")
+
+
+def _plan(route: APIRoute) -> list[_Param]:
+    hints = get_type_hints(route.endpoint, include_extras=True)
+    path_names = set(route.param_convertors)
+    plan = []
+    for name, param in inspect.signature(route.endpoint).parameters.items():
+        hint = hints[name]
+        marker = None
+        if get_origin(hint) is Annotated:
+            hint, *extras = get_args(hint)
+            marker = next((e for e in extras if isinstance(e, Depends | Body)), None)
+        default = None if param.default is inspect.Parameter.empty else param.default
+        if hint is Request:
+            plan.append(_Param(name, "request"))
+        elif hint is Response:
+            plan.append(_Param(name, "response"))
+        elif isinstance(marker, Depends):
+            assert marker.dependency is not None
+            resolver = _resolver_for(marker.dependency)
+            plan.append(_Param(name, "dependency", dependency=marker.dependency, resolver=resolver))
+        elif name in path_names:
+            plan.append(_Param(name, "path", TypeAdapter(hint)))
+        elif isinstance(marker, Body) or _is_model(hint):
+            required = param.default is inspect.Parameter.empty
+            plan.append(_Param(name, "body", TypeAdapter(hint), default, required))
+        else:
+            raise TypeError(f"lean route {route.path}: cannot resolve parameter {name!r}")
+    return plan
+
+
+def _is_model(hint: Any) -> bool:
+    options = get_args(hint) or (hint,)
+    return any(inspect.isclass(o) and issubclass(o, BaseModel) for o in options)
+
+
+_MISSING_BODY = {"type": "missing", "loc": ("body",), "msg": "Field required", "input": None}
+
+
+def _invalid(exc: ValidationError, where: str, name: str | None = None) -> RequestValidationError:
+    prefix: tuple[str, ...] = (where,) if name is None else (where, name)
+    return RequestValidationError(
+        [
+            {**error, "loc": (*prefix, *error["loc"])}
+            for error in exc.errors(include_url=False, include_context=False)
+        ]
+    )
+
+
+class LeanRoute(APIRoute):
+    """See the module docstring; use as `APIRouter(route_class=LeanRoute)`."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        plan = _plan(self)
+        endpoint = self.endpoint
+        status_code = self.status_code or 200
+        output = TypeAdapter(self.response_model) if self.response_model else None
+
+        async def handler(request: Request) -> Response:
+            overrides = request.app.dependency_overrides
+            kwargs: dict[str, Any] = {}
+            sub: Response | None = None
+            for p in plan:
+                if p.kind == "path":
+                    assert p.adapter is not None
+                    try:
+                        kwargs[p.name] = p.adapter.validate_python(request.path_params[p.name])
+                    except ValidationError as exc:
+                        raise _invalid(exc, "path", p.name) from None
+                elif p.kind == "dependency":
+                    assert p.dependency is not None and p.resolver is not None
+                    resolve = overrides.get(p.dependency, p.resolver)
+                    kwargs[p.name] = await resolve(request)
+                elif p.kind == "body":
+                    assert p.adapter is not None
+                    raw = await request.body()
+                    if not raw.strip():
+                        if p.required:
+                            raise RequestValidationError([_MISSING_BODY])
+                        kwargs[p.name] = p.default
+                        continue
+                    try:
+                        kwargs[p.name] = p.adapter.validate_json(raw)
+                    except ValidationError as exc:
+                        raise _invalid(exc, "body") from None
+                elif p.kind == "request":
+                    kwargs[p.name] = request
+                else:
+                    sub = kwargs[p.name] = Response()
+                    del sub.headers["content-length"]
+                    sub.status_code = 0  # unset unless the endpoint sets it
+            result = await endpoint(**kwargs)
+            if isinstance(result, Response):
+                return result
+            body = output.dump_json(result, by_alias=True) if output else b"null"
+            response = Response(body, status_code=status_code, media_type="application/json")
+            if sub is not None:
+                response.status_code = sub.status_code or status_code
+                response.raw_headers.extend(h for h in sub.raw_headers if h[0] != b"content-type")
+            return response
+
+        return handler

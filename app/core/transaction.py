@@ -1,0 +1,132 @@
+"""`Tx`: the request's transaction on a bare pooled asyncpg connection, for the routes
+written in SQL (the hot paths). No ORM session wraps it: `async with tx as conn:` begins,
+takes the request's `Idempotency-Key` if it sent one (a repeat answers the stored
+response), and commits when the block ends — before the response is sent — or rolls back
+on any error. `await tx.remember(...)` stores the response in that same transaction, so it
+exists exactly when the effect does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from types import TracebackType
+from typing import Annotated, Any, cast
+
+import asyncpg
+from fastapi import Depends, Request
+
+from app.auth.deps import CurrentUser, authenticate
+from app.core.db import Database
+from app.core.idempotency import IdempotencyKey, body_hash, idempotency_for
+from app.core.lean import resolve_with
+from app.core.problems import Unavailable
+
+Acquired = AbstractAsyncContextManager[asyncpg.Connection]
+Acquire = Callable[[], Acquired]
+
+_TIMEOUTS = "SELECT set_config('lock_timeout', $1, true), set_config('statement_timeout', $2, true)"
+# Failing to get or start a connection: the server is away or every connection is busy.
+_UNREACHABLE = (
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+)
+
+
+class Transaction:
+    """One transaction on one pooled connection; see the module docstring."""
+
+    __slots__ = ("_acquire", "_acquired", "_db", "_request_hash", "_xact", "idempotency")
+
+    def __init__(
+        self, acquire: Acquire, db: Database, idempotency: IdempotencyKey, request_hash: str
+    ) -> None:
+        self._acquire = acquire
+        self._db = db
+        self.idempotency = idempotency
+        self._request_hash = request_hash
+        self._acquired: AbstractAsyncContextManager[asyncpg.Connection] | None = None
+        self._xact: Any = None
+
+    async def __aenter__(self) -> asyncpg.Connection:
+        acquired = self._acquire()
+        try:
+            conn = await acquired.__aenter__()
+        except _UNREACHABLE as exc:
+            raise Unavailable("No database connection is available; retry shortly.") from exc
+        self._acquired = acquired
+        xact = conn.transaction()
+        try:
+            await xact.__aenter__()
+        except BaseException as exc:
+            await acquired.__aexit__(type(exc), exc, exc.__traceback__)
+            if isinstance(exc, _UNREACHABLE):
+                raise Unavailable("The database connection was lost; retry shortly.") from exc
+            raise
+        self._xact = xact
+        try:
+            db = self._db
+            if db.timeouts_per_transaction:
+                await conn.execute(
+                    _TIMEOUTS, f"{db.lock_timeout_ms}ms", f"{db.statement_timeout_ms}ms"
+                )
+            if self.idempotency.key is not None:
+                await self.idempotency.begin(conn, self._request_hash)
+        except BaseException as exc:
+            await self.__aexit__(type(exc), exc, exc.__traceback__)
+            raise
+        return conn
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        acquired, xact = self._acquired, self._xact
+        self._acquired = self._xact = None
+        assert acquired is not None
+        try:
+            await xact.__aexit__(exc_type, exc, tb)
+        finally:
+            await acquired.__aexit__(exc_type, exc, tb)
+
+    async def remember(
+        self, conn: asyncpg.Connection, status_code: int, payload: Any, location: str | None = None
+    ) -> None:
+        """Store the response for the request's `Idempotency-Key`, if it sent one."""
+        if self.idempotency.key is not None:
+            await self.idempotency.remember(conn, status_code, payload, location)
+
+
+async def connection_source(request: Request) -> Acquire:
+    """Where request transactions get their connection: the asyncpg pool. (The test suite
+    overrides it with its own rolled-back connection, like any dependency.)"""
+    db: Database = request.app.state.db
+    pool = db.pool or await db.sql_pool()
+    # With a connection idle, acquiring cannot wait: skip the timeout's task and timer.
+    timeout = None if pool.get_idle_size() else db.acquire_timeout_s
+    return lambda: cast(Acquired, pool.acquire(timeout=timeout))
+
+
+async def transaction_for(request: Request) -> Transaction:
+    """The request's `Transaction` (resolvable from the request alone)."""
+    user = await authenticate(request)
+    source = request.app.dependency_overrides.get(connection_source, connection_source)
+    acquire = await source(request)
+    idem = idempotency_for(request, user, None)
+    request_hash = await body_hash(request) if idem.key is not None else ""
+    return Transaction(acquire, request.app.state.db, idem, request_hash)
+
+
+async def get_transaction(request: Request, user: CurrentUser) -> Transaction:
+    return await transaction_for(request)
+
+
+Tx = Annotated[Transaction, Depends(get_transaction)]
+
+
+resolve_with(get_transaction, transaction_for)
