@@ -32,6 +32,7 @@ class Settings(BaseSettings):
     data_dir: Path = Path(".data")
     log_level: str = "INFO"
     log_json: bool | None = None  # default: JSON outside dev
+    otel_enabled: bool = False  # FastAPI's native OpenTelemetry, when an SDK is configured
 
     database_url: str | None = None
     database_direct_url: str | None = None
