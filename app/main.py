@@ -17,6 +17,7 @@ from app.console.router import router as console_router
 from app.core.db import Database
 from app.core.health import router as health_router
 from app.core.idempotency import install_idempotency_handler
+from app.core.lean import LeanIndex
 from app.core.logging import configure_logging
 from app.core.metrics import POOL
 from app.core.middleware import RequestContextMiddleware
@@ -65,6 +66,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     )
     app.state.migration_heads = head_revisions()
     app.state.external_users = {}
+    # Routes resolve their include context lazily; doing it here keeps that work (and the
+    # lean route index) off the first request.
+    app.state.lean_index = LeanIndex(app)
     POOL.pool = db.engine.pool
     log.info("started", env=settings.env.value)
     try:

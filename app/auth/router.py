@@ -33,7 +33,7 @@ RateLimit = Annotated[RateLimits, Depends(get_rate_limits)]
     "/auth/register",
     status_code=status.HTTP_201_CREATED,
     response_model=UserOut,
-    responses=problems(409, 422, 429, 503),
+    responses=problems(400, 409, 422, 429, 503),
 )
 async def register(
     body: RegisterIn, session: Session, request: Request, response: Response, limits: RateLimit
@@ -45,7 +45,7 @@ async def register(
     return UserOut.model_validate(user)
 
 
-@router.post("/auth/token", response_model=TokenOut, responses=problems(401, 422, 429, 503))
+@router.post("/auth/token", response_model=TokenOut, responses=problems(400, 401, 422, 429, 503))
 async def token(
     form: Annotated[OAuth2PasswordRequestForm, Depends()],
     session: Session,

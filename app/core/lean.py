@@ -17,15 +17,17 @@ declared, not when it is called.
 from __future__ import annotations
 
 import inspect
+import re
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Annotated, Any, get_args, get_origin, get_type_hints
 
-from fastapi import Request, Response
+from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.params import Body, Depends
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, TypeAdapter, ValidationError
+from starlette.types import Receive, Scope, Send
 
 Resolver = Callable[[Request], Awaitable[Any]]
 _RESOLVERS: dict[Callable[..., Any], Resolver] = {}
@@ -106,6 +108,8 @@ def _invalid(exc: ValidationError, where: str, name: str | None = None) -> Reque
 class LeanRoute(APIRoute):
     """See the module docstring; use as `APIRouter(route_class=LeanRoute)`."""
 
+    lean_handler: Callable[[Request], Coroutine[Any, Any, Response]]
+
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         plan = _plan(self)
         endpoint = self.endpoint
@@ -155,4 +159,61 @@ class LeanRoute(APIRoute):
                 response.raw_headers.extend(h for h in sub.raw_headers if h[0] != b"content-type")
             return response
 
+        self.lean_handler = handler
         return handler
+
+
+class LeanIndex:
+    """Lean routes by method, with their full paths, so the outermost middleware can call
+    a hot route straight away: no walk through every route of the app, no per-route
+    middleware stack. Unmatched requests go through FastAPI as usual. Errors are answered
+    by the app's own exception handlers, exactly as on the ordinary path."""
+
+    def __init__(self, app: FastAPI) -> None:
+        self.handlers = app.exception_handlers
+        self.table: dict[str, list[tuple[re.Pattern[str], dict[str, Any], Any, str]]] = {}
+        for candidate in app.router.routes:
+            contexts = getattr(candidate, "effective_route_contexts", None)
+            for context in contexts() if contexts is not None else ():
+                route = context.original_route
+                if isinstance(route, LeanRoute):
+                    for method in context.methods:
+                        self.table.setdefault(method, []).append(
+                            (
+                                context.path_regex,
+                                context.param_convertors,
+                                route.lean_handler,
+                                context.path_format,
+                            )
+                        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> bool:
+        """Answer the request if a lean route matches it; False otherwise."""
+        routes = self.table.get(scope["method"])
+        if routes is None:
+            return False
+        path = scope["path"]
+        for regex, convertors, handler, template in routes:
+            match = regex.match(path)
+            if match is None:
+                continue
+            scope["path_params"] = {
+                name: convertors[name].convert(value) for name, value in match.groupdict().items()
+            }
+            scope["route_template"] = template
+            request = Request(scope, receive, send)
+            try:
+                response = await handler(request)
+            except Exception as exc:
+                response = await self._answer(request, exc)
+            await response(scope, receive, send)
+            return True
+        return False
+
+    async def _answer(self, request: Request, exc: Exception) -> Response:
+        for cls in type(exc).__mro__:
+            handler = self.handlers.get(cls)
+            if handler is not None:
+                answer = handler(request, exc)
+                return await answer if inspect.isawaitable(answer) else answer
+        raise exc

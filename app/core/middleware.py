@@ -10,6 +10,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.core.lean import LeanIndex
 from app.core.metrics import HTTP_LATENCY, HTTP_REQUESTS
 from app.core.problems import problem_response, unhandled_error_response
 
@@ -41,6 +42,7 @@ class RequestContextMiddleware:
         self.max_body = max_body
         self.max_upload = max_upload
         self.problem_base = problem_base
+        self.lean: LeanIndex | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -89,7 +91,9 @@ class RequestContextMiddleware:
         try:
             if declared is not None and declared > limit:
                 raise _TooLarge(limit)
-            await self.app(scope, limited_receive, send_wrapper)
+            lean = self.lean or self._lean_index(scope)
+            if not await lean(scope, limited_receive, send_wrapper):
+                await self.app(scope, limited_receive, send_wrapper)
         except Exception as exc:
             # Answer errors here rather than in Starlette's outermost handler, so the answer
             # carries the request id and security headers like every other one.
@@ -123,9 +127,17 @@ class RequestContextMiddleware:
                 )
             structlog.contextvars.unbind_contextvars("request_id")
 
+    def _lean_index(self, scope: Scope) -> LeanIndex:
+        # The lifespan builds it once every router is included (see app.main).
+        app = scope["app"]
+        self.lean = getattr(app.state, "lean_index", None) or LeanIndex(app)
+        return self.lean
+
 
 def _route_template(scope: Scope) -> str:
     """The matched route's full path template (bounded label cardinality)."""
+    if "route_template" in scope:
+        return str(scope["route_template"])
     effective = scope.get("fastapi", {}).get("effective_route_context")
     template = getattr(effective, "path_format", None)
     if template is None:

@@ -172,6 +172,23 @@ def sqlstate_of(exc: BaseException) -> str | None:
     return None
 
 
+def _driver_connection_lost(exc: BaseException) -> bool:
+    """An asyncpg interface error about a connection that is gone (the server restarted or
+    dropped it), including one raised while cleaning up after the loss, e.g. ending the
+    transaction of a connection that died mid-statement: the loss is then only its context.
+    Interface errors of another kind (misuse of a live connection) stay bugs."""
+    seen: BaseException | None = exc
+    for _ in range(6):
+        if isinstance(seen, asyncpg.PostgresConnectionError):
+            return True
+        if not isinstance(seen, asyncpg.InterfaceError):
+            return False
+        if str(seen).endswith("connection is closed"):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def problem_for_database_error(exc: BaseException) -> ProblemError | None:
     """Map database failures a client can recover from; None means it is a bug."""
     state = sqlstate_of(exc)
@@ -187,6 +204,8 @@ def problem_for_database_error(exc: BaseException) -> ProblemError | None:
         return Unavailable("All database connections are busy; retry shortly.")
     if isinstance(exc, InterfaceError | ConnectionError | OSError):
         return Unavailable("The database is unreachable; retry shortly.")
+    if _driver_connection_lost(exc):
+        return Unavailable("The database connection was lost; retry shortly.")
     if isinstance(exc, DBAPIError) and exc.connection_invalidated:
         return Unavailable("The database connection was lost; retry shortly.")
     cause = exc.__cause__

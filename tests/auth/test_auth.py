@@ -72,9 +72,16 @@ async def test_user_token_on_admin_route_is_403(client: httpx.AsyncClient, user:
 async def test_admin_lists_and_changes_roles(
     client: httpx.AsyncClient, admin: ApiUser, user: ApiUser
 ) -> None:
-    listed = await client.get("/api/v1/users?limit=500", headers=admin.headers)
-    assert listed.status_code == 200
-    assert str(user.id) in {u["id"] for u in listed.json()["items"]}
+    seen: set[str] = set()
+    params: dict[str, str | int] = {"limit": 500}
+    while True:  # other tests commit users too: walk every page
+        listed = await client.get("/api/v1/users", params=params, headers=admin.headers)
+        assert listed.status_code == 200
+        seen |= {u["id"] for u in listed.json()["items"]}
+        if listed.json()["next_cursor"] is None:
+            break
+        params["cursor"] = listed.json()["next_cursor"]
+    assert str(user.id) in seen
     got = await client.get(f"/api/v1/users/{user.id}", headers=admin.headers)
     assert got.json()["role"] == "user"
     patched = await client.patch(
