@@ -90,6 +90,7 @@ def settings(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Set
         run_worker=False,
         data_dir=tmp_path_factory.mktemp("data"),
         db_pool_size=20,
+        db_orm_pool_size=20,
         db_max_overflow=20,
         log_json=True,
         log_level="WARNING",

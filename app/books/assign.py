@@ -19,7 +19,7 @@ from app.books.errors import BookExhausted, BookInactive, CodeLimitReached, Code
 from app.books.schemas import CodeOut, DistributeOut, Skipped
 from app.books.service import BOOK_ACTIVE, CODE_COLUMNS, code_out, normalize_code
 from app.core.db import raw_connection
-from app.core.locking import LockNamespace, xact_lock_sql
+from app.core.locking import CLAIM_RETRY_DELAYS, LockNamespace, xact_lock_sql
 from app.core.problems import Busy, NotFound
 
 _BOOK_KEY = "$1::uuid::text"
@@ -99,7 +99,6 @@ FROM (SELECT 1) AS one LEFT JOIN claimed ON true
 # Retrying after a miss: each attempt is a new statement with a new snapshot, so claims
 # that committed meanwhile are gone from the candidates. Never a blocking FOR UPDATE here:
 # waiting scanners keep locks on rows that failed their recheck and can deadlock.
-_RETRY_DELAYS = [0.001 * min(2**i, 32) for i in range(40)]
 
 _ASSIGN_SPECIFIC = f"""
 WITH {_GUARDS},
@@ -127,7 +126,7 @@ async def _claim_random(
     conn: asyncpg.Connection, book_id: uuid.UUID, user_id: uuid.UUID, actor_id: uuid.UUID
 ) -> asyncpg.Record:
     """The claim statement, retried while free rows exist but are all being claimed."""
-    for delay in [*_RETRY_DELAYS, None]:
+    for delay in [*CLAIM_RETRY_DELAYS, None]:
         start = random.random()  # noqa: S311 - a start point, not a secret
         row = await conn.fetchrow(_ASSIGN_RANDOM, book_id, user_id, start, actor_id, "{}")
         assert row is not None

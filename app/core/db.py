@@ -86,7 +86,7 @@ def create_engine(
         return create_async_engine(final_url, poolclass=NullPool, connect_args=connect_args)
     return create_async_engine(
         final_url,
-        pool_size=settings.db_pool_size,
+        pool_size=settings.db_orm_pool_size,
         max_overflow=settings.db_max_overflow,
         pool_timeout=settings.db_pool_timeout_s,
         pool_pre_ping=False,

@@ -26,3 +26,8 @@ def xact_lock_sql(namespace: LockNamespace, key_sql: str, *, shared: bool = Fals
 def try_xact_lock_sql(namespace: LockNamespace, key_sql: str) -> str:
     """SQL fragment that tries the lock and returns whether it was granted."""
     return f"pg_try_advisory_xact_lock(hashtextextended({key_sql}, {int(namespace)}))"
+
+
+# Pauses between retries of a claim that met only rows other requests are claiming
+# (SKIP LOCKED): 1 ms doubling to 32 ms, about 1 s in all, each jittered by the caller.
+CLAIM_RETRY_DELAYS = [0.001 * min(2**i, 32) for i in range(40)]

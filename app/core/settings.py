@@ -36,7 +36,8 @@ class Settings(BaseSettings):
 
     database_url: str | None = None
     database_direct_url: str | None = None
-    db_pool_size: int = Field(default=10, ge=1)
+    db_pool_size: int = Field(default=10, ge=1)  # the hot paths' asyncpg pool
+    db_orm_pool_size: int = Field(default=5, ge=1)  # SQLAlchemy's pool: everything else
     db_max_overflow: int = Field(default=5, ge=0)
     db_pool_timeout_s: float = Field(default=5.0, gt=0)
     db_lock_timeout_ms: int = Field(default=2000, ge=0)

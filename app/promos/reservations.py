@@ -12,6 +12,8 @@ Lock order is always unit, then promo, then reservation, so the paths never dead
 
 from __future__ import annotations
 
+import asyncio
+import random
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -20,7 +22,7 @@ import asyncpg
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.db import raw_connection
-from app.core.locking import LockNamespace, xact_lock_sql
+from app.core.locking import CLAIM_RETRY_DELAYS, LockNamespace, xact_lock_sql
 from app.core.problems import NotFound
 from app.promos import rules
 from app.promos.errors import (
@@ -194,6 +196,41 @@ LIMIT $2
 """
 
 
+# A unit another reserve has locked but not yet committed is skipped, not waited for; if
+# that reserve then rolls back, the unit was free all along. So a miss while claimable units
+# still exist (each retry is a new statement with a new snapshot) is retried briefly, as
+# random assign does, instead of answering a momentary `sold-out`.
+_CLAIMABLE_LEFT = """
+SELECT EXISTS (SELECT 1 FROM promo_units u WHERE u.promo_id = $1 AND u.state = 'free')
+    OR EXISTS (SELECT 1 FROM promo_units u JOIN reservations r ON r.id = u.reservation_id
+               WHERE u.promo_id = $1 AND u.state = 'held' AND r.expires_at <= now())
+"""
+
+
+async def _claim(
+    conn: asyncpg.Connection, promo_id: uuid.UUID, user_id: uuid.UUID, ttl_seconds: int
+) -> asyncpg.Record | None:
+    """The reserve statement, retried while claimable units exist but are all being claimed
+    (a miss changes nothing, so running it again is safe)."""
+    for delay in [*CLAIM_RETRY_DELAYS, None]:
+        row = await conn.fetchrow(_RESERVE, promo_id, user_id, ttl_seconds)
+        if row is None or row["hold_id"] is not None or delay is None:
+            return row
+        turned_away = (
+            not row["open"]
+            or row["sold_out"]
+            or row["live_id"] is not None
+            or not row["eligible"]
+            or row["used"] >= row["max_per_user"]
+        )
+        if turned_away:
+            return row
+        if not await conn.fetchval(_CLAIMABLE_LEFT, promo_id):
+            return row
+        await asyncio.sleep(delay * (0.5 + random.random()))  # noqa: S311
+    raise AssertionError("unreachable")
+
+
 @dataclass
 class Reserved:
     reservation: ReservationOut
@@ -211,7 +248,7 @@ async def reserve(
 ) -> Reserved:
     """Hold one unit for `ttl_seconds`; a caller with a live hold gets it back."""
     await conn.execute(_LOCK, str(promo_id), str(user_id))
-    row = await conn.fetchrow(_RESERVE, promo_id, user_id, ttl_seconds)
+    row = await _claim(conn, promo_id, user_id, ttl_seconds)
     if row is None:
         raise NotFound(f"No promo {promo_id}.")
     if not row["open"]:

@@ -183,6 +183,7 @@ async def small_pool_client(settings: Settings, jwks_url: str) -> AsyncIterator[
                 "auth_audience": AUDIENCE,
                 "auth_role_claim": "roles",
                 "db_pool_size": SMALL_POOL,
+                "db_orm_pool_size": SMALL_POOL,
                 "db_max_overflow": 0,
                 "db_pool_timeout_s": 5.0,
             }

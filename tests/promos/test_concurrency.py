@@ -100,6 +100,29 @@ async def live_admin(make_live_user: MakeUser) -> ApiUser:
     return await make_live_user(Role.admin)
 
 
+async def test_a_unit_locked_by_an_unfinished_claim_is_not_sold_out(
+    app: FastAPI, live_client: httpx.AsyncClient, live_admin: ApiUser
+) -> None:
+    """The only unit is locked by a claim that then rolls back: a reserve meanwhile must not
+    answer `sold-out` (the unit was never taken); it retries and gets the unit."""
+    lat, lng = random_point()
+    promo = await create_promo(live_client, live_admin, at=(lat, lng), quantity=1)
+    [user] = await _users(app, 1, lat, lng)
+    async with app.state.db.engine.connect() as conn:
+        claim = await conn.begin()
+        await conn.execute(
+            text("SELECT id FROM promo_units WHERE promo_id = :id FOR UPDATE"),
+            {"id": promo["id"]},
+        )
+        pending = asyncio.create_task(reserve(live_client, user, promo["id"]))
+        await asyncio.sleep(0.3)
+        assert not pending.done(), pending.result().text
+        await claim.rollback()
+    answer = await pending
+    assert answer.status_code == 201, answer.text
+    assert (await _assert_invariants(app, promo["id"]))["live"] == 1
+
+
 async def test_300_users_race_for_10_units(
     app: FastAPI, live_client: httpx.AsyncClient, live_admin: ApiUser
 ) -> None:
