@@ -66,8 +66,8 @@ class Run:
 
 @dataclass
 class Seeded:
-    book: uuid.UUID
-    promo: uuid.UUID
+    books: list[uuid.UUID]  # one per app: per-user counts grow with each app's own run
+    promos: list[uuid.UUID]
     users_file: Path
 
 
@@ -80,15 +80,20 @@ async def seed(url: str, workdir: Path) -> Seeded:
             " 40.4168, -3.7038 FROM generate_series(1, $1) g",
             USERS,
         )
-        book = await conn.fetchval(
-            "INSERT INTO books (name, max_codes_per_user) VALUES ('bench assign', NULL)"
-            " RETURNING id"
-        )
-        await conn.execute(
-            "INSERT INTO codes (book_id, code) SELECT $1, 'BA-' || g FROM generate_series(1, $2) g",
-            book,
-            CODES,
-        )
+        books = []
+        for app in ("reference", "service"):
+            book = await conn.fetchval(
+                "INSERT INTO books (name, max_codes_per_user) VALUES ($1, NULL) RETURNING id",
+                f"bench assign ({app})",
+            )
+            await conn.execute(
+                "INSERT INTO codes (book_id, code)"
+                " SELECT $1, $2 || g FROM generate_series(1, $3) g",
+                book,
+                f"BA-{app[0].upper()}-",
+                CODES,
+            )
+            books.append(book)
         multi = await conn.fetchval(
             "INSERT INTO books (name, max_codes_per_user, max_redemptions_per_code)"
             " VALUES ('bench lock+redeem', NULL, 1000000000) RETURNING id"
@@ -118,13 +123,17 @@ async def seed(url: str, workdir: Path) -> Seeded:
             " RETURNING id",
             store,
         )
-        promo = await conn.fetchval(
-            "INSERT INTO promos (product_id, title, promo_price_cents, quantity, max_per_user,"
-            " starts_at, ends_at) VALUES ($1, 'bench', 500, $2, $2, now() - interval '1 minute',"
-            " now() + interval '1 day') RETURNING id",
-            product,
-            UNITS,
-        )
+        promos = [
+            await conn.fetchval(
+                "INSERT INTO promos (product_id, title, promo_price_cents, quantity, max_per_user,"
+                " starts_at, ends_at) VALUES ($1, $3, 500, $2, $2, now() - interval '1 minute',"
+                " now() + interval '1 day') RETURNING id",
+                product,
+                UNITS,
+                f"bench ({app})",
+            )
+            for app in ("reference", "service")
+        ]
         await conn.execute("VACUUM ANALYZE")
         print(f"seeded in {time.monotonic() - started:.1f} s", flush=True)
     finally:
@@ -132,7 +141,7 @@ async def seed(url: str, workdir: Path) -> Seeded:
     tokens = TokenService(secret=SECRET, ttl_seconds=86_400)
     users_file = workdir / "users.txt"
     users_file.write_text("".join(f"{tokens.issue(r['id'], Role.user)} {r['id']}\n" for r in slots))
-    return Seeded(book=book, promo=promo, users_file=users_file)
+    return Seeded(books=books, promos=promos, users_file=users_file)
 
 
 _ROUND = iter(range(1, 10_000))
@@ -230,18 +239,30 @@ def main() -> None:
         svc_env = {"DB_POOL_SIZE": str(args.pool), "DB_MAX_OVERFLOW": "0"}
         results: dict[tuple[str, int, str], Run] = {}
         with service(url, svc_port, args.workers, svc_env), process(ref_args, ref_port, ref_env):
-            lua_env = {
+            common = {
                 "BENCH_LUA": str(LUA),
                 "BENCH_USERS": str(seeded.users_file),
                 "BENCH_BASE": "/api/v1",
-                "BENCH_BOOK": str(seeded.book),
-                "BENCH_PROMO": str(seeded.promo),
             }
+            targets = [
+                (
+                    target,
+                    port,
+                    {**common, "BENCH_BOOK": str(book), "BENCH_PROMO": str(promo)},
+                )
+                for target, port, book, promo in zip(
+                    ("reference", "service"),
+                    (ref_port, svc_port),
+                    seeded.books,
+                    seeded.promos,
+                    strict=True,
+                )
+            ]
             for name, (script, expected) in chosen.items():
-                for port in (ref_port, svc_port):
+                for _, port, lua_env in targets:
                     wrk(port, script, 32, args.warmup, lua_env)
                 for connections in levels:
-                    for target, port in (("reference", ref_port), ("service", svc_port)):
+                    for target, port, lua_env in targets:
                         run = wrk(port, script, connections, args.seconds, lua_env)
                         results[(name, connections, target)] = run
                         print(
@@ -287,11 +308,12 @@ def write(
 each run {args.workers} uvicorn workers with {args.pool} pooled connections per worker, on
 the same PostgreSQL, with wrk on the same box (one connection per wrk thread); {args.seconds} s
 per measurement after a {args.warmup} s warm-up, reference and service alternating. Data:
-{CODES:,} codes in the assign book, {USERS:,} users, {SLOTS} clients each with a multi-use code
-(lock → redeem with the `lock_id`, repeated), a promo of {UNITS:,} units (reserve → purchase,
-repeated). The reference (`bench/reference_app.py`) runs the service's own SQL, imported from
-the service modules, with no auth, ORM or middleware. Requests/s count every HTTP request
-(lock+redeem and reserve+purchase are two requests per cycle).
+a book of {CODES:,} codes per app for assign (each app counts only its own
+assignments per user), {USERS:,} users, {SLOTS} clients each with a multi-use code
+(lock → redeem with the `lock_id`, repeated), a promo of {UNITS:,} units per app (reserve →
+purchase, repeated). The reference (`bench/reference_app.py`) runs the service's own SQL,
+imported from the service modules, with no auth, ORM or middleware. Requests/s count every
+HTTP request (lock+redeem and reserve+purchase are two requests per cycle).
 
 {chr(10).join(rows)}
 
