@@ -106,6 +106,7 @@ async def seed(url: str, workdir: Path) -> Seeded:
                 SELECT $1, 'LR-' || r || '-' || s.n, 'assigned', s.id, now()
                 FROM unnest($2::uuid[]) WITH ORDINALITY AS s(id, n),
                      generate_series(1, $3) AS r
+                ORDER BY r, s.n  -- each run's codes on pages of their own
                 RETURNING id, book_id, user_id
             )
             INSERT INTO redemption_history (code_id, book_id, user_id, action, actor_id)
@@ -145,6 +146,17 @@ async def seed(url: str, workdir: Path) -> Seeded:
 
 
 _ROUND = iter(range(1, 10_000))
+
+
+async def vacuum(url: str) -> None:
+    """Before every run: neither app inherits the dead rows of the run before it."""
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(
+            "VACUUM (ANALYZE) codes, redemption_history, promos, promo_units, reservations"
+        )
+    finally:
+        await conn.close()
 
 
 def wrk(port: int, script: str, connections: int, seconds: int, env: dict[str, str]) -> Run:
@@ -263,6 +275,7 @@ def main() -> None:
                     wrk(port, script, 32, args.warmup, lua_env)
                 for connections in levels:
                     for target, port, lua_env in targets:
+                        asyncio.run(vacuum(url))
                         run = wrk(port, script, connections, args.seconds, lua_env)
                         results[(name, connections, target)] = run
                         print(
@@ -307,7 +320,8 @@ def write(
 `make bench` on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC — {machine()}. Service and reference
 each run {args.workers} uvicorn workers with {args.pool} pooled connections per worker, on
 the same PostgreSQL, with wrk on the same box (one connection per wrk thread); {args.seconds} s
-per measurement after a {args.warmup} s warm-up, reference and service alternating. Data:
+per measurement after a {args.warmup} s warm-up and a `VACUUM`, reference and service
+alternating. Data:
 a book of {CODES:,} codes per app for assign (each app counts only its own
 assignments per user), {USERS:,} users, {SLOTS} clients each with a multi-use code
 (lock → redeem with the `lock_id`, repeated), a promo of {UNITS:,} units per app (reserve →

@@ -124,6 +124,9 @@ class Database:
                 "dsn": libpq_url(target),
                 "min_size": 0,
                 "max_size": settings.db_pool_size,
+                # Idle connections close after a minute, so a process that was busy once
+                # does not keep server slots that others need.
+                "max_inactive_connection_lifetime": 60.0,
                 "statement_cache_size": settings.statement_cache_size,
                 "server_settings": _server_settings(settings),
             },

@@ -62,8 +62,13 @@ class Transaction:
         try:
             await xact.__aenter__()
         except BaseException as exc:
+            # Anything but a server error or a cancel means the connection is broken (one the
+            # server dropped while it sat in the pool, say): close it, so the pool replaces it.
+            broken = not isinstance(exc, asyncpg.PostgresError | asyncio.CancelledError)
+            if broken:
+                conn.terminate()
             await acquired.__aexit__(type(exc), exc, exc.__traceback__)
-            if isinstance(exc, _UNREACHABLE):
+            if broken:
                 raise Unavailable("The database connection was lost; retry shortly.") from exc
             raise
         self._xact = xact

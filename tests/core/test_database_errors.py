@@ -5,10 +5,12 @@ from __future__ import annotations
 import time
 import uuid
 
+import asyncpg
 import httpx
 from fastapi import FastAPI
 from sqlalchemy import text
 
+from app.core.problems import problem_for_database_error
 from app.core.security import Role
 from tests.conftest import MakeUser
 from tests.helpers import assert_problem
@@ -77,3 +79,25 @@ async def test_raw_connection_is_inside_the_request_transaction(app: FastAPI) ->
         )
         assert held == 1
         await session.rollback()
+
+
+def _closed_while_ending_transaction() -> BaseException:
+    """The error a request sees when its connection dies mid-statement (server restart) and
+    ending the transaction then fails on the closed connection."""
+    shutdown = asyncpg.AdminShutdownError("terminating connection due to administrator command")
+    gone = asyncpg.ConnectionDoesNotExistError("connection was closed in the middle of operation")
+    gone.__cause__ = shutdown
+    ending = asyncpg.InterfaceError(
+        "cannot call Transaction.__aexit__(): the underlying connection is closed"
+    )
+    ending.__context__ = gone
+    return ending
+
+
+def test_a_connection_lost_under_the_driver_is_503_and_misuse_stays_a_bug() -> None:
+    lost = problem_for_database_error(_closed_while_ending_transaction())
+    assert lost is not None and lost.status == 503 and lost.headers["Retry-After"]
+    closed = problem_for_database_error(asyncpg.InterfaceError("connection is closed"))
+    assert closed is not None and closed.status == 503
+    busy = asyncpg.InterfaceError("cannot perform operation: another operation is in progress")
+    assert problem_for_database_error(busy) is None

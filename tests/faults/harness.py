@@ -1,10 +1,16 @@
-"""What every fault test needs: the cluster, the service as a subprocess with its log kept
-aside, seeded users/books/promos, a tally of client-visible outcomes, and the invariants."""
+"""What every fault test needs: the cluster, the service (and the outbox worker) as
+subprocesses with their logs kept aside, seeded users/books/promos, a tally of
+client-visible outcomes, the invariants, and the fault tools: a clock shift (libfaketime),
+a proxy that loses the answer of a committed request, and a slow webhook receiver."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import glob
+import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -12,7 +18,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,11 +29,13 @@ import psutil
 
 from app.check import run_checks, violations
 from app.core.security import Role, TokenService
+from app.notifications.webhook import SIGNATURE_HEADER, verify
 from bench.common import ROOT, SECRET, free_port, wait_healthy
 
 API = "/api/v1"
 PROBLEM = "application/problem+json"
 TOKENS = TokenService(secret=SECRET, ttl_seconds=3600)
+MADRID = (40.4168, -3.7038)
 
 
 @dataclass
@@ -48,6 +56,20 @@ class Cluster:
             timeout=90,
         )
         return time.monotonic() - started
+
+    async def restart_with(self, **settings: object) -> float:
+        """`ALTER SYSTEM SET` each setting (None: `RESET`), then restart so that settings
+        read only at server start (max_connections) take effect; returns the restart time."""
+        conn = await asyncpg.connect(self.url)
+        try:
+            for name, value in settings.items():
+                if value is None:
+                    await conn.execute(f"ALTER SYSTEM RESET {name}")
+                else:
+                    await conn.execute(f"ALTER SYSTEM SET {name} = '{value}'")
+        finally:
+            await conn.close()
+        return await asyncio.to_thread(self.restart)
 
     def stop(self) -> None:
         """Stop the cluster through its data directory: after a restart the server object
@@ -90,6 +112,22 @@ class Service:
 
     def unhandled_errors(self) -> list[str]:
         return [line for line in self.log_text().splitlines() if "unhandled_error" in line]
+
+    def startups(self) -> int:
+        """How many worker processes have finished starting (uvicorn logs each)."""
+        return self.log_text().count("Application startup complete.")
+
+    def mapped_sqlstates(self) -> Counter[str]:
+        """SQLSTATEs of the database errors the service answered as 503/409 (its
+        `database_unavailable` log lines), e.g. 57014 statement timeout, 53300 too many
+        connections; a pool timeout has none and counts as "pool"."""
+        states: Counter[str] = Counter()
+        for line in self.log_text().splitlines():
+            if "database_unavailable" not in line:
+                continue
+            with contextlib.suppress(ValueError):
+                states[json.loads(line).get("sqlstate") or "pool"] += 1
+        return states
 
 
 @contextlib.contextmanager
@@ -147,6 +185,93 @@ def wait_workers(svc: Service, n: int, timeout: float = 30) -> None:
         time.sleep(0.1)
 
 
+def wait_replaced(
+    svc: Service, killed: set[int], n: int, started: int, timeout: float = 90
+) -> set[int]:
+    """Wait until uvicorn has replaced the killed workers and the replacements have started:
+    `n` workers, none of them killed, `started + len(killed)` startups logged (`started`
+    counted before the kills); returns the workers' pids."""
+    deadline = time.monotonic() + timeout
+    while True:
+        pids = set()
+        for proc in svc.workers():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                if proc.status() != psutil.STATUS_ZOMBIE:
+                    pids.add(proc.pid)
+        if len(pids) >= n and not pids & killed and svc.startups() >= started + len(killed):
+            return pids
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"workers {sorted(killed)} not replaced: {sorted(pids)}")
+        time.sleep(0.05)
+
+
+@dataclass
+class OutboxWorker:
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+@contextlib.contextmanager
+def outbox_worker(cluster: Cluster, env: Mapping[str, str] | None = None) -> Iterator[OutboxWorker]:
+    """`python -m app worker` against the cluster, its output in a log file; stopped with
+    SIGTERM (then SIGKILL) when the block ends unless it is already dead."""
+    log = cluster.workdir / f"worker-{uuid.uuid4().hex[:8]}.log"
+    full_env = {
+        **os.environ,
+        "DATABASE_URL": cluster.url,
+        "DATABASE_DIRECT_URL": "",
+        "LOG_LEVEL": "WARNING",
+        "LOG_JSON": "true",
+        "WORKER_POLL_SECONDS": "0.2",
+        "DATA_DIR": tempfile.mkdtemp(prefix="cf-faults-data-", dir=cluster.workdir),
+        **(env or {}),
+    }
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "app", "worker"],
+            cwd=ROOT,
+            env=full_env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        yield OutboxWorker(proc, log)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+# Clock
+
+
+def faketime_env(offset: str) -> dict[str, str]:
+    """Environment that runs a process on a shifted wall clock (`offset` as faketime -f
+    takes it, e.g. "+2h", "-26h"): libfaketime, the library behind faketime(1), preloaded
+    directly so the service stays the direct child (the faketime wrapper forks). The
+    monotonic clock is left alone: timeouts and the event loop are unaffected."""
+    candidates = sorted(
+        glob.glob("/usr/lib/*/faketime/libfaketimeMT.so.1")
+        + glob.glob("/usr/lib/faketime/libfaketimeMT.so.1")
+        + glob.glob("/usr/local/lib/faketime/libfaketimeMT.so.1")
+    )
+    if not candidates:
+        raise RuntimeError("libfaketime is not installed (Debian package `faketime`)")
+    return {
+        "LD_PRELOAD": candidates[0],
+        "FAKETIME": offset,
+        "FAKETIME_DONT_FAKE_MONOTONIC": "1",
+        "FAKETIME_NO_CACHE": "1",
+    }
+
+
 # Seeding
 
 
@@ -160,14 +285,25 @@ class User:
         return {"Authorization": f"Bearer {self.token}"}
 
 
-async def seed_users(pg: asyncpg.Connection, n: int) -> list[User]:
-    """`n` users with a location (Madrid), each with a user token."""
+async def seed_users(
+    pg: asyncpg.Connection,
+    n: int,
+    *,
+    at: tuple[float, float] = MADRID,
+    timezones: Sequence[str] = ("UTC",),
+) -> list[User]:
+    """`n` users located `at` (Madrid unless told), time zones taken in turn from
+    `timezones`, each with a user token."""
     tag = uuid.uuid4().hex[:8]
     ids = await pg.fetch(
-        "INSERT INTO users (email, lat, lng) SELECT 'fault-' || $1 || '-' || g || '@example.com',"
-        " 40.4168, -3.7038 FROM generate_series(1, $2) g RETURNING id",
+        "INSERT INTO users (email, lat, lng, timezone) SELECT 'fault-' || $1 || '-' || g"
+        " || '@example.com', $3, $4, ($5::text[])[1 + (g - 1) % cardinality($5::text[])]"
+        " FROM generate_series(1, $2) g RETURNING id",
         tag,
         n,
+        at[0],
+        at[1],
+        list(timezones),
     )
     return [User(r["id"], TOKENS.issue(r["id"], Role.user)) for r in ids]
 
@@ -186,10 +322,15 @@ async def seed_book(pg: asyncpg.Connection, codes: int) -> uuid.UUID:
     return book
 
 
-async def seed_held_codes(pg: asyncpg.Connection, users: list[User]) -> dict[uuid.UUID, str]:
-    """One assigned single-use code per user (with its history row); user id → code."""
+async def seed_held_codes(
+    pg: asyncpg.Connection, users: list[User], *, uses: int = 1
+) -> dict[uuid.UUID, str]:
+    """One assigned code per user (with its history row), redeemable `uses` times; user id
+    → code."""
     book = await pg.fetchval(
-        "INSERT INTO books (name, max_codes_per_user) VALUES ('fault held', NULL) RETURNING id"
+        "INSERT INTO books (name, max_codes_per_user, max_redemptions_per_code)"
+        " VALUES ('fault held', NULL, $1) RETURNING id",
+        uses,
     )
     prefix = f"H{uuid.uuid4().hex[:6].upper()}-"
     rows = await pg.fetch(
@@ -212,10 +353,17 @@ async def seed_held_codes(pg: asyncpg.Connection, users: list[User]) -> dict[uui
     return {r["user_id"]: r["code"] for r in rows}
 
 
-async def seed_promo(pg: asyncpg.Connection, units: int) -> uuid.UUID:
-    """A running promo for everyone near Madrid with `units` units and no per-user cap."""
+async def seed_promo(
+    pg: asyncpg.Connection,
+    units: int,
+    *,
+    at: tuple[float, float] = MADRID,
+    radius_m: int = 2000,
+) -> uuid.UUID:
+    """A running promo for everyone within `radius_m` of `at` (Madrid unless told) with
+    `units` units and no per-user cap."""
     store = await pg.fetchval(
-        "INSERT INTO stores (name, lat, lng) VALUES ('fault', 40.4168, -3.7038) RETURNING id"
+        "INSERT INTO stores (name, lat, lng) VALUES ('fault', $1, $2) RETURNING id", at[0], at[1]
     )
     product = await pg.fetchval(
         "INSERT INTO products (store_id, name, price_cents) VALUES ($1, 'fault', 1000)"
@@ -224,12 +372,28 @@ async def seed_promo(pg: asyncpg.Connection, units: int) -> uuid.UUID:
     )
     promo: uuid.UUID = await pg.fetchval(
         "INSERT INTO promos (product_id, title, promo_price_cents, quantity, max_per_user,"
-        " starts_at, ends_at) VALUES ($1, 'fault', 500, $2, $2, now() - interval '1 minute',"
-        " now() + interval '1 day') RETURNING id",
+        " starts_at, ends_at, radius_m) VALUES ($1, 'fault', 500, $2, $2,"
+        " now() - interval '1 minute', now() + interval '1 day', $3) RETURNING id",
         product,
         units,
+        radius_m,
     )
     return promo
+
+
+async def announce(pg: asyncpg.Connection, promo: uuid.UUID) -> None:
+    """Queue the promo's `promo.started` job, due now: what creating a running promo does."""
+    await pg.execute(
+        "INSERT INTO outbox (topic, key, payload, max_attempts)"
+        " VALUES ('promo.started', 'promo.started:' || $1::text,"
+        " jsonb_build_object('promo_id', $1::text), 10)",
+        str(promo),
+    )
+
+
+def random_place() -> tuple[float, float]:
+    """A spot far from Madrid and from other tests' places, so audiences never overlap."""
+    return random.uniform(-50, 30), random.uniform(-170, 170)
 
 
 # Outcomes
@@ -318,3 +482,272 @@ async def check_invariants(url: str) -> int:
     ran = sum(1 for o in outcomes if not o.skipped)
     print(f"[fault] invariants: {ran} checks, 0 violations", flush=True)
     return ran
+
+
+# Losing the answer of a committed request
+
+
+@dataclass
+class Crash:
+    """What the proxy kept from the client: the answer the service had begun to send when
+    its worker was killed."""
+
+    key: str
+    pid: int
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass
+class _Link:
+    armed: str | None = None
+    probe: str | None = None
+
+
+class CrashProxy:
+    """A TCP proxy in front of the service. Armed with an `Idempotency-Key`, it forwards the
+    request carrying that key, waits for the service's answer to begin (the request's
+    transaction has committed by then: the session dependency commits before the response
+    starts), reads that answer without passing it on, SIGKILLs the worker process serving
+    the connection, and resets the client's connection. Requests carrying an
+    `X-Fault-Probe` header are passed through, and the pid of the worker that answered
+    each probe is recorded."""
+
+    PROBE = "x-fault-probe"
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.port = 0
+        self.crashes: list[Crash] = []
+        self.served: dict[str, int] = {}
+        self._armed: dict[str, asyncio.Future[Crash]] = {}
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def __aenter__(self) -> CrashProxy:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def arm(self, key: str) -> asyncio.Future[Crash]:
+        """Crash the request carrying this key; the future resolves once the worker is killed."""
+        future: asyncio.Future[Crash] = asyncio.get_running_loop().create_future()
+        self._armed[key.lower()] = future
+        return future
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+        except OSError:
+            writer.transport.abort()
+            self._tasks.discard(task)
+            return
+        link = _Link()
+        pumps = [
+            asyncio.create_task(self._to_service(reader, up_writer, link)),
+            asyncio.create_task(self._to_client(up_reader, up_writer, writer, link)),
+        ]
+        try:
+            await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for pump in pumps:
+                pump.cancel()
+            await asyncio.gather(*pumps, return_exceptions=True)
+            writer.transport.abort()
+            up_writer.transport.abort()
+            self._tasks.discard(task)
+
+    async def _to_service(
+        self, reader: asyncio.StreamReader, up_writer: asyncio.StreamWriter, link: _Link
+    ) -> None:
+        while chunk := await reader.read(65536):
+            head = chunk.lower()
+            for key in self._armed:
+                if f"idempotency-key: {key}\r\n".encode() in head:
+                    link.armed = key
+            marker = f"{self.PROBE}: ".encode()
+            if marker in head:
+                start = head.index(marker) + len(marker)
+                link.probe = head[start : head.index(b"\r\n", start)].decode()
+            up_writer.write(chunk)
+            await up_writer.drain()
+
+    async def _to_client(
+        self,
+        up_reader: asyncio.StreamReader,
+        up_writer: asyncio.StreamWriter,
+        writer: asyncio.StreamWriter,
+        link: _Link,
+    ) -> None:
+        while chunk := await up_reader.read(65536):
+            if link.probe is not None:
+                pid = await asyncio.to_thread(self._serving_pid, up_writer)
+                if pid is not None:
+                    self.served[link.probe] = pid
+                link.probe = None
+            if link.armed is not None:
+                await self._crash(link.armed, chunk, up_reader, up_writer)
+                return
+            writer.write(chunk)
+            await writer.drain()
+
+    async def _crash(
+        self,
+        key: str,
+        first: bytes,
+        up_reader: asyncio.StreamReader,
+        up_writer: asyncio.StreamWriter,
+    ) -> None:
+        """Read the whole answer (a few ms), kill its worker, and let the caller reset the
+        client's connection."""
+        data = first
+        deadline = time.monotonic() + 2
+        while not _complete(data) and time.monotonic() < deadline:
+            with contextlib.suppress(TimeoutError):
+                more = await asyncio.wait_for(up_reader.read(65536), 0.1)
+                if not more:
+                    break
+                data += more
+        pid = await asyncio.to_thread(self._serving_pid, up_writer)
+        future = self._armed.pop(key)
+        if pid is None:
+            future.set_exception(RuntimeError("no worker process owns the connection"))
+            return
+        os.kill(pid, signal.SIGKILL)
+        head, _, body = data.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        headers = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        crash = Crash(key, pid, int(lines[0].split()[1]), headers, body)
+        self.crashes.append(crash)
+        future.set_result(crash)
+
+    def _serving_pid(self, up_writer: asyncio.StreamWriter) -> int | None:
+        """The worker process holding the service's end of this connection."""
+        ours = up_writer.get_extra_info("sockname")
+        for conn in psutil.net_connections(kind="tcp"):
+            if (
+                conn.pid
+                and conn.laddr
+                and conn.raddr
+                and conn.laddr.port == self.upstream_port
+                and (conn.raddr.ip, conn.raddr.port) == (ours[0], ours[1])
+            ):
+                return int(conn.pid)
+        return None
+
+
+def _complete(data: bytes) -> bool:
+    head, sep, body = data.partition(b"\r\n\r\n")
+    if not sep:
+        return False
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return len(body) >= int(value.strip())
+    return True
+
+
+# A webhook receiver
+
+
+@dataclass
+class Delivery:
+    """One POST the receiver got: its batch (outbox job) id and attempt, the notification
+    ids in it, whether the signature held, and when it was received and answered."""
+
+    batch_id: int
+    attempt: int
+    ids: list[int]
+    users: dict[int, str]
+    signed: bool
+    received: float
+    answered: float | None = None
+
+
+class WebhookSink:
+    """A webhook receiver on 127.0.0.1 that checks every signature, records every
+    notification id it is sent, and answers after `delay` seconds (slow on purpose)."""
+
+    def __init__(self, secret: str, delay: float) -> None:
+        self.secret = secret
+        self.delay = delay
+        self.port = 0
+        self.deliveries: list[Delivery] = []
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def __aenter__(self) -> WebhookSink:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hook"
+
+    def in_flight(self) -> int:
+        return sum(1 for d in self.deliveries if d.answered is None)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        try:
+            while True:
+                try:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    return
+                headers = {}
+                for line in head.decode("latin-1").split("\r\n")[1:]:
+                    name, _, value = line.partition(":")
+                    headers[name.strip().lower()] = value.strip()
+                try:
+                    body = await reader.readexactly(int(headers.get("content-length", "0")))
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    return
+                doc = json.loads(body)
+                delivery = Delivery(
+                    batch_id=int(doc["batch_id"]),
+                    attempt=int(doc["attempt"]),
+                    ids=[int(n["id"]) for n in doc["notifications"]],
+                    users={int(n["id"]): n["user_id"] for n in doc["notifications"]},
+                    signed=verify(self.secret, body, headers.get(SIGNATURE_HEADER.lower())),
+                    received=time.monotonic(),
+                )
+                self.deliveries.append(delivery)
+                await asyncio.sleep(self.delay)
+                try:
+                    writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                    await writer.drain()
+                except ConnectionError:
+                    return
+                delivery.answered = time.monotonic()
+        finally:
+            writer.transport.abort()
+            self._tasks.discard(task)

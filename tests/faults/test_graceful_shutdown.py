@@ -23,7 +23,9 @@ from tests.faults.harness import (
 CLIENTS = 12
 GRACE_S = 20  # uvicorn's timeout_graceful_shutdown in `app serve`
 HOLD_S = 1.5  # how long the rows stay locked after SIGTERM
-ENV = {"DB_LOCK_TIMEOUT_MS": "15000"}
+# Every request waits on the database, however the 2 workers share them out: each worker's
+# hot-path pool (DB_POOL_SIZE, no overflow) holds all of them.
+ENV = {"DB_LOCK_TIMEOUT_MS": "15000", "DB_POOL_SIZE": str(CLIENTS + 4)}
 
 
 async def _waiting_on_locks(pg: asyncpg.Connection) -> int:
