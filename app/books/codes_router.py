@@ -7,8 +7,10 @@ and each runs in one `Tx` (a transaction on a bare asyncpg connection)."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Annotated
 
+import asyncpg
 from fastapi import APIRouter, Body, Depends, Response, status
 
 from app.auth.deps import AdminUser, CurrentUser
@@ -30,7 +32,7 @@ from app.core.openapi import AUTH, problems
 from app.core.problems import Forbidden
 from app.core.ratelimit import RateLimits, get_rate_limits
 from app.core.security import Principal
-from app.core.transaction import Tx
+from app.core.transaction import Transaction, Tx
 
 router = APIRouter(tags=["codes"], route_class=LeanRoute)
 RateLimit = Annotated[RateLimits, Depends(get_rate_limits)]
@@ -65,13 +67,11 @@ async def assign_code(
 ) -> CodeOut:
     """Claim this specific code (a user for themself, an admin for `user_id`).
     409 `code-unavailable`, `code-limit-reached`, `book-inactive`."""
-    target = _target_user(user.id, user.is_admin, body.user_id if body else None)
-    await limits.hit(limits.assign, "assign", str(user.id))
-    async with tx as conn:
-        out = await assign.assign_code(conn, code, target, user.id)
-        location = response.headers["Location"] = f"/api/v1/codes/{out.code}"
-        await tx.remember(conn, status.HTTP_201_CREATED, out, location)
-    return out
+
+    async def claim(conn: asyncpg.Connection, target: uuid.UUID) -> CodeOut:
+        return await assign.assign_code(conn, code, target, user.id)
+
+    return await _assign(user, tx, response, limits, body, claim)
 
 
 @router.post("/codes/{code}/lock", response_model=LockedCodeOut, responses=CODE_ERRORS)
@@ -188,13 +188,29 @@ async def assign_random(
 ) -> CodeOut:
     """A random free code of the book: a user assigns to themself, an admin to `user_id`.
     409 `book-exhausted`, `code-limit-reached`, `book-inactive`."""
+
+    async def claim(conn: asyncpg.Connection, target: uuid.UUID) -> CodeOut:
+        return await assign.assign_random(conn, book_id, target, user.id)
+
+    return await _assign(user, tx, response, limits, body, claim)
+
+
+async def _assign(
+    user: Principal,
+    tx: Transaction,
+    response: Response,
+    limits: RateLimits,
+    body: AssignIn | None,
+    claim: Callable[[asyncpg.Connection, uuid.UUID], Awaitable[CodeOut]],
+) -> CodeOut:
+    """Both assigns: who gets the code, the rate limit, the claim, `Location`, idempotency."""
     target = _target_user(user.id, user.is_admin, body.user_id if body else None)
     await limits.hit(limits.assign, "assign", str(user.id))
     async with tx as conn:
-        code = await assign.assign_random(conn, book_id, target, user.id)
-        location = response.headers["Location"] = f"/api/v1/codes/{code.code}"
-        await tx.remember(conn, status.HTTP_201_CREATED, code, location)
-    return code
+        out = await claim(conn, target)
+        location = response.headers["Location"] = f"/api/v1/codes/{out.code}"
+        await tx.remember(conn, status.HTTP_201_CREATED, out, location)
+    return out
 
 
 def _target_user(caller: uuid.UUID, is_admin: bool, requested: uuid.UUID | None) -> uuid.UUID:
