@@ -8,7 +8,6 @@ assigns hold the book key shared; `distribute` holds it exclusively.
 
 from __future__ import annotations
 
-import asyncio
 import random
 import uuid
 
@@ -19,7 +18,7 @@ from app.books.errors import BookExhausted, BookInactive, CodeLimitReached, Code
 from app.books.schemas import CodeOut, DistributeOut, Skipped
 from app.books.service import BOOK_ACTIVE, CODE_COLUMNS, code_out, normalize_code
 from app.core.db import raw_connection
-from app.core.locking import CLAIM_RETRY_DELAYS, LockNamespace, xact_lock_sql
+from app.core.locking import LockNamespace, retry_skipped_claims, xact_lock_sql
 from app.core.problems import Busy, NotFound
 
 _BOOK_KEY = "$1::uuid::text"
@@ -96,10 +95,6 @@ SELECT claimed.*,
 FROM (SELECT 1) AS one LEFT JOIN claimed ON true
 """
 
-# Retrying after a miss: each attempt is a new statement with a new snapshot, so claims
-# that committed meanwhile are gone from the candidates. Never a blocking FOR UPDATE here:
-# waiting scanners keep locks on rows that failed their recheck and can deadlock.
-
 _ASSIGN_SPECIFIC = f"""
 WITH {_GUARDS},
 wanted AS (SELECT c.id FROM codes c WHERE c.code = $3),
@@ -126,17 +121,17 @@ async def _claim_random(
     conn: asyncpg.Connection, book_id: uuid.UUID, user_id: uuid.UUID, actor_id: uuid.UUID
 ) -> asyncpg.Record:
     """The claim statement, retried while free rows exist but are all being claimed."""
-    for delay in [*CLAIM_RETRY_DELAYS, None]:
+
+    async def attempt() -> asyncpg.Record:
         start = random.random()  # noqa: S311 - a start point, not a secret
         row = await conn.fetchrow(_ASSIGN_RANDOM, book_id, user_id, start, actor_id, "{}")
         assert row is not None
-        if row["code"] is not None or not row["allowed"] or not row["free_left"]:
-            return row
-        if delay is None:
-            return row
-        # Every free row we met is being claimed by a concurrent request; let it settle.
-        await asyncio.sleep(delay * (0.5 + random.random()))  # noqa: S311
-    raise AssertionError("unreachable")
+        return row
+
+    return await retry_skipped_claims(
+        attempt,
+        lambda row: row["code"] is not None or not row["allowed"] or not row["free_left"],
+    )
 
 
 async def assign_random(

@@ -22,7 +22,7 @@ from app.books.errors import (
     UserRedemptionLimitReached,
 )
 from app.books.schemas import CodeOut, LockedCodeOut, RedeemOut
-from app.books.service import BOOK_ACTIVE, CODE_COLUMNS, code_out, normalize_code
+from app.books.service import BOOK_ACTIVE, CODE_COLUMNS, code_as, code_out, normalize_code
 from app.core.locking import LockNamespace, xact_lock_sql
 from app.core.problems import NotFound, ProblemError, ValidationFailed
 
@@ -105,7 +105,7 @@ async def lock(
     wanted = normalize_code(code)
     row = await conn.fetchrow(_LOCK, wanted, owner, ttl_seconds, lock_id, actor_id)
     if row is not None:
-        return LockedCodeOut(**code_out(row).model_dump(), lock_id=row["lock_id"])
+        return code_as(LockedCodeOut, row)
     state = await _state(conn, wanted, owner)
     if ttl_seconds is not None and ttl_seconds > state["lock_ttl_seconds"]:
         raise ValidationFailed(

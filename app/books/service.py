@@ -7,7 +7,7 @@ import re
 import uuid
 from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 from sqlalchemy import select, tuple_
@@ -57,10 +57,16 @@ def normalize_code(raw: str) -> str:
     return raw.upper()
 
 
+Out = TypeVar("Out", bound=CodeOut)
+
+
+def code_as(model: type[Out], record: asyncpg.Record | Mapping[str, Any]) -> Out:
+    """A code answer of `model` (`CodeOut` or a subclass such as `LockedCodeOut`) from a row."""
+    return model.model_validate({key: record[key] for key in model.model_fields if key in record})
+
+
 def code_out(record: asyncpg.Record | Mapping[str, Any]) -> CodeOut:
-    return CodeOut.model_validate(
-        {key: record[key] for key in CodeOut.model_fields if key in record}
-    )
+    return code_as(CodeOut, record)
 
 
 # --- books -------------------------------------------------------------------------------

@@ -12,8 +12,6 @@ Lock order is always unit, then promo, then reservation, so the paths never dead
 
 from __future__ import annotations
 
-import asyncio
-import random
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -22,7 +20,7 @@ import asyncpg
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.db import raw_connection
-from app.core.locking import CLAIM_RETRY_DELAYS, LockNamespace, xact_lock_sql
+from app.core.locking import LockNamespace, retry_skipped_claims, xact_lock_sql
 from app.core.problems import NotFound
 from app.promos import rules
 from app.promos.errors import (
@@ -117,7 +115,12 @@ claim AS (
 SELECT v.open, v.sold_out, v.eligible, v.used, v.max_per_user,
        l.id AS live_id, l.expires_at AS live_expires_at,
        h.id AS hold_id, h.expires_at AS hold_expires_at,
-       (SELECT count(*) FROM claim) AS claimed
+       (SELECT count(*) FROM claim) AS claimed,
+       CASE WHEN EXISTS (SELECT 1 FROM gate) AND NOT EXISTS (SELECT 1 FROM hold) THEN (
+           EXISTS (SELECT 1 FROM promo_units u WHERE u.promo_id = $1 AND u.state = 'free')
+           OR EXISTS (SELECT 1 FROM promo_units u JOIN reservations r ON r.id = u.reservation_id
+                      WHERE u.promo_id = $1 AND u.state = 'held' AND r.expires_at <= now()))
+       END AS claimable_left
 FROM verdict v
 LEFT JOIN live l ON true
 LEFT JOIN hold h ON true
@@ -196,39 +199,18 @@ LIMIT $2
 """
 
 
-# A unit another reserve has locked but not yet committed is skipped, not waited for; if
-# that reserve then rolls back, the unit was free all along. So a miss while claimable units
-# still exist (each retry is a new statement with a new snapshot) is retried briefly, as
-# random assign does, instead of answering a momentary `sold-out`.
-_CLAIMABLE_LEFT = """
-SELECT EXISTS (SELECT 1 FROM promo_units u WHERE u.promo_id = $1 AND u.state = 'free')
-    OR EXISTS (SELECT 1 FROM promo_units u JOIN reservations r ON r.id = u.reservation_id
-               WHERE u.promo_id = $1 AND u.state = 'held' AND r.expires_at <= now())
-"""
-
-
 async def _claim(
     conn: asyncpg.Connection, promo_id: uuid.UUID, user_id: uuid.UUID, ttl_seconds: int
 ) -> asyncpg.Record | None:
-    """The reserve statement, retried while claimable units exist but are all being claimed
-    (a miss changes nothing, so running it again is safe)."""
-    for delay in [*CLAIM_RETRY_DELAYS, None]:
-        row = await conn.fetchrow(_RESERVE, promo_id, user_id, ttl_seconds)
-        if row is None or row["hold_id"] is not None or delay is None:
-            return row
-        turned_away = (
-            not row["open"]
-            or row["sold_out"]
-            or row["live_id"] is not None
-            or not row["eligible"]
-            or row["used"] >= row["max_per_user"]
-        )
-        if turned_away:
-            return row
-        if not await conn.fetchval(_CLAIMABLE_LEFT, promo_id):
-            return row
-        await asyncio.sleep(delay * (0.5 + random.random()))  # noqa: S311
-    raise AssertionError("unreachable")
+    """The reserve statement, retried while claimable units exist but every one met was
+    locked by a concurrent reserve (which may yet roll back). A miss changes nothing, so
+    running it again is safe; without the retry that reserve could answer a momentary
+    `sold-out`."""
+
+    async def attempt() -> asyncpg.Record | None:
+        return await conn.fetchrow(_RESERVE, promo_id, user_id, ttl_seconds)
+
+    return await retry_skipped_claims(attempt, lambda row: row is None or not row["claimable_left"])
 
 
 @dataclass
