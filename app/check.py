@@ -119,15 +119,27 @@ CHECKS: tuple[Check, ...] = (
     ),
     Check(
         "promo_not_oversold",
-        "sold units never exceed the quantity; the sold counter matches the units",
+        "sold units never exceed the quantity; each sales slot counts its sold units",
         """
-        SELECT p.id, p.quantity, p.sold, count(u.id) FILTER (WHERE u.state = 'sold') AS sold_units
-        FROM promos p LEFT JOIN promo_units u ON u.promo_id = p.id
+        WITH units AS (
+            SELECT u.promo_id, u.seq % 16 AS slot, count(*) AS sold FROM promo_units u
+            WHERE u.state = 'sold' GROUP BY 1, 2
+        ),
+        slots AS (
+            SELECT coalesce(u.promo_id, sa.promo_id) AS promo_id,
+                   coalesce(u.slot, sa.slot) AS slot,
+                   coalesce(u.sold, 0) AS sold_units, coalesce(sa.sold, 0) AS counted
+            FROM units u
+            FULL JOIN promo_sales sa ON sa.promo_id = u.promo_id AND sa.slot = u.slot
+        )
+        SELECT p.id, p.quantity, sum(s.sold_units) AS sold_units, sum(s.counted) AS counted,
+               array_agg(s.slot ORDER BY s.slot)
+                   FILTER (WHERE s.sold_units <> s.counted) AS slots_off
+        FROM slots s JOIN promos p ON p.id = s.promo_id
         GROUP BY p.id
-        HAVING count(u.id) FILTER (WHERE u.state = 'sold') > p.quantity
-            OR count(u.id) FILTER (WHERE u.state = 'sold') <> p.sold
+        HAVING sum(s.sold_units) > p.quantity OR bool_or(s.sold_units <> s.counted)
         """,
-        ("promos", "promo_units"),
+        ("promos", "promo_units", "promo_sales"),
     ),
     Check(
         "sold_unit_has_one_purchase",

@@ -41,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from app.core.migrations import upgrade_to_head
 from app.core.security import Role, TokenService
 from app.core.settings import Settings
+from app.promos import rules
 from bench.common import (
     SECRET,
     free_port,
@@ -232,11 +233,12 @@ async def invariants(url: str) -> dict[str, int]:
     conn = await asyncpg.connect(url)
     try:
         row = await conn.fetchrow(
-            """
+            f"""
             SELECT
-              (SELECT count(*) FROM promos WHERE sold > quantity) AS oversold,
-              (SELECT count(*) FROM promos p WHERE p.sold <> (SELECT count(*) FROM promo_units u
-                 WHERE u.promo_id = p.id AND u.state = 'sold')) AS counter_mismatch,
+              (SELECT count(*) FROM promos p WHERE {rules.SOLD} > p.quantity) AS oversold,
+              (SELECT count(*) FROM promos p WHERE {rules.SOLD} <> (SELECT count(*)
+                 FROM promo_units u WHERE u.promo_id = p.id AND u.state = 'sold'))
+                 AS counter_mismatch,
               (SELECT count(*) FROM promo_units u WHERE u.state = 'sold'
                  AND (SELECT count(*) FROM reservations r
                       WHERE r.unit_id = u.id AND r.status = 'purchased') <> 1) AS bad_units,
@@ -278,7 +280,7 @@ def summary(
         f" {buy.latency.pct(0.99):.1f} ms | {sum(buy.errors.values())} |",
         "",
         f"Goal: eligibility p99 < 50 ms. Afterwards: {checks['purchased']:,} purchased"
-        f" reservations; oversold promos {checks['oversold']}, `sold` counter mismatches"
+        f" reservations; oversold promos {checks['oversold']}, sales counter mismatches"
         f" {checks['counter_mismatch']}, sold units without exactly one purchase"
         f" {checks['bad_units']} ({'invariants hold' if ok else 'INVARIANTS BROKEN'}).",
         "Reserve+purchase latency is per pair (two requests). Eligibility reads stores through"

@@ -24,6 +24,7 @@ import structlog
 from app.core.locking import LockNamespace, xact_lock_sql
 from app.notifications.metrics import CREATED
 from app.notifications.outbox import WEBHOOK_DELIVER, Conn, Job
+from app.promos import rules
 
 log = structlog.get_logger(__name__)
 
@@ -89,9 +90,9 @@ WHERE u.lat IS NOT NULL AND u.lng IS NOT NULL
 ORDER BY u.id
 """
 
-_PROMO_STATE = """
+_PROMO_STATE = f"""
 SELECT p.starts_at, p.starts_at > now() AS future,
-       (p.active AND p.cancelled_at IS NULL AND p.sold_out_at IS NULL AND p.ends_at > now())
+       (p.active AND p.cancelled_at IS NULL AND p.ends_at > now() AND NOT {rules.SOLD_OUT})
            AS live
 FROM promos p WHERE p.id = $1
 """

@@ -16,6 +16,7 @@ from sqlalchemy import (
     Identity,
     Index,
     Integer,
+    SmallInteger,
     Text,
     UniqueConstraint,
     text,
@@ -69,7 +70,6 @@ class Promo(CreatedAtMixin, Base):
         CheckConstraint("max_per_user > 0", name="max_per_user"),
         CheckConstraint("radius_m > 0", name="radius_m"),
         CheckConstraint("ends_at > starts_at", name="window"),
-        CheckConstraint("sold BETWEEN 0 AND quantity", name="sold"),
     )
 
     id: Mapped[uuid.UUID] = _uuid_pk()
@@ -84,9 +84,7 @@ class Promo(CreatedAtMixin, Base):
     ends_at: Mapped[datetime]
     radius_m: Mapped[int] = mapped_column(Integer, server_default="2000")
     active: Mapped[bool] = mapped_column(server_default=text("true"))
-    sold: Mapped[int] = mapped_column(Integer, server_default="0")
     cancelled_at: Mapped[datetime | None]
-    sold_out_at: Mapped[datetime | None]
     notified_at: Mapped[datetime | None]
 
 
@@ -99,6 +97,24 @@ class PromoSegment(Base):
     segment_id: Mapped[uuid.UUID] = mapped_column(
         ForeignKey("segments.id", ondelete="CASCADE"), primary_key=True, index=True
     )
+
+
+class PromoSale(Base):
+    """Units sold, counted in the slot `seq % 16` of each unit: purchases of one promo add
+    to different rows instead of queueing on one. Sold out = the slots sum to the quantity."""
+
+    __tablename__ = "promo_sales"
+    __table_args__ = (
+        CheckConstraint("slot BETWEEN 0 AND 15", name="slot"),
+        CheckConstraint("sold > 0", name="sold"),
+    )
+
+    promo_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("promos.id", ondelete="CASCADE"), primary_key=True
+    )
+    slot: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    sold: Mapped[int] = mapped_column(Integer)
+    last_sold_at: Mapped[datetime]
 
 
 class PromoUnit(Base):

@@ -6,8 +6,11 @@ Invariants, held by the statements below and backed by constraints:
   reservation is past `expires_at` (database clock) is claimable, so no sweeper is needed;
 - a user has at most one `held` reservation per promo (partial unique index) and at most
   `max_per_user` purchases plus live holds (advisory lock per promo and user);
-- a unit is sold once (`sold <= quantity` on the promo, one purchased reservation per unit).
-Lock order is always unit, then promo, then reservation, so the paths never deadlock.
+- a unit is sold once (one purchased reservation per unit; units never outnumber the
+  quantity), and each sale adds one to its unit's slot in `promo_sales`, never to the promo
+  row, so purchases of one promo do not queue behind each other.
+Lock order is always unit, then promo, then sales slot, then reservation, so the paths never
+deadlock.
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ _LOCK = f"SELECT {xact_lock_sql(LockNamespace.PROMO_USER, _LOCK_KEY)}"
 _RESERVE = f"""
 WITH me AS ({rules.me_sql("$2")}),
 verdict AS (
-    SELECT p.id, p.max_per_user, {rules.OPEN} AS open, p.sold_out_at IS NOT NULL AS sold_out,
+    SELECT p.id, p.max_per_user, {rules.OPEN} AS open, {rules.SOLD_OUT} AS sold_out,
            EXISTS (SELECT 1 FROM me WHERE {rules.ELIGIBLE}) AS eligible,
            (SELECT count(*) FROM reservations r
              WHERE r.promo_id = p.id AND r.user_id = $2
@@ -127,8 +130,10 @@ LEFT JOIN hold h ON true
 """
 
 # Unit first (a reserve that took over a lapsed hold holds it, and then it no longer points
-# at this reservation), then the promo row, which also re-checks the promo is still open
-# after a concurrent cancel and keeps `sold` exact for sold-out, then the reservation.
+# at this reservation), then a share lock on the promo row: it re-checks the promo is still
+# open and waits for any change to the row in flight (cancel, end, deactivate), yet
+# purchases do not block each other. Then one more sale in the unit's slot, then the
+# reservation.
 _PURCHASE = f"""
 WITH r0 AS (
     SELECT r.id, r.promo_id, r.unit_id, r.status, r.expires_at, r.expires_at > now() AS live
@@ -139,18 +144,24 @@ unit AS (
     FROM r0
     WHERE u.id = r0.unit_id AND u.reservation_id = r0.id AND u.state = 'held'
       AND r0.status = 'held' AND r0.live
-    RETURNING u.id
+    RETURNING u.id, u.seq
 ),
-promo AS (
-    UPDATE promos p SET sold = p.sold + 1,
-        sold_out_at = CASE WHEN p.sold + 1 >= p.quantity THEN now() ELSE p.sold_out_at END
-    FROM r0
-    WHERE p.id = r0.promo_id AND EXISTS (SELECT 1 FROM unit) AND {rules.OPEN}
-    RETURNING p.id
+promo AS MATERIALIZED (
+    SELECT p.id FROM promos p JOIN r0 ON p.id = r0.promo_id
+    WHERE EXISTS (SELECT 1 FROM unit) AND {rules.OPEN}
+    FOR SHARE OF p
+),
+tally AS (
+    INSERT INTO promo_sales AS sa (promo_id, slot, sold, last_sold_at)
+    SELECT promo.id, unit.seq % 16, 1, now() FROM promo CROSS JOIN unit
+    ON CONFLICT (promo_id, slot)
+        DO UPDATE SET sold = sa.sold + 1,
+            last_sold_at = greatest(sa.last_sold_at, excluded.last_sold_at)
+    RETURNING sa.promo_id
 ),
 done AS (
     UPDATE reservations r SET status = 'purchased', updated_at = now()
-    WHERE r.id = $1 AND EXISTS (SELECT 1 FROM promo)
+    WHERE r.id = $1 AND EXISTS (SELECT 1 FROM tally)
     RETURNING r.status
 )
 SELECT r0.id, r0.promo_id, r0.expires_at, r0.status, r0.live,

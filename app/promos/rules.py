@@ -6,23 +6,30 @@ a row with the caller's `id, tags, birth_date` and `e = ll_to_earth(lat, lng)`.
 
 from __future__ import annotations
 
-# Bookable now. `sold_out_at` is separate: a sold-out promo answers `sold-out`, not
+# Bookable now. Sold out is separate: a sold-out promo answers `sold-out`, not
 # `promo-not-running`.
 OPEN = "(p.active AND p.cancelled_at IS NULL AND p.starts_at <= now() AND now() < p.ends_at)"
 
-RUNNING = f"({OPEN} AND p.sold_out_at IS NULL)"
+# Units sold: purchases count them in up to 16 slots per promo (`promo_sales`), so they never
+# queue on one counter row; reading them sums at most 16 rows.
+SOLD = "(SELECT coalesce(sum(sa.sold), 0) FROM promo_sales sa WHERE sa.promo_id = p.id)"
+SOLD_OUT = f"({SOLD} >= p.quantity)"
+# When the last unit sold (the latest sale once every unit is sold), else NULL.
+SOLD_OUT_AT = """(SELECT CASE WHEN sum(sa.sold) >= p.quantity THEN max(sa.last_sold_at) END
+    FROM promo_sales sa WHERE sa.promo_id = p.id)"""
 
-STATUS = """(CASE
+RUNNING = f"({OPEN} AND NOT {SOLD_OUT})"
+
+STATUS = f"""(CASE
     WHEN p.cancelled_at IS NOT NULL THEN 'cancelled'
     WHEN NOT p.active THEN 'draft'
     WHEN now() >= p.ends_at THEN 'ended'
-    WHEN p.sold_out_at IS NOT NULL THEN 'sold_out'
+    WHEN {SOLD_OUT} THEN 'sold_out'
     WHEN now() < p.starts_at THEN 'scheduled'
     ELSE 'running' END)"""
 
-# Free units plus lapsed holds. `sold` is kept exact by purchase (under the promo row lock),
-# so this only has to count the live holds, which are few.
-UNITS_LEFT = """(p.quantity - p.sold - (
+# Free units plus lapsed holds: the units not sold, less the live holds, which are few.
+UNITS_LEFT = f"""(p.quantity - {SOLD} - (
     SELECT count(*) FROM promo_units u JOIN reservations r ON r.id = u.reservation_id
     WHERE u.promo_id = p.id AND u.state = 'held' AND r.expires_at > now()))::int"""
 

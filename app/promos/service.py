@@ -7,7 +7,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, exists, func, select, text
+from sqlalchemy import delete, exists, select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -23,8 +23,9 @@ from app.segments.models import Segment
 
 _SELECT = f"""
     SELECT p.id, p.product_id, p.title, p.promo_price_cents, p.quantity, p.max_per_user,
-           p.starts_at, p.ends_at, p.radius_m, p.active, p.cancelled_at, p.sold_out_at,
-           p.notified_at, p.created_at, {rules.STATUS} AS status,
+           p.starts_at, p.ends_at, p.radius_m, p.active, p.cancelled_at,
+           {rules.SOLD_OUT_AT} AS sold_out_at, p.notified_at, p.created_at,
+           {rules.STATUS} AS status,
            ARRAY(SELECT ps.segment_id FROM promo_segments ps
                  WHERE ps.promo_id = p.id ORDER BY ps.segment_id) AS segment_ids
     FROM promos p
@@ -148,10 +149,6 @@ async def update_promo(
         )
         if in_use:
             raise InUse(f"Units above {quantity} have been reserved; the quantity cannot drop.")
-        if promo.sold >= quantity and promo.sold_out_at is None:
-            promo.sold_out_at = await session.scalar(select(func.now()))
-    elif quantity > promo.quantity and promo.sold_out_at is not None:
-        promo.sold_out_at = None
     if segment_ids is not None:
         await _check_segments(session, segment_ids)
         await _set_segments(session, promo_id, segment_ids)

@@ -61,7 +61,8 @@ async def _assert_invariants(app: FastAPI, promo_id: str) -> dict[str, int]:
     checks = await _sql(
         app,
         """
-        SELECT p.quantity, p.sold,
+        SELECT p.quantity,
+          (SELECT coalesce(sum(s.sold), 0) FROM promo_sales s WHERE s.promo_id = p.id),
           (SELECT count(*) FROM promo_units u WHERE u.promo_id = p.id AND u.state = 'sold'),
           (SELECT count(*) FROM promo_units u WHERE u.promo_id = p.id AND u.state = 'sold'
              AND (SELECT count(*) FROM reservations r
@@ -153,7 +154,37 @@ async def test_300_users_race_for_10_units(
     assert [b.status_code for b in bought] == [200] * 10
     assert (await _assert_invariants(app, promo["id"]))["sold"] == 10
     got = await live_client.get(f"/api/v1/promos/{promo['id']}", headers=live_admin.headers)
-    assert got.json()["status"] == "sold_out"
+    assert got.json()["status"] == "sold_out" and got.json()["sold_out_at"] is not None
+    running = await live_client.get("/api/v1/promos/running?limit=500", headers=users[0].headers)
+    assert promo["id"] not in {p["id"] for p in running.json()["items"]}
+    late = await reserve(live_client, users[-1], promo["id"])
+    assert late.status_code == 409 and late.json()["type"] == "/problems/sold-out"
+
+
+async def test_purchase_waits_for_a_promo_cancel_in_flight(
+    app: FastAPI, live_client: httpx.AsyncClient, live_admin: ApiUser
+) -> None:
+    """A purchase that meets an uncommitted cancel waits for it and then refuses: nothing is
+    sold after a cancel has committed, whatever the purchase's snapshot saw."""
+    lat, lng = random_point()
+    promo = await create_promo(live_client, live_admin, at=(lat, lng), quantity=2)
+    [user] = await _users(app, 1, lat, lng)
+    rid = (await reserve(live_client, user, promo["id"])).json()["id"]
+    async with app.state.db.engine.connect() as conn:
+        cancel = await conn.begin()
+        await conn.execute(
+            text("UPDATE promos SET cancelled_at = now() WHERE id = :id"), {"id": promo["id"]}
+        )
+        pending = asyncio.create_task(
+            live_client.post(f"/api/v1/reservations/{rid}/purchase", headers=user.headers)
+        )
+        await asyncio.sleep(0.3)
+        assert not pending.done(), pending.result().text
+        await cancel.commit()
+    answer = await pending
+    assert answer.status_code == 409 and answer.json()["type"] == "/problems/promo-not-running"
+    counts = await _assert_invariants(app, promo["id"])
+    assert (counts["sold"], counts["live"]) == (0, 1)
 
 
 async def test_lapsed_holds_return_their_units_under_load(

@@ -217,11 +217,17 @@ async def test_promo_bodies_refuse_sales_fields(
     _refused(patched, field)
     row = (
         await conn.execute(
-            text("SELECT sold_out_at, cancelled_at, notified_at FROM promos WHERE id = :id"),
+            text(
+                "SELECT cancelled_at, notified_at,"
+                " (SELECT count(*) FROM promo_sales WHERE promo_id = :id)"
+                " FROM promos WHERE id = :id"
+            ),
             {"id": promo["id"]},
         )
     ).one()
-    assert tuple(row) == (None, None, None)
+    assert tuple(row) == (None, None, 0)
+    shown = (await client.get(f"{API}/promos/{promo['id']}", headers=admin.headers)).json()
+    assert (shown["status"], shown["sold_out_at"]) == ("running", None)
 
 
 async def test_reserve_ignores_any_body(
