@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 import structlog
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from starlette.middleware import Middleware
 
 from app.auth.router import router as auth_router
 from app.books.codes_router import router as codes_router
@@ -15,9 +16,9 @@ from app.books.history_router import router as history_router
 from app.books.router import router as books_router
 from app.console.router import router as console_router
 from app.core.db import Database
+from app.core.front import ServiceApp
 from app.core.health import router as health_router
 from app.core.idempotency import install_idempotency_handler
-from app.core.lean import LeanIndex
 from app.core.logging import configure_logging
 from app.core.metrics import POOL
 from app.core.middleware import RequestContextMiddleware
@@ -68,7 +69,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.external_users = {}
     # Routes resolve their include context lazily; doing it here keeps that work (and the
     # lean route index) off the first request.
-    app.state.lean_index = LeanIndex(app)
+    if isinstance(app, ServiceApp):
+        app.index_lean_routes()
     POOL.pool = db.engine.pool
     log.info("started", env=settings.env.value)
     try:
@@ -89,7 +91,26 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     configure_logging(settings.log_level, json=json_logs)
     docs = settings.expose_docs or not settings.is_production
-    app = FastAPI(
+    # Outermost first. Lean routes get the same middleware in front of them (ServiceApp).
+    middleware = [
+        Middleware(
+            RequestContextMiddleware,
+            max_body=settings.max_body_bytes,
+            max_upload=settings.max_upload_bytes,
+            problem_base=settings.problem_base,
+        )
+    ]
+    if settings.cors_origins:
+        middleware.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=settings.cors_origins,
+                allow_methods=["*"],
+                allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "X-Request-ID"],
+                expose_headers=["Location", "Retry-After", "X-Request-ID"],
+            )
+        )
+    app = ServiceApp(
         title="Coupon books & flash promos",
         version="1.0.0",
         description=DESCRIPTION,
@@ -97,6 +118,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         docs_url="/docs" if docs else None,
         redoc_url="/redoc" if docs else None,
         openapi_url="/openapi.json" if docs else None,
+        middleware=middleware,
         # Off unless asked for: metrics are Prometheus at /metrics, and when on, every
         # request looks up the OpenTelemetry providers.
         telemetry=None
@@ -112,19 +134,4 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(router, prefix=API_PREFIX)
     app.include_router(health_router)
     app.include_router(console_router)
-
-    if settings.cors_origins:
-        app.add_middleware(
-            CORSMiddleware,
-            allow_origins=settings.cors_origins,
-            allow_methods=["*"],
-            allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "X-Request-ID"],
-            expose_headers=["Location", "Retry-After", "X-Request-ID"],
-        )
-    app.add_middleware(
-        RequestContextMiddleware,
-        max_body=settings.max_body_bytes,
-        max_upload=settings.max_upload_bytes,
-        problem_base=settings.problem_base,
-    )
     return app

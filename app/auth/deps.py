@@ -63,6 +63,8 @@ async def authenticate(request: Request) -> Principal:
     claims = await tokens.verify(token)
     if claims.get("_external"):
         principal = await _external_principal(request, tokens, claims)
+    elif (cached := claims.get(_PRINCIPAL)) is not None:
+        principal = cached  # the token's own principal, made when it was first verified
     else:
         try:
             principal = Principal(
@@ -70,6 +72,7 @@ async def authenticate(request: Request) -> Principal:
             )
         except (ValueError, KeyError) as exc:
             raise Unauthenticated("The token's subject or role is invalid.") from exc
+        claims[_PRINCIPAL] = principal
     request.scope[_PRINCIPAL] = principal
     return principal
 

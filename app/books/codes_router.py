@@ -205,7 +205,7 @@ async def _assign(
 ) -> CodeOut:
     """Both assigns: who gets the code, the rate limit, the claim, `Location`, idempotency."""
     target = _target_user(user.id, user.is_admin, body.user_id if body else None)
-    await limits.hit(limits.assign, "assign", str(user.id))
+    await limits.hit(limits.assign, "assign", user.id)
     async with tx as conn:
         out = await claim(conn, target)
         location = response.headers["Location"] = f"/api/v1/codes/{out.code}"

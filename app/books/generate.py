@@ -22,6 +22,7 @@ _CLASSES = {"#": DIGITS, "?": LETTERS, "*": EITHER}
 _LITERALS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
 _BATCH = 250_000
 _MAX_FRUITLESS_ROUNDS = 5
+_MAX_SHORTFALLS = 16  # 4**16 times the first round exceeds any batch
 
 Slot = bytes  # one literal byte, or an alphabet to draw from
 
@@ -73,6 +74,14 @@ def make_batch(slots: list[Slot], n: int) -> bytes:
     return bytes(buf)
 
 
+def draws(missing: int, room: int, shortfalls: int) -> int:
+    """Candidates to draw for one round: a tenth more than the codes still missing, four
+    times as many after each round that fell short, never more than one batch nor eight
+    times what the pattern can make."""
+    wanted = (missing + missing // 10 + 16) << 2 * min(shortfalls, _MAX_SHORTFALLS)
+    return min(_BATCH, room * 8, wanted)
+
+
 _INSERT = """
 WITH fresh AS (
     SELECT DISTINCT g.code FROM generated_codes g
@@ -93,18 +102,20 @@ async def generate(session: AsyncSession, book_id: uuid.UUID, body: GenerateIn) 
     await conn.execute("SELECT set_config('statement_timeout', '600s', true)")
     await conn.execute("CREATE TEMP TABLE IF NOT EXISTS generated_codes (code text) ON COMMIT DROP")
     room = capacity(slots)
-    inserted, fruitless = 0, 0
+    inserted, fruitless, shortfalls = 0, 0, 0
     while inserted < body.count:
         missing = body.count - inserted
-        # A nearly full pattern needs many draws to hit its last free codes.
-        n = min(_BATCH, max(missing + missing // 10 + 16, room * 8))
+        n = draws(missing, room, shortfalls)
         data = await anyio.to_thread.run_sync(make_batch, slots, n)
         await conn.execute("TRUNCATE generated_codes")
         await conn.copy_to_table("generated_codes", source=io.BytesIO(data), columns=["code"])
         status = await conn.execute(_INSERT, book_id, missing)
         added = int(status.rsplit(" ", 1)[-1])
         inserted += added
-        fruitless = 0 if added else fruitless + 1
+        shortfalls += added < missing
+        # Only rounds of full size count: a nearly full pattern needs many draws to hit
+        # its last free codes, and the rounds grow until they are that big.
+        fruitless = 0 if added else fruitless + (n == draws(missing, room, _MAX_SHORTFALLS))
         if fruitless >= _MAX_FRUITLESS_ROUNDS:
             raise _invalid("pattern", "too few unused codes are left in this pattern")
     await conn.execute("TRUNCATE generated_codes")

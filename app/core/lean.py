@@ -27,6 +27,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.params import Body, Depends
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, TypeAdapter, ValidationError
+from starlette.requests import ClientDisconnect
 from starlette.types import Receive, Scope, Send
 
 Resolver = Callable[[Request], Awaitable[Any]]
@@ -105,6 +106,34 @@ def _invalid(exc: ValidationError, where: str, name: str | None = None) -> Reque
     )
 
 
+class _SubResponse(Response):
+    """The `Response` an endpoint may take to set headers or the status: no body, no
+    default headers; its status stays 0 unless the endpoint sets one."""
+
+    def __init__(self) -> None:
+        self.status_code = 0
+        self.raw_headers = []
+        self.background = None
+
+
+async def _body(request: Request) -> bytes:
+    """The request body, read straight from `receive` (Starlette's `Request.body()` goes
+    through an async generator per chunk) and kept where `Request.body()` finds it."""
+    cached: bytes | None = getattr(request, "_body", None)
+    if cached is not None:
+        return cached
+    chunks: list[bytes] = []
+    more = True
+    while more:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        chunks.append(message.get("body", b""))
+        more = message.get("more_body", False)
+    body = request._body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    return body
+
+
 class LeanRoute(APIRoute):
     """See the module docstring; use as `APIRouter(route_class=LeanRoute)`."""
 
@@ -133,7 +162,7 @@ class LeanRoute(APIRoute):
                     kwargs[p.name] = await resolve(request)
                 elif p.kind == "body":
                     assert p.adapter is not None
-                    raw = await request.body()
+                    raw = await _body(request)
                     if not raw.strip():
                         if p.required:
                             raise RequestValidationError([_MISSING_BODY])
@@ -146,9 +175,7 @@ class LeanRoute(APIRoute):
                 elif p.kind == "request":
                     kwargs[p.name] = request
                 else:
-                    sub = kwargs[p.name] = Response()
-                    del sub.headers["content-length"]
-                    sub.status_code = 0  # unset unless the endpoint sets it
+                    sub = kwargs[p.name] = _SubResponse()
             result = await endpoint(**kwargs)
             if isinstance(result, Response):
                 return result
@@ -163,11 +190,14 @@ class LeanRoute(APIRoute):
         return handler
 
 
+_MATCHED = "couponflash.lean_handler"
+
+
 class LeanIndex:
-    """Lean routes by method, with their full paths, so the outermost middleware can call
-    a hot route straight away: no walk through every route of the app, no per-route
-    middleware stack. Unmatched requests go through FastAPI as usual. Errors are answered
-    by the app's own exception handlers, exactly as on the ordinary path."""
+    """Lean routes by method, with their full paths, so a hot request is matched at once:
+    no walk through every route of the app, no per-route middleware stack. `match` finds
+    the route; the index is then the ASGI app that answers it. Errors are answered by the
+    app's own exception handlers, exactly as on the ordinary path."""
 
     def __init__(self, app: FastAPI) -> None:
         self.handlers = app.exception_handlers
@@ -187,28 +217,33 @@ class LeanIndex:
                             )
                         )
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> bool:
-        """Answer the request if a lean route matches it; False otherwise."""
+    def match(self, scope: Scope) -> bool:
+        """Whether a lean route takes this request; if so, its path parameters and route
+        template are set on the scope."""
         routes = self.table.get(scope["method"])
         if routes is None:
             return False
         path = scope["path"]
         for regex, convertors, handler, template in routes:
-            match = regex.match(path)
-            if match is None:
+            found = regex.match(path)
+            if found is None:
                 continue
             scope["path_params"] = {
-                name: convertors[name].convert(value) for name, value in match.groupdict().items()
+                name: convertors[name].convert(value) for name, value in found.groupdict().items()
             }
             scope["route_template"] = template
-            request = Request(scope, receive, send)
-            try:
-                response = await handler(request)
-            except Exception as exc:
-                response = await self._answer(request, exc)
-            await response(scope, receive, send)
+            scope[_MATCHED] = handler
             return True
         return False
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Answer a request `match` accepted."""
+        request = Request(scope, receive, send)
+        try:
+            response = await scope[_MATCHED](request)
+        except Exception as exc:
+            response = await self._answer(request, exc)
+        await response(scope, receive, send)
 
     async def _answer(self, request: Request, exc: Exception) -> Response:
         for cls in type(exc).__mro__:

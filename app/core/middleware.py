@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import time
-import uuid
 
 import structlog
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.core.lean import LeanIndex
-from app.core.metrics import HTTP_LATENCY, HTTP_REQUESTS
+from app.core.metrics import record_request
 from app.core.problems import problem_response, unhandled_error_response
 
 log = structlog.get_logger("access")
@@ -42,7 +41,6 @@ class RequestContextMiddleware:
         self.max_body = max_body
         self.max_upload = max_upload
         self.problem_base = problem_base
-        self.lean: LeanIndex | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -58,7 +56,7 @@ class RequestContextMiddleware:
                 content_type = value.lower()
             elif name == b"content-length" and value.isdigit():
                 declared = int(value)
-        request_id = request_id or uuid.uuid4().hex
+        request_id = request_id or os.urandom(16).hex()
         scope.setdefault("state", {})["request_id"] = request_id
         structlog.contextvars.bind_contextvars(request_id=request_id)
         upload = content_type.startswith(_UPLOAD_TYPES) and scope["path"].endswith(_UPLOAD_PATHS)
@@ -91,9 +89,7 @@ class RequestContextMiddleware:
         try:
             if declared is not None and declared > limit:
                 raise _TooLarge(limit)
-            lean = self.lean or self._lean_index(scope)
-            if not await lean(scope, limited_receive, send_wrapper):
-                await self.app(scope, limited_receive, send_wrapper)
+            await self.app(scope, limited_receive, send_wrapper)
         except Exception as exc:
             # Answer errors here rather than in Starlette's outermost handler, so the answer
             # carries the request id and security headers like every other one.
@@ -115,8 +111,7 @@ class RequestContextMiddleware:
             elapsed = time.perf_counter() - t0
             template = _route_template(scope)
             method = scope["method"]
-            HTTP_REQUESTS.labels(method, template, str(status)).inc()
-            HTTP_LATENCY.labels(method, template).observe(elapsed)
+            record_request(method, template, status, elapsed)
             if status >= 500:
                 log.warning(
                     "request",
@@ -126,12 +121,6 @@ class RequestContextMiddleware:
                     ms=round(elapsed * 1000, 1),
                 )
             structlog.contextvars.unbind_contextvars("request_id")
-
-    def _lean_index(self, scope: Scope) -> LeanIndex:
-        # The lifespan builds it once every router is included (see app.main).
-        app = scope["app"]
-        self.lean = getattr(app.state, "lean_index", None) or LeanIndex(app)
-        return self.lean
 
 
 def _route_template(scope: Scope) -> str:

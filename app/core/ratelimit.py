@@ -31,13 +31,15 @@ class RateLimits:
     def build(cls, enabled: bool, auth: str, assign: str) -> RateLimits:
         return cls(enabled=enabled, auth=parse(auth), assign=parse(assign))
 
-    async def hit(self, item: RateLimitItem, *identifiers: str) -> None:
-        """Count one hit; over the limit raises 429 with Retry-After."""
+    async def hit(self, item: RateLimitItem, *identifiers: object) -> None:
+        """Count one hit for the identifiers (as strings); over the limit raises 429 with
+        Retry-After."""
         if not self.enabled:
             return
-        if await self._limiter.hit(item, *identifiers):
+        keys = [str(i) for i in identifiers]
+        if await self._limiter.hit(item, *keys):
             return
-        stats = await self._limiter.get_window_stats(item, *identifiers)
+        stats = await self._limiter.get_window_stats(item, *keys)
         retry = max(1, ceil(stats.reset_time - time.time()))
         raise RateLimited(
             f"Too many requests; limit is {item}.", headers={"Retry-After": str(retry)}

@@ -67,6 +67,7 @@ class TokenService:
     issuer: str | None = None
     audience: str | None = None
     role_claim: str = "role"
+    leeway_seconds: int = 30
     # Verified tokens → claims, so a client's repeated requests skip the signature check.
     # Only tokens that passed verification enter; an entry is used only before its `exp`.
     _verified: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
@@ -83,6 +84,7 @@ class TokenService:
             issuer=settings.auth_issuer,
             audience=settings.auth_audience,
             role_claim=settings.auth_role_claim,
+            leeway_seconds=settings.jwt_leeway_seconds,
         )
 
     def issue(self, user_id: uuid.UUID, role: Role) -> str:
@@ -98,7 +100,7 @@ class TokenService:
     async def verify(self, token: str) -> dict[str, Any]:
         """Claims of a valid token; anything else raises 401."""
         cached = self._verified.get(token)
-        if cached is not None and cached["exp"] > time.time():
+        if cached is not None and cached["exp"] + self.leeway_seconds > time.time():
             return cached
         claims = await self._verify(token)
         if len(self._verified) >= _VERIFIED_CACHE_SIZE:
@@ -121,6 +123,7 @@ class TokenService:
                     self.secret,
                     algorithms=["HS256"],
                     options={"require": ["exp", "iat", "sub"]},
+                    leeway=self.leeway_seconds,
                 )
             if alg in _EXTERNAL_ALGORITHMS and self.jwks_client is not None:
                 return await self._verify_external(token)
@@ -147,6 +150,7 @@ class TokenService:
             audience=self.audience,
             issuer=self.issuer,
             options=options,
+            leeway=self.leeway_seconds,
         )
         claims["_external"] = True
         return claims

@@ -54,7 +54,11 @@ class Transaction:
     async def __aenter__(self) -> asyncpg.Connection:
         acquired = self._acquire()
         try:
-            conn = await acquired.__aenter__()
+            # A deadline on the wait, not asyncpg's own acquire timeout: that one runs the
+            # acquire in a task of its own, on every request whose pool has no idle
+            # connection at that moment.
+            async with asyncio.timeout(self._db.acquire_timeout_s):
+                conn = await acquired.__aenter__()
         except _UNREACHABLE as exc:
             raise Unavailable("No database connection is available; retry shortly.") from exc
         self._acquired = acquired
@@ -112,9 +116,7 @@ async def connection_source(request: Request) -> Acquire:
     overrides it with its own rolled-back connection, like any dependency.)"""
     db: Database = request.app.state.db
     pool = db.pool or await db.sql_pool()
-    # With a connection idle, acquiring cannot wait: skip the timeout's task and timer.
-    timeout = None if pool.get_idle_size() else db.acquire_timeout_s
-    return lambda: cast(Acquired, pool.acquire(timeout=timeout))
+    return lambda: cast(Acquired, pool.acquire())
 
 
 async def transaction_for(request: Request) -> Transaction:

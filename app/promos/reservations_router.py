@@ -43,7 +43,7 @@ async def reserve(
     """Hold one unit for `RESERVATION_TTL_SECONDS` (60 s) → 201. A caller who already holds
     a live reservation on the promo gets it back (200). 409 `sold-out`, `promo-not-running`,
     `purchase-limit-reached`; 403 `not-eligible`."""
-    await limits.hit(limits.assign, "reserve", str(user.id))
+    await limits.hit(limits.assign, "reserve", user.id)
     ttl: int = request.app.state.settings.reservation_ttl_seconds
     async with tx as conn:
         result = await reservations.reserve(conn, promo_id, user.id, ttl)

@@ -183,6 +183,26 @@ async def test_bad_tokens_are_401(client: httpx.AsyncClient, token: str) -> None
     assert response.headers["www-authenticate"] == "Bearer"
 
 
+@pytest.mark.parametrize(
+    ("exp_offset", "iat_offset", "status"),
+    [
+        pytest.param(-10, -3600, 200, id="expired-within-leeway"),
+        pytest.param(-120, -3600, 401, id="expired-beyond-leeway"),
+        pytest.param(3600, 10, 200, id="issued-ahead-within-leeway"),
+        pytest.param(3600, 120, 401, id="issued-ahead-beyond-leeway"),
+    ],
+)
+async def test_token_times_allow_30_seconds_of_clock_difference(
+    client: httpx.AsyncClient, user: ApiUser, exp_offset: int, iat_offset: int, status: int
+) -> None:
+    now = int(time.time())
+    token = _forge(
+        {"sub": str(user.id), "role": "user", "iat": now + iat_offset, "exp": now + exp_offset}
+    )
+    response = await client.get("/api/v1/auth/me", headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == status, response.text
+
+
 async def test_missing_token_is_401(client: httpx.AsyncClient) -> None:
     assert_problem(await client.get("/api/v1/auth/me"), 401, "unauthenticated")
 

@@ -5,11 +5,13 @@ import io
 import re
 
 import httpx
+import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from app.books import generate
 from app.books.export import cell
-from app.books.generate import make_batch, slots_for
+from app.books.generate import draws, make_batch, slots_for
 from app.books.schemas import GenerateIn
 from app.core.security import Role
 from tests.books.helpers import API, fill, history_count, make_book, unique_codes
@@ -84,6 +86,35 @@ async def test_generate_fills_a_small_pattern_exactly(
         headers=admin.headers,
     )
     assert resp.json() == {"inserted": 64}
+
+
+def test_draws_grow_from_the_count_to_one_batch() -> None:
+    huge = 31**8
+    assert draws(1, huge, 0) == 17
+    assert draws(1000, huge, 0) == 1116
+    assert draws(1000, huge, 1) == 4464
+    assert draws(1000, huge, 16) == draws(1000, huge, 99) == 250_000
+    assert draws(64, 64, 0) == 86 and draws(64, 64, 3) == 512
+
+
+async def test_generating_one_code_draws_a_handful(
+    client: httpx.AsyncClient, admin: ApiUser, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sizes: list[int] = []
+
+    def recording(slots: list[bytes], n: int) -> bytes:
+        sizes.append(n)
+        return make_batch(slots, n)
+
+    monkeypatch.setattr(generate, "make_batch", recording)
+    book = await make_book(client, admin)
+    resp = await client.post(
+        f"{API}/books/{book['id']}/codes/generate",
+        json={"count": 1, "pattern": "ONE-********"},
+        headers=admin.headers,
+    )
+    assert resp.json() == {"inserted": 1}
+    assert sizes == [17]
 
 
 def test_make_batch_uses_only_unambiguous_characters() -> None:

@@ -176,3 +176,17 @@ async def test_configured_cors_allows_only_the_listed_origins(settings: Settings
             simple = await c.get("/healthz", headers={"Origin": origin})
             assert "access-control-allow-origin" not in simple.headers
         assert "access-control-allow-credentials" not in good.headers
+
+
+async def test_configured_cors_covers_the_hot_routes(settings: Settings) -> None:
+    """Hot routes are answered ahead of FastAPI's stack; CORS still answers for them."""
+    allowed = "https://shop.example"
+    cors = create_app(settings.model_copy(update={"cors_origins": [allowed]}))
+    async with LifespanManager(cors, startup_timeout=30, shutdown_timeout=30):
+        transport = httpx.ASGITransport(app=cors, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+            for origin, expected in ((allowed, allowed), ("https://evil.example", None)):
+                resp = await c.post(f"{API}/codes/NOPE/lock", json={}, headers={"Origin": origin})
+                assert resp.status_code == 401
+                assert resp.headers.get("access-control-allow-origin") == expected
+                assert resp.headers["x-content-type-options"] == "nosniff"
