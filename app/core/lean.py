@@ -191,6 +191,13 @@ class LeanRoute(APIRoute):
 
 
 _MATCHED = "couponflash.lean_handler"
+_Entry = tuple[re.Pattern[str], dict[str, Any], Any, str]  # regex, convertors, handler, path
+
+
+def _tail(template: str) -> str | None:
+    """A route template's last segment, or None when it is a parameter."""
+    last = template[template.rfind("/") + 1 :]
+    return None if last.startswith("{") else last
 
 
 class LeanIndex:
@@ -201,7 +208,7 @@ class LeanIndex:
 
     def __init__(self, app: FastAPI) -> None:
         self.handlers = app.exception_handlers
-        self.table: dict[str, list[tuple[re.Pattern[str], dict[str, Any], Any, str]]] = {}
+        self.table: dict[str, list[_Entry]] = {}
         for candidate in app.router.routes:
             contexts = getattr(candidate, "effective_route_contexts", None)
             for context in contexts() if contexts is not None else ():
@@ -216,14 +223,24 @@ class LeanIndex:
                                 context.path_format,
                             )
                         )
+        # The candidates for a request, by method and last path segment: the routes that
+        # end in that literal segment and those that end in a parameter, in table order
+        # (the first match wins, as in FastAPI's router).
+        self._by_tail: dict[tuple[str, str | None], list[_Entry]] = {}
+        for method, routes in self.table.items():
+            tails = {_tail(route[3]) for route in routes}
+            for tail in tails:
+                self._by_tail[(method, tail)] = [r for r in routes if _tail(r[3]) in (tail, None)]
 
     def match(self, scope: Scope) -> bool:
         """Whether a lean route takes this request; if so, its path parameters and route
         template are set on the scope."""
-        routes = self.table.get(scope["method"])
+        method, path = scope["method"], scope["path"]
+        routes = self._by_tail.get((method, path[path.rfind("/") + 1 :])) or self._by_tail.get(
+            (method, None)
+        )
         if routes is None:
             return False
-        path = scope["path"]
         for regex, convertors, handler, template in routes:
             found = regex.match(path)
             if found is None:

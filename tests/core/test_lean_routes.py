@@ -71,6 +71,30 @@ async def test_lean_routes_are_documented_like_the_others(app: FastAPI) -> None:
     assert f"{API}/promos/{{promo_id}}/reserve" in [route[3] for route in index.table["POST"]]
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "template"),
+    [
+        ("POST", "/codes/ABC/lock", "/codes/{code}/lock"),
+        ("POST", "/codes/ABC/assign", "/codes/{code}/assign"),
+        ("POST", f"/books/{uuid.UUID(int=1)}/assign", "/books/{book_id}/assign"),
+        ("GET", "/codes/lock", "/codes/{code}"),  # a code named like an action
+        ("GET", "/codes/ABC", "/codes/{code}"),
+        ("POST", "/reservations/x/purchase", "/reservations/{reservation_id}/purchase"),
+        ("POST", "/codes/ABC", None),
+        ("POST", "/books", None),
+        ("PUT", "/codes/ABC/lock", None),
+    ],
+)
+async def test_index_matches_like_the_router(
+    app: FastAPI, method: str, path: str, template: str | None
+) -> None:
+    index = LeanIndex(app)
+    scope: dict[str, object] = {"type": "http", "method": method, "path": API + path}
+    assert index.match(scope) is (template is not None)
+    if template is not None:
+        assert scope["route_template"] == API + template
+
+
 def needs_two(a: int, b: int) -> int:
     """A dependency lean routes cannot resolve from the request alone."""
     return a + b
