@@ -92,14 +92,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     configure_logging(settings.log_level, json=json_logs)
     docs = settings.expose_docs or not settings.is_production
     # Outermost first. Lean routes get the same middleware in front of them (ServiceApp).
-    middleware = [
-        Middleware(
-            RequestContextMiddleware,
-            max_body=settings.max_body_bytes,
-            max_upload=settings.max_upload_bytes,
-            problem_base=settings.problem_base,
-        )
-    ]
+    # CORS is outermost, so every answer to an allowed origin carries its headers, the 413
+    # and 500 answered by the request middleware included.
+    middleware = []
     if settings.cors_origins:
         middleware.append(
             Middleware(
@@ -110,6 +105,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 expose_headers=["Location", "Retry-After", "X-Request-ID"],
             )
         )
+    middleware.append(
+        Middleware(
+            RequestContextMiddleware,
+            max_body=settings.max_body_bytes,
+            max_upload=settings.max_upload_bytes,
+            problem_base=settings.problem_base,
+        )
+    )
     app = ServiceApp(
         title="Coupon books & flash promos",
         version="1.0.0",

@@ -149,12 +149,15 @@ _ROUND = iter(range(1, 10_000))
 
 
 async def vacuum(url: str) -> None:
-    """Before every run: neither app inherits the dead rows of the run before it."""
+    """Before every run: neither app inherits the dead rows of the run before it, nor a
+    checkpoint falling due in the middle of its run."""
     conn = await asyncpg.connect(url)
     try:
         await conn.execute(
-            "VACUUM (ANALYZE) codes, redemption_history, promos, promo_units, reservations"
+            "VACUUM (ANALYZE) codes, redemption_history, promos, promo_units, promo_sales,"
+            " reservations"
         )
+        await conn.execute("CHECKPOINT")
     finally:
         await conn.close()
 
@@ -320,7 +323,7 @@ def write(
 `make bench` on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC — {machine()}. Service and reference
 each run {args.workers} uvicorn workers with {args.pool} pooled connections per worker, on
 the same PostgreSQL, with wrk on the same box (one connection per wrk thread); {args.seconds} s
-per measurement after a {args.warmup} s warm-up and a `VACUUM`, reference and service
+per measurement after a {args.warmup} s warm-up, a `VACUUM` and a `CHECKPOINT`, reference and service
 alternating. Data:
 a book of {CODES:,} codes per app for assign (each app counts only its own
 assignments per user), {USERS:,} users, {SLOTS} clients each with a multi-use code

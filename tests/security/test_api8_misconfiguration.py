@@ -179,7 +179,8 @@ async def test_configured_cors_allows_only_the_listed_origins(settings: Settings
 
 
 async def test_configured_cors_covers_the_hot_routes(settings: Settings) -> None:
-    """Hot routes are answered ahead of FastAPI's stack; CORS still answers for them."""
+    """Hot routes are answered ahead of FastAPI's stack; CORS still answers for them, the
+    413 for an oversized body included (browsers hide answers without it)."""
     allowed = "https://shop.example"
     cors = create_app(settings.model_copy(update={"cors_origins": [allowed]}))
     async with LifespanManager(cors, startup_timeout=30, shutdown_timeout=30):
@@ -190,3 +191,10 @@ async def test_configured_cors_covers_the_hot_routes(settings: Settings) -> None
                 assert resp.status_code == 401
                 assert resp.headers.get("access-control-allow-origin") == expected
                 assert resp.headers["x-content-type-options"] == "nosniff"
+            too_large = await c.post(
+                f"{API}/codes/NOPE/lock",
+                content=b"{" + b" " * 2_000_000 + b"}",
+                headers={"Origin": allowed, "Content-Type": "application/json"},
+            )
+            assert too_large.status_code == 413
+            assert too_large.headers.get("access-control-allow-origin") == allowed
