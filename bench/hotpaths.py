@@ -14,6 +14,7 @@ import asyncio
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -44,7 +45,6 @@ CODES = 1_000_000
 USERS = 100_000
 UNITS = 1_000_000
 SLOTS = 256
-ROUNDS = 8  # lock+redeem runs, each with its own codes (warm-ups and measurements)
 SCENARIOS = {
     "assign-random": ("assign.lua", {201}),
     "lock+redeem": ("lock_redeem.lua", {200}),
@@ -63,6 +63,21 @@ class Run:
     def errors(self, expected: set[int]) -> int:
         return self.socket_errors + sum(n for s, n in self.statuses.items() if s not in expected)
 
+    @classmethod
+    def combined(cls, runs: list[Run]) -> Run:
+        """Rounds of equal length as one: mean req/s, median p50, the worst p99."""
+        statuses: dict[int, int] = {}
+        for run in runs:
+            for code, n in run.statuses.items():
+                statuses[code] = statuses.get(code, 0) + n
+        return cls(
+            rps=statistics.fmean(r.rps for r in runs),
+            p50_ms=statistics.median(r.p50_ms for r in runs),
+            p99_ms=max(r.p99_ms for r in runs),
+            statuses=statuses,
+            socket_errors=sum(r.socket_errors for r in runs),
+        )
+
 
 @dataclass
 class Seeded:
@@ -71,7 +86,8 @@ class Seeded:
     users_file: Path
 
 
-async def seed(url: str, workdir: Path) -> Seeded:
+async def seed(url: str, workdir: Path, rounds: int) -> Seeded:
+    """`rounds`: how many lock+redeem runs there will be; each gets codes of its own."""
     conn = await asyncpg.connect(url)
     try:
         started = time.monotonic()
@@ -114,7 +130,7 @@ async def seed(url: str, workdir: Path) -> Seeded:
             """,
             multi,
             [r["id"] for r in slots],
-            ROUNDS,
+            rounds,
         )
         store = await conn.fetchval(
             "INSERT INTO stores (name, lat, lng) VALUES ('bench', 40.4168, -3.7038) RETURNING id"
@@ -220,6 +236,12 @@ def main() -> None:
     parser.add_argument("--pool", type=int, default=16)
     parser.add_argument("--connections", default="32,128")
     parser.add_argument("--scenarios", default=",".join(SCENARIOS))
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="alternating runs per app at the first connection level (one at the others)",
+    )
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     chosen = {name: SCENARIOS[name] for name in args.scenarios.split(",")}
@@ -229,7 +251,8 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="cf-bench-hot-"))
     with throwaway_database("hot") as url:
         upgrade_to_head(url)
-        seeded = asyncio.run(seed(url, workdir))
+        runs_per_app = 1 + args.rounds + len(levels) - 1  # a warm-up, then the measurements
+        seeded = asyncio.run(seed(url, workdir, 2 * runs_per_app))
         svc_port, ref_port = free_port(), free_port()
         ref_env = {"REF_DATABASE_URL": url, "REF_POOL_SIZE": str(args.pool)}
         ref_args = [
@@ -276,17 +299,22 @@ def main() -> None:
             for name, (script, expected) in chosen.items():
                 for _, port, lua_env in targets:
                     wrk(port, script, 32, args.warmup, lua_env)
-                for connections in levels:
-                    for target, port, lua_env in targets:
-                        asyncio.run(vacuum(url))
-                        run = wrk(port, script, connections, args.seconds, lua_env)
-                        results[(name, connections, target)] = run
-                        print(
-                            f"{name:17} c={connections:<4} {target:9} {run.rps:8.0f} req/s"
-                            f"  p50 {run.p50_ms:6.1f} ms  p99 {run.p99_ms:6.1f} ms"
-                            f"  errors {run.errors(expected)}  {run.statuses}",
-                            flush=True,
-                        )
+                for level, connections in enumerate(levels):
+                    runs: dict[str, list[Run]] = {"reference": [], "service": []}
+                    for round_ in range(args.rounds if level == 0 else 1):
+                        # Who goes first alternates, so neither app always follows the other.
+                        for target, port, lua_env in targets[:: -1 if round_ % 2 else 1]:
+                            asyncio.run(vacuum(url))
+                            run = wrk(port, script, connections, args.seconds, lua_env)
+                            runs[target].append(run)
+                            print(
+                                f"{name:17} c={connections:<4} {target:9} {run.rps:8.0f} req/s"
+                                f"  p50 {run.p50_ms:6.1f} ms  p99 {run.p99_ms:6.1f} ms"
+                                f"  errors {run.errors(expected)}  {run.statuses}",
+                                flush=True,
+                            )
+                    for target, target_runs in runs.items():
+                        results[(name, connections, target)] = Run.combined(target_runs)
         total, bad = asyncio.run(check(url))
     shutil.rmtree(workdir, ignore_errors=True)
     print(f"invariants: {total - len(bad)} passed, {len(bad)} failed")
@@ -323,8 +351,9 @@ def write(
 `make bench` on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC — {machine()}. Service and reference
 each run {args.workers} uvicorn workers with {args.pool} pooled connections per worker, on
 the same PostgreSQL, with wrk on the same box (one connection per wrk thread); {args.seconds} s
-per measurement after a {args.warmup} s warm-up, a `VACUUM` and a `CHECKPOINT`, reference and service
-alternating. Data:
+per measurement after a {args.warmup} s warm-up, a `VACUUM` and a `CHECKPOINT`, reference
+and service alternating. At {levels[0]} connections each app runs {args.rounds} rounds, who goes
+first alternating: req/s is their mean, p50 their median, p99 the worst of them. Data:
 a book of {CODES:,} codes per app for assign (each app counts only its own
 assignments per user), {USERS:,} users, {SLOTS} clients each with a multi-use code
 (lock → redeem with the `lock_id`, repeated), a promo of {UNITS:,} units per app (reserve →

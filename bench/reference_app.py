@@ -86,7 +86,7 @@ async def reserve(request: Request) -> Response:
     promo_id, user_id = uuid.UUID(request.path_params["promo_id"]), _user(request)
     await request.body()
     async with POOL["pool"].acquire() as conn, conn.transaction():
-        await conn.execute(LOCK_PROMO_USER, str(promo_id), str(user_id))
+        await conn.execute(LOCK_PROMO_USER, promo_id, user_id)
         row = await conn.fetchrow(_RESERVE, promo_id, user_id, 60)
     if row is None or (row["hold_id"] is None and row["live_id"] is None):
         return _json({"type": "/problems/sold-out"}, 409)

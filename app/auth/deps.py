@@ -14,6 +14,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.core.db import Database, apply_timeouts, create_engine
+from app.core.headers import header
 from app.core.lean import resolve_with
 from app.core.problems import Forbidden, Unauthenticated
 from app.core.security import (
@@ -78,7 +79,7 @@ async def authenticate(request: Request) -> Principal:
 
 
 def _bearer_token(request: Request) -> str | None:
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    scheme, _, token = (header(request, b"authorization") or "").partition(" ")
     return token.strip() or None if scheme.lower() == "bearer" else None
 
 

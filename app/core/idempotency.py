@@ -21,11 +21,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.deps import CurrentUser
 from app.core.db import Session, raw_connection
+from app.core.headers import header
 from app.core.locking import LockNamespace, try_xact_lock_sql
 from app.core.problems import ProblemError, ValidationFailed
 from app.core.security import Principal
 
 HEADER = "Idempotency-Key"
+_HEADER_NAME = HEADER.lower().encode()
 
 _LOCK = f"SELECT {try_xact_lock_sql(LockNamespace.IDEMPOTENCY, '$1::text')}"
 _FIND = (
@@ -145,7 +147,7 @@ class Idempotency:
 
 
 def _validated_key(request: Request) -> str | None:
-    key = request.headers.get(HEADER)
+    key = header(request, _HEADER_NAME)
     if key is None:
         return None
     if not 1 <= len(key) <= 255 or not key.isprintable():

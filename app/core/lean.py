@@ -116,6 +116,26 @@ class _SubResponse(Response):
         self.background = None
 
 
+_SET_BY_ANSWER = frozenset({b"content-type", b"content-length"})
+
+
+class _JSONAnswer(Response):
+    """A lean route's JSON answer, its headers written directly (Starlette's `Response`
+    works them out from its arguments on every request)."""
+
+    media_type = "application/json"
+
+    def __init__(self, body: bytes, status_code: int, extra: list[tuple[bytes, bytes]]) -> None:
+        self.body = body
+        self.status_code = status_code
+        self.background = None
+        self.raw_headers = [
+            (b"content-length", str(len(body)).encode()),
+            (b"content-type", b"application/json"),
+            *extra,
+        ]
+
+
 async def _body(request: Request) -> bytes:
     """The request body, read straight from `receive` (Starlette's `Request.body()` goes
     through an async generator per chunk) and kept where `Request.body()` finds it."""
@@ -180,11 +200,10 @@ class LeanRoute(APIRoute):
             if isinstance(result, Response):
                 return result
             body = output.dump_json(result, by_alias=True) if output else b"null"
-            response = Response(body, status_code=status_code, media_type="application/json")
-            if sub is not None:
-                response.status_code = sub.status_code or status_code
-                response.raw_headers.extend(h for h in sub.raw_headers if h[0] != b"content-type")
-            return response
+            if sub is None:
+                return _JSONAnswer(body, status_code, [])
+            extra = [h for h in sub.raw_headers if h[0] not in _SET_BY_ANSWER]
+            return _JSONAnswer(body, sub.status_code or status_code, extra)
 
         self.lean_handler = handler
         return handler

@@ -37,7 +37,7 @@ from app.promos.schemas import ReservationOut
 
 # Its own statement: under READ COMMITTED the next statement's snapshot is taken after the
 # lock is granted, so it sees the previous holder's commit. In one statement it would not.
-_LOCK_KEY = "$1::text || ':' || $2::text"
+_LOCK_KEY = "$1::uuid::text || ':' || $2::uuid::text"
 _LOCK = f"SELECT {xact_lock_sql(LockNamespace.PROMO_USER, _LOCK_KEY)}"
 
 # One statement: judge the promo and the caller, then claim one unit (a free one first, else
@@ -240,7 +240,7 @@ async def reserve(
     conn: asyncpg.Connection, promo_id: uuid.UUID, user_id: uuid.UUID, ttl_seconds: int
 ) -> Reserved:
     """Hold one unit for `ttl_seconds`; a caller with a live hold gets it back."""
-    await conn.execute(_LOCK, str(promo_id), str(user_id))
+    await conn.execute(_LOCK, promo_id, user_id)
     row = await _claim(conn, promo_id, user_id, ttl_seconds)
     if row is None:
         raise NotFound(f"No promo {promo_id}.")
