@@ -65,13 +65,13 @@ class Run:
 
     @classmethod
     def combined(cls, runs: list[Run]) -> Run:
-        """Rounds of equal length as one: mean req/s, median p50, the worst p99."""
+        """Rounds of equal length as one: median req/s and p50, the worst p99."""
         statuses: dict[int, int] = {}
         for run in runs:
             for code, n in run.statuses.items():
                 statuses[code] = statuses.get(code, 0) + n
         return cls(
-            rps=statistics.fmean(r.rps for r in runs),
+            rps=statistics.median(r.rps for r in runs),
             p50_ms=statistics.median(r.p50_ms for r in runs),
             p99_ms=max(r.p99_ms for r in runs),
             statuses=statuses,
@@ -353,7 +353,7 @@ each run {args.workers} uvicorn workers with {args.pool} pooled connections per 
 the same PostgreSQL, with wrk on the same box (one connection per wrk thread); {args.seconds} s
 per measurement after a {args.warmup} s warm-up, a `VACUUM` and a `CHECKPOINT`, reference
 and service alternating. At {levels[0]} connections each app runs {args.rounds} rounds, who goes
-first alternating: req/s is their mean, p50 their median, p99 the worst of them. Data:
+first alternating: req/s and p50 are their medians, p99 the worst of them. Data:
 a book of {CODES:,} codes per app for assign (each app counts only its own
 assignments per user), {USERS:,} users, {SLOTS} clients each with a multi-use code
 (lock → redeem with the `lock_id`, repeated), a promo of {UNITS:,} units per app (reserve →

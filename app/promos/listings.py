@@ -39,9 +39,9 @@ _RUNNING = f"""
 LOCAL_REACH_M = 10_000
 _ELIGIBLE = f"""
     WITH me AS ({rules.me_sql("$1")}),
-    reach AS (
+    reach AS (  -- an upper bound: sold-out promos may widen it, never narrow it
         SELECT coalesce(max(p.radius_m), 0) AS r FROM promos p
-        WHERE {rules.RUNNING} AND p.radius_m <= {LOCAL_REACH_M}
+        WHERE {rules.OPEN} AND p.radius_m <= {LOCAL_REACH_M}
     ),
     candidate AS (
         SELECT p.id FROM me
