@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from starlette.middleware import Middleware
 
+from app.api_links import install_links
 from app.auth.router import router as auth_router
 from app.books.codes_router import router as codes_router
 from app.books.history_router import router as history_router
@@ -137,4 +138,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(router, prefix=API_PREFIX)
     app.include_router(health_router)
     app.include_router(console_router)
+    install_links(app, API_PREFIX)
     return app

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 import schemathesis
+from fastapi import FastAPI
 from hypothesis import HealthCheck, given, settings
 from schemathesis import checks as st_checks
 
@@ -89,3 +90,22 @@ def test_every_route_honours_its_schema(live_server: LiveServer, admin_token: st
         except Exception as exc:  # collect every route's failure, then report them all
             failures.append(f"{operation.method.upper()} {operation.path}: {exc}")
     assert not failures, "\n\n".join(failures)
+
+
+def test_declared_links_point_at_real_operations(app: FastAPI) -> None:
+    """Every link in the OpenAPI names an operation that exists, and lock → redeem passes
+    the `lock_id` of the lock's answer."""
+    schema = app.openapi()
+    found = 0
+    for item in schema["paths"].values():
+        for operation in item.values():
+            for response in operation.get("responses", {}).values():
+                for link in response.get("links", {}).values():
+                    _, _, pointer = link["operationRef"].partition("#/paths/")
+                    path, _, method = pointer.rpartition("/")
+                    target = path.replace("~1", "/").replace("~0", "~")
+                    assert method in schema["paths"][target], link
+                    found += 1
+    assert found >= 9
+    lock = schema["paths"]["/api/v1/codes/{code}/lock"]["post"]["responses"]["200"]
+    assert lock["links"]["Redeem"]["requestBody"] == {"lock_id": "$response.body#/lock_id"}
