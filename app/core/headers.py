@@ -8,7 +8,8 @@ from starlette.requests import HTTPConnection
 
 def header(request: HTTPConnection, name: bytes) -> str | None:
     """The first value of header `name` (lower case, as ASGI gives names), or None."""
-    for key, value in request.scope["headers"]:
+    headers: list[tuple[bytes, bytes]] = request.scope["headers"]
+    for key, value in headers:
         if key == name:
-            return str(value.decode("latin-1"))
+            return value.decode("latin-1")
     return None

@@ -49,7 +49,7 @@ _LOCK = f"SELECT {xact_lock_sql(LockNamespace.PROMO_USER, _LOCK_KEY)}"
 _RESERVE = f"""
 WITH me AS ({rules.me_sql("$2")}),
 verdict AS (
-    SELECT p.id, p.max_per_user, {rules.OPEN} AS open, {rules.SOLD_OUT} AS sold_out,
+    SELECT p.id, p.max_per_user, {rules.OPEN} AS open,
            EXISTS (SELECT 1 FROM me WHERE {rules.ELIGIBLE}) AS eligible,
            (SELECT count(*) FROM reservations r
              WHERE r.promo_id = p.id AND r.user_id = $2
@@ -66,7 +66,7 @@ live AS (
 ),
 gate AS (
     SELECT 1 FROM verdict v
-    WHERE v.open AND NOT v.sold_out AND v.eligible AND v.used < v.max_per_user
+    WHERE v.open AND v.eligible AND v.used < v.max_per_user
       AND NOT EXISTS (SELECT 1 FROM live)
 ),
 free_unit AS MATERIALIZED (
@@ -115,10 +115,13 @@ claim AS (
     FROM hold WHERE u.id = hold.unit_id
     RETURNING u.id
 )
-SELECT v.open, v.sold_out, v.eligible, v.used, v.max_per_user,
+SELECT v.open, v.eligible, v.used, v.max_per_user,
        l.id AS live_id, l.expires_at AS live_expires_at,
        h.id AS hold_id, h.expires_at AS hold_expires_at,
        (SELECT count(*) FROM claim) AS claimed,
+       -- Only asked when nothing was claimed: a sold-out promo has no unit to claim.
+       CASE WHEN h.id IS NULL THEN (SELECT {rules.SOLD_OUT} FROM promos p WHERE p.id = $1)
+       END AS sold_out,
        CASE WHEN EXISTS (SELECT 1 FROM gate) AND NOT EXISTS (SELECT 1 FROM hold) THEN (
            EXISTS (SELECT 1 FROM promo_units u WHERE u.promo_id = $1 AND u.state = 'free')
            OR EXISTS (SELECT 1 FROM promo_units u JOIN reservations r ON r.id = u.reservation_id

@@ -21,7 +21,7 @@ from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import asyncpg
 import httpx
@@ -30,7 +30,7 @@ import psutil
 from app.check import run_checks, violations
 from app.core.security import Role, TokenService
 from app.notifications.webhook import SIGNATURE_HEADER, verify
-from bench.common import ROOT, SECRET, free_port, wait_healthy
+from bench.common import ROOT, SECRET, free_port, stop, wait_healthy
 
 API = "/api/v1"
 PROBLEM = "application/problem+json"
@@ -165,13 +165,7 @@ def service(
     finally:
         with contextlib.suppress(psutil.NoSuchProcess):
             seen.update(p.pid for p in svc.workers())
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=40)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop(proc, 40)
         for pid in seen:
             with contextlib.suppress(psutil.NoSuchProcess):
                 psutil.Process(pid).kill()
@@ -240,13 +234,7 @@ def outbox_worker(cluster: Cluster, env: Mapping[str, str] | None = None) -> Ite
     try:
         yield OutboxWorker(proc, log)
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop(proc, 30)
 
 
 # Clock
@@ -505,7 +493,42 @@ class _Link:
     probe: str | None = None
 
 
-class CrashProxy:
+class LoopbackServer:
+    """A TCP server on 127.0.0.1 for the length of an `async with`: each connection runs
+    `handle`, is aborted when it returns, and is cancelled when the block ends."""
+
+    def __init__(self) -> None:
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        self._server = await asyncio.start_server(self._connection, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        try:
+            await self.handle(reader, writer)
+        finally:
+            writer.transport.abort()
+            self._tasks.discard(task)
+
+
+class CrashProxy(LoopbackServer):
     """A TCP proxy in front of the service. Armed with an `Idempotency-Key`, it forwards the
     request carrying that key, waits for the service's answer to begin (the request's
     transaction has committed by then: the session dependency commits before the response
@@ -517,25 +540,11 @@ class CrashProxy:
     PROBE = "x-fault-probe"
 
     def __init__(self, upstream_port: int) -> None:
+        super().__init__()
         self.upstream_port = upstream_port
-        self.port = 0
         self.crashes: list[Crash] = []
         self.served: dict[str, int] = {}
         self._armed: dict[str, asyncio.Future[Crash]] = {}
-        self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    async def __aenter__(self) -> CrashProxy:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._server is not None
-        self._server.close()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
 
     @property
     def base(self) -> str:
@@ -547,15 +556,10 @@ class CrashProxy:
         self._armed[key.lower()] = future
         return future
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
         except OSError:
-            writer.transport.abort()
-            self._tasks.discard(task)
             return
         link = _Link()
         pumps = [
@@ -568,9 +572,7 @@ class CrashProxy:
             for pump in pumps:
                 pump.cancel()
             await asyncio.gather(*pumps, return_exceptions=True)
-            writer.transport.abort()
             up_writer.transport.abort()
-            self._tasks.discard(task)
 
     async def _to_service(
         self, reader: asyncio.StreamReader, up_writer: asyncio.StreamWriter, link: _Link
@@ -682,29 +684,15 @@ class Delivery:
     answered: float | None = None
 
 
-class WebhookSink:
+class WebhookSink(LoopbackServer):
     """A webhook receiver on 127.0.0.1 that checks every signature, records every
     notification id it is sent, and answers after `delay` seconds (slow on purpose)."""
 
     def __init__(self, secret: str, delay: float) -> None:
+        super().__init__()
         self.secret = secret
         self.delay = delay
-        self.port = 0
         self.deliveries: list[Delivery] = []
-        self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    async def __aenter__(self) -> WebhookSink:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._server is not None
-        self._server.close()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
 
     @property
     def url(self) -> str:
@@ -713,41 +701,34 @@ class WebhookSink:
     def in_flight(self) -> int:
         return sum(1 for d in self.deliveries if d.answered is None)
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
-        try:
-            while True:
-                try:
-                    head = await reader.readuntil(b"\r\n\r\n")
-                except (asyncio.IncompleteReadError, ConnectionError):
-                    return
-                headers = {}
-                for line in head.decode("latin-1").split("\r\n")[1:]:
-                    name, _, value = line.partition(":")
-                    headers[name.strip().lower()] = value.strip()
-                try:
-                    body = await reader.readexactly(int(headers.get("content-length", "0")))
-                except (asyncio.IncompleteReadError, ConnectionError):
-                    return
-                doc = json.loads(body)
-                delivery = Delivery(
-                    batch_id=int(doc["batch_id"]),
-                    attempt=int(doc["attempt"]),
-                    ids=[int(n["id"]) for n in doc["notifications"]],
-                    users={int(n["id"]): n["user_id"] for n in doc["notifications"]},
-                    signed=verify(self.secret, body, headers.get(SIGNATURE_HEADER.lower())),
-                    received=time.monotonic(),
-                )
-                self.deliveries.append(delivery)
-                await asyncio.sleep(self.delay)
-                try:
-                    writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
-                    await writer.drain()
-                except ConnectionError:
-                    return
-                delivery.answered = time.monotonic()
-        finally:
-            writer.transport.abort()
-            self._tasks.discard(task)
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            try:
+                head = await reader.readuntil(b"\r\n\r\n")
+            except (asyncio.IncompleteReadError, ConnectionError):
+                return
+            headers = {}
+            for line in head.decode("latin-1").split("\r\n")[1:]:
+                name, _, value = line.partition(":")
+                headers[name.strip().lower()] = value.strip()
+            try:
+                body = await reader.readexactly(int(headers.get("content-length", "0")))
+            except (asyncio.IncompleteReadError, ConnectionError):
+                return
+            doc = json.loads(body)
+            delivery = Delivery(
+                batch_id=int(doc["batch_id"]),
+                attempt=int(doc["attempt"]),
+                ids=[int(n["id"]) for n in doc["notifications"]],
+                users={int(n["id"]): n["user_id"] for n in doc["notifications"]},
+                signed=verify(self.secret, body, headers.get(SIGNATURE_HEADER.lower())),
+                received=time.monotonic(),
+            )
+            self.deliveries.append(delivery)
+            await asyncio.sleep(self.delay)
+            try:
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                await writer.drain()
+            except ConnectionError:
+                return
+            delivery.answered = time.monotonic()

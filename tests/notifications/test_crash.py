@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import subprocess
 import uuid
 from functools import partial
 
@@ -12,6 +11,7 @@ import asyncpg
 from fastapi import FastAPI
 
 from app.core.settings import Settings
+from bench.common import stop
 from tests.notifications.conftest import (
     Place,
     add_promo,
@@ -33,16 +33,6 @@ async def _assert_each_eligible_user_notified_once(
     counts = {r["user_id"]: r["n"] for r in rows}
     assert len(counts) == len(users), f"{len(users) - len(counts)} users never notified"
     assert set(counts.values()) == {1}
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 async def test_worker_killed_mid_fanout_resumes_without_gaps_or_duplicates(
@@ -77,7 +67,7 @@ async def test_worker_killed_mid_fanout_resumes_without_gaps_or_duplicates(
     try:
         assert await wait_for(lambda: fanout_finished(pg, promo), timeout=60) == "done"
     finally:
-        _stop(second)
+        stop(second, 20)
     await _assert_each_eligible_user_notified_once(pg, users)
     assert await pg.fetchval(
         "SELECT notified FROM notification_fanouts WHERE promo_id = $1", promo
@@ -104,7 +94,7 @@ async def test_two_workers_at_once_notify_nobody_twice(
             assert await wait_for(partial(fanout_finished, pg, promo), timeout=60) == "done"
     finally:
         for proc in workers:
-            _stop(proc)
+            stop(proc, 20)
     await _assert_each_eligible_user_notified_once(pg, users)
     total = await pg.fetchval(
         "SELECT sum(notified) FROM notification_fanouts WHERE promo_id = ANY($1)", promos
