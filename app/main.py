@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any
 
 import structlog
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from starlette.middleware import Middleware
 
+from app.api.health import router as health_router
+from app.api.services import STATE_KEY, Services
 from app.api_links import install_links
+from app.auth.external import ExternalUsers
 from app.auth.router import router as auth_router
 from app.books.codes_router import router as codes_router
 from app.books.history_router import router as history_router
@@ -18,7 +22,6 @@ from app.books.router import router as books_router
 from app.console.router import router as console_router
 from app.core.db import Database
 from app.core.front import ServiceApp
-from app.core.health import router as health_router
 from app.core.idempotency import install_idempotency_handler
 from app.core.logging import configure_logging
 from app.core.metrics import POOL
@@ -28,13 +31,17 @@ from app.core.problems import install_problem_handlers
 from app.core.ratelimit import RateLimits
 from app.core.security import TokenService
 from app.core.settings import Environment, Settings
+from app.notifications.config import direct_url
+from app.notifications.deps import HUB_STATE_KEY
 from app.notifications.router import router as notifications_router
+from app.notifications.stream import NotificationHub
 from app.promos.reservations_router import router as reservations_router
 from app.promos.router import router as promos_router
 from app.segments.router import router as segments_router
-from app.worker import start_worker
+from app.worker import WORKER_STATE_KEY, start_worker
 
 log = structlog.get_logger(__name__)
+State = dict[str, Any]
 
 API_PREFIX = "/api/v1"
 API_ROUTERS = (
@@ -57,29 +64,44 @@ State-changing POSTs accept an `Idempotency-Key` header.
 """
 
 
-@asynccontextmanager
-async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    settings: Settings = app.state.settings
+def build_services(settings: Settings) -> Services:
+    """Everything request handlers use, built once from one `Settings`."""
     db = Database.from_settings(settings)
-    app.state.db = db
-    app.state.tokens = TokenService.from_settings(settings)
-    app.state.rate_limits = RateLimits.build(
-        settings.rate_limit_enabled, settings.rate_limit_auth, settings.rate_limit_assign
+    return Services(
+        settings=settings,
+        db=db,
+        tokens=TokenService.from_settings(settings),
+        rate_limits=RateLimits.build(
+            settings.rate_limit_enabled, settings.rate_limit_auth, settings.rate_limit_assign
+        ),
+        external_users=ExternalUsers(settings, db),
+        migration_heads=frozenset(head_revisions()),
     )
-    app.state.migration_heads = head_revisions()
-    app.state.external_users = {}
-    # Routes resolve their include context lazily; doing it here keeps that work (and the
-    # lean route index) off the first request.
-    if isinstance(app, ServiceApp):
-        app.index_lean_routes()
-    POOL.pool = db.engine.pool
-    log.info("started", env=settings.env.value)
-    try:
-        async with start_worker(app):  # the outbox worker runs here unless RUN_WORKER=false
-            yield
-    finally:
-        await db.dispose()
-        log.info("stopped")
+
+
+def _lifespan(settings: Settings) -> Callable[[FastAPI], AbstractAsyncContextManager[State]]:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[State]:
+        services = build_services(settings)
+        hub = NotificationHub(direct_url(settings) or "")
+        # Routes resolve their include context lazily; doing it here keeps that work (and
+        # the lean route index) off the first request, and a route the index misses stops
+        # the start.
+        if isinstance(app, ServiceApp):
+            app.index_lean_routes()
+        POOL.db = services.db
+        log.info("started", env=settings.env.value, lean_routes=settings.lean_routes)
+        try:
+            # The outbox worker runs here unless RUN_WORKER=false.
+            async with start_worker(settings) as worker:
+                yield {STATE_KEY: services, HUB_STATE_KEY: hub, WORKER_STATE_KEY: worker}
+        finally:
+            await hub.close()
+            await services.external_users.dispose()
+            await services.db.dispose()
+            log.info("stopped")
+
+    return lifespan
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -118,7 +140,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title="Coupon books & flash promos",
         version="1.0.0",
         description=DESCRIPTION,
-        lifespan=lifespan,
+        lifespan=_lifespan(settings),
+        lean_routes=settings.lean_routes,
         docs_url="/docs" if docs else None,
         redoc_url="/redoc" if docs else None,
         openapi_url="/openapi.json" if docs else None,
@@ -129,7 +152,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if settings.otel_enabled
         else {"tracing": False, "metrics": False, "logs": False},
     )
-    app.state.settings = settings
     install_problem_handlers(app)
     install_idempotency_handler(app)
 

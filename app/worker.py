@@ -24,7 +24,6 @@ from typing import Any
 
 import asyncpg
 import structlog
-from fastapi import FastAPI
 
 from app.core.db import libpq_url
 from app.core.settings import Settings
@@ -63,7 +62,7 @@ class WorkerConfig:
     def from_settings(
         cls, settings: Settings, tuning: NotificationSettings | None = None
     ) -> WorkerConfig:
-        tuning = tuning or NotificationSettings()
+        tuning = tuning or settings.notifications
         url = settings.database_url
         if not url:
             raise RuntimeError("DATABASE_URL is not set")
@@ -332,17 +331,18 @@ class Worker:
                 delay = min(delay * 2, 10.0)
 
 
+WORKER_STATE_KEY = "outbox_worker"  # the in-process worker, in the lifespan's state
+
+
 @asynccontextmanager
-async def start_worker(app: FastAPI) -> AsyncIterator[Worker | None]:
+async def start_worker(settings: Settings) -> AsyncIterator[Worker | None]:
     """For the API lifespan: run a worker in this process when `RUN_WORKER` is true, and on
-    the way out stop it gracefully and close the live-stream listener."""
-    settings: Settings = app.state.settings
+    the way out stop it gracefully."""
     worker: Worker | None = None
     task: asyncio.Task[None] | None = None
     if settings.run_worker and settings.database_url:
         worker = Worker(WorkerConfig.from_settings(settings))
         task = asyncio.create_task(worker.run(), name="outbox-worker")
-        app.state.worker = worker
     try:
         yield worker
     finally:
@@ -350,9 +350,6 @@ async def start_worker(app: FastAPI) -> AsyncIterator[Worker | None]:
             worker.stop()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(task, timeout=worker.config.shutdown_grace_seconds + 10)
-        hub = getattr(app.state, "notification_hub", None)
-        if hub is not None:
-            await hub.close()
 
 
 async def run_until_signalled(config: WorkerConfig) -> None:

@@ -17,18 +17,18 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import httpx
 import pytest
-from asgi_lifespan import LifespanManager
 from fastapi import FastAPI, Request
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
 
-from app.core.db import apply_timeouts, get_session, libpq_url
+from app.api.deps import connection_source, get_session
+from app.core.db import apply_timeouts, libpq_url
 from app.core.migrations import upgrade_to_head
 from app.core.security import Role
 from app.core.settings import Settings
-from app.core.transaction import Acquire, connection_source
+from app.core.transaction import Acquire
 from app.main import create_app
-from tests.helpers import ApiUser
+from tests.helpers import ApiUser, started
 
 # The fault-injection suite restarts servers and kills processes: it is collected only by
 # `make test-faults` (RUN_FAULTS=1), never by the everyday `make test`.
@@ -101,12 +101,18 @@ def settings(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Set
 @pytest.fixture(scope="session")
 async def app(settings: Settings) -> AsyncIterator[FastAPI]:
     application = create_app(settings)
-    async with LifespanManager(application, startup_timeout=30, shutdown_timeout=30):
+    async with started(application) as served:
+        # For the tests' convenience: the app itself hands these to requests in their state.
+        application.state.asgi = served.asgi
+        application.state.services = served.services
+        application.state.db = served.services.db
+        application.state.tokens = served.services.tokens
+        application.state.settings = settings
         yield application
 
 
 def _client(app: FastAPI) -> httpx.AsyncClient:
-    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    transport = httpx.ASGITransport(app=app.state.asgi, raise_app_exceptions=False)
     return httpx.AsyncClient(transport=transport, base_url="http://test", timeout=60)
 
 

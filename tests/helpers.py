@@ -1,13 +1,46 @@
-"""Helpers shared by tests: API users with tokens, problem assertions."""
+"""Helpers shared by tests: a started app, API users with tokens, problem assertions."""
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
+from fastapi import FastAPI
+from starlette.types import ASGIApp, Receive, Scope, Send
 
+from app.api.services import STATE_KEY, Services
 from app.core.security import Role
+
+
+@dataclass
+class Started:
+    """An app whose lifespan runs: `asgi` serves requests with the state the lifespan
+    handed over, as an ASGI server does; `services` are the ones it built."""
+
+    asgi: ASGIApp
+    state: dict[str, Any]
+
+    @property
+    def services(self) -> Services:
+        services: Services = self.state[STATE_KEY]
+        return services
+
+
+@asynccontextmanager
+async def started(app: FastAPI) -> AsyncIterator[Started]:
+    async with app.router.lifespan_context(app) as state:
+        handed: dict[str, Any] = dict(state or {})
+
+        async def asgi(scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["type"] in ("http", "websocket"):
+                scope["state"] = dict(handed)
+            await app(scope, receive, send)
+
+        yield Started(asgi, handed)
 
 
 @dataclass

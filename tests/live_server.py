@@ -9,6 +9,7 @@ import time
 
 import uvicorn
 
+from app.core.security import TokenService
 from app.core.settings import Settings
 from app.main import create_app
 
@@ -25,6 +26,7 @@ class LiveServer:
 
     def __init__(self, app_settings: Settings) -> None:
         self.app = create_app(app_settings)
+        self.tokens = TokenService.from_settings(app_settings)  # tokens the server accepts
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.server = uvicorn.Server(

@@ -94,7 +94,7 @@ def make_user(live: LiveServer, settings: Settings, role: Role) -> ApiUser:
         email,
         role.value,
     )
-    return ApiUser(user_id, email, role, live.app.state.tokens.issue(user_id, role))
+    return ApiUser(user_id, email, role, live.tokens.issue(user_id, role))
 
 
 # --- seeding through the API ------------------------------------------------------------------

@@ -44,7 +44,7 @@ def admin_token(live_server: LiveServer, settings: Settings) -> str:
             await conn.close()
 
     user_id = asyncio.run(make())
-    token: str = live_server.app.state.tokens.issue(user_id, Role.admin)
+    token: str = live_server.tokens.issue(user_id, Role.admin)
     return token
 
 

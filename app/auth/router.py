@@ -8,8 +8,8 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request, Response, status
 from fastapi.security import OAuth2PasswordRequestForm
 
+from app.api.deps import AdminUser, CurrentUser, RateLimit, Session, Tokens
 from app.auth import service
-from app.auth.deps import AdminUser, CurrentUser, Tokens
 from app.auth.schemas import (
     LocationIn,
     ProfileIn,
@@ -19,14 +19,12 @@ from app.auth.schemas import (
     TokenOut,
     UserOut,
 )
-from app.core.db import Session
 from app.core.openapi import AUTH, problems
 from app.core.pagination import Cursor, Limit, Page, encode_cursor, uuid_cursor
-from app.core.ratelimit import RateLimits, client_ip, get_rate_limits
+from app.core.ratelimit import client_ip
 from app.core.security import Role
 
 router = APIRouter(tags=["auth"])
-RateLimit = Annotated[RateLimits, Depends(get_rate_limits)]
 
 
 @router.post(

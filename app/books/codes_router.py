@@ -11,9 +11,9 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 import asyncpg
-from fastapi import APIRouter, Body, Depends, Response, status
+from fastapi import APIRouter, Body, Response, status
 
-from app.auth.deps import AdminUser, CurrentUser
+from app.api.deps import AdminUser, CurrentUser, RateLimit, Tx
 from app.books import assign, redeem, service
 from app.books.schemas import (
     AssignIn,
@@ -30,12 +30,11 @@ from app.books.schemas import (
 from app.core.lean import LeanRoute
 from app.core.openapi import AUTH, problems
 from app.core.problems import Forbidden
-from app.core.ratelimit import RateLimits, get_rate_limits
+from app.core.ratelimit import RateLimits
 from app.core.security import Principal
-from app.core.transaction import Transaction, Tx
+from app.core.transaction import Transaction
 
 router = APIRouter(tags=["codes"], route_class=LeanRoute)
-RateLimit = Annotated[RateLimits, Depends(get_rate_limits)]
 CODE_ERRORS = problems(*AUTH, 403, 404, 409)
 
 

@@ -9,7 +9,8 @@ from typing import Annotated
 from fastapi import Depends
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.core.db import get_session, raw_connection
+from app.api.deps import get_session
+from app.core.db import raw_connection
 
 # The session lives until the response has been sent (request scope), so the rows are
 # read through a server-side cursor while they stream out.

@@ -7,11 +7,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from app.auth.deps import AdminUser, CurrentUser
+from app.api.deps import AdminUser, CurrentUser, Session
 from app.books import history, service
 from app.books.schemas import Action, CodeOut, CodeStatus, HistoryEntry
 from app.books.types import Timestamp
-from app.core.db import Session
 from app.core.openapi import AUTH, problems
 from app.core.pagination import Cursor, Limit, Page, encode_cursor, int_cursor
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request, Response, status
+from fastapi import APIRouter, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
 
-from app.auth.deps import AdminUser
+from app.api.deps import AdminUser, Idempotent, IdempotentUpload, Session
 from app.books import assign, export, generate, imports, service
 from app.books.schemas import (
     BookIn,
@@ -25,8 +25,6 @@ from app.books.schemas import (
     GenerateOut,
     ImportOut,
 )
-from app.core.db import Session
-from app.core.idempotency import Idempotent, IdempotentUpload
 from app.core.openapi import AUTH, problems
 from app.core.pagination import (
     Cursor,
@@ -36,10 +34,8 @@ from app.core.pagination import (
     int_cursor,
     time_id_cursor,
 )
-from app.core.ratelimit import RateLimits, get_rate_limits
 
 router = APIRouter(tags=["books"])
-RateLimit = Annotated[RateLimits, Depends(get_rate_limits)]
 ADMIN = (*AUTH, 403)
 
 

@@ -12,11 +12,12 @@ from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote
 
-from fastapi import APIRouter, Depends, Form, Request, status
+from fastapi import APIRouter, Form, Request, status
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
+from app.api.deps import RateLimit, Session, Tokens
 from app.auth import service as users
 from app.console.session import (
     clear_session,
@@ -28,9 +29,8 @@ from app.console.session import (
     set_session_cookie,
     viewer,
 )
-from app.core.db import Session
 from app.core.problems import NotFound, ProblemError
-from app.core.ratelimit import RateLimits, client_ip, get_rate_limits
+from app.core.ratelimit import client_ip
 from app.core.security import Principal, Role
 
 HERE = Path(__file__).parent
@@ -39,7 +39,6 @@ templates = Jinja2Templates(directory=HERE / "templates")
 router = APIRouter(include_in_schema=False)
 router.mount("/console/static", StaticFiles(directory=HERE / "static"), name="console-static")
 
-RateLimit = Annotated[RateLimits, Depends(get_rate_limits)]
 # Pages hold personal data and load only our own scripts and styles: no caching, and a
 # content security policy that refuses inline or foreign code.
 _PAGE_HEADERS = {
@@ -85,6 +84,7 @@ async def login(
     limits: RateLimit,
     email: Annotated[str, Form(max_length=320)],
     password: Annotated[str, Form(max_length=1024)],
+    tokens: Tokens,
     csrf_token: Annotated[str, Form(max_length=128)] = "",
     next: Annotated[str, Form(max_length=2048)] = "",
 ) -> Response:
@@ -104,7 +104,6 @@ async def login(
     except ProblemError as exc:
         return _login_page(request, error=exc.detail, next_url=next_url, status_code=exc.status)
     role = Role(user.role)
-    tokens = request.app.state.tokens
     response = RedirectResponse(safe_next(next_url, _home(role)), status.HTTP_303_SEE_OTHER)
     set_session_cookie(request, response, tokens.issue(user.id, role), tokens.ttl_seconds)
     set_csrf_cookie(request, response, new_csrf_token())

@@ -9,6 +9,7 @@ import uuid
 
 from fastapi import Request, Response
 
+from app.api.services import services_of
 from app.core.problems import ProblemError
 from app.core.security import CSRF_COOKIE, SESSION_COOKIE, Principal, Role
 
@@ -70,7 +71,7 @@ async def viewer(request: Request) -> Principal | None:
     if not token:
         return None
     try:
-        claims = await request.app.state.tokens.verify(token)
+        claims = await services_of(request).tokens.verify(token)
         if claims.get("_external"):
             return None
         return Principal(id=uuid.UUID(str(claims["sub"])), role=Role(str(claims.get("role"))))

@@ -1,17 +1,15 @@
-"""Engine, sessions and the one-transaction-per-request dependency."""
+"""Engines and pools: SQLAlchemy's for ORM sessions, a bare asyncpg pool for the hot paths."""
 
 from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 import orjson
-from fastapi import Depends, Request
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -162,30 +160,6 @@ async def apply_timeouts(session: AsyncSession, db: Database) -> None:
     await session.execute(
         _TIMEOUTS, {"lock": f"{db.lock_timeout_ms}ms", "stmt": f"{db.statement_timeout_ms}ms"}
     )
-
-
-def database(request: Request) -> Database:
-    db: Database = request.app.state.db
-    return db
-
-
-async def get_database(request: Request) -> Database:
-    # async: a plain `def` dependency would cost a thread-pool hop on every request
-    return database(request)
-
-
-async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
-    """One transaction per request, committed when the endpoint returns and before the
-    response is sent (the dependency has function scope), rolled back on any error."""
-    db = database(request)
-    async with db.sessionmaker() as session, session.begin():
-        if db.timeouts_per_transaction:
-            await apply_timeouts(session, db)
-        yield session
-
-
-Session = Annotated[AsyncSession, Depends(get_session, scope="function")]
-DB = Annotated[Database, Depends(get_database)]
 
 
 async def raw_connection(session: AsyncSession) -> asyncpg.Connection:

@@ -10,17 +10,16 @@ the effect does.
 from __future__ import annotations
 
 import hashlib
-from typing import Annotated, Any
+from typing import Any
 
 import asyncpg
 import orjson
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import Response
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.auth.deps import CurrentUser
-from app.core.db import Session, raw_connection
+from app.core.db import raw_connection
 from app.core.headers import header
 from app.core.locking import LockNamespace, try_xact_lock_sql
 from app.core.problems import ProblemError, ValidationFailed
@@ -146,7 +145,7 @@ class Idempotency:
         await self.idem.remember(await raw_connection(self.session), status_code, payload)
 
 
-def _validated_key(request: Request) -> str | None:
+def validated_key(request: Request) -> str | None:
     key = header(request, _HEADER_NAME)
     if key is None:
         return None
@@ -158,34 +157,9 @@ def _validated_key(request: Request) -> str | None:
     return key
 
 
-def idempotency_for(request: Request, user: Principal, response: Response | None) -> IdempotencyKey:
-    ttl: int = request.app.state.settings.idempotency_ttl_hours
-    return IdempotencyKey(user, request.scope["path"], _validated_key(request), ttl, response)
-
-
 async def body_hash(request: Request) -> str:
     """Idempotency for JSON bodies: the request hash is the SHA-256 of the raw body."""
     return hashlib.sha256(await request.body()).hexdigest()
-
-
-async def get_idempotency(
-    request: Request, response: Response, session: Session, user: CurrentUser
-) -> Idempotency:
-    idem = Idempotency(idempotency_for(request, user, response), session)
-    if idem.key is not None:
-        await idem.begin(await body_hash(request))
-    return idem
-
-
-async def get_upload_idempotency(
-    request: Request, response: Response, session: Session, user: CurrentUser
-) -> Idempotency:
-    """Idempotency for streamed uploads: the caller calls `begin()` with the file's hash."""
-    return Idempotency(idempotency_for(request, user, response), session)
-
-
-Idempotent = Annotated[Idempotency, Depends(get_idempotency)]
-IdempotentUpload = Annotated[Idempotency, Depends(get_upload_idempotency)]
 
 
 async def _on_replay(request: Request, exc: Exception) -> Response:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy.pool import QueuePool
+
+if TYPE_CHECKING:
+    from app.core.db import Database
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -45,21 +48,31 @@ def record_request(method: str, route: str, status: int, seconds: float) -> None
 
 
 class PoolCollector(Collector):
-    """Reads the SQLAlchemy pool at scrape time, so it costs nothing per request."""
+    """Reads both pools at scrape time, so it costs nothing per request: `orm`
+    (SQLAlchemy's) and `hot` (the asyncpg pool of the hot paths)."""
 
     def __init__(self) -> None:
-        self.pool: object | None = None
+        self.db: Database | None = None
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        pool = self.pool
         gauge = GaugeMetricFamily(
-            "db_pool_connections", "DB pool connections by state.", labels=["state"]
+            "db_pool_connections",
+            "DB pool connections by pool and state.",
+            labels=["pool", "state"],
         )
+        db = self.db
+        pool = db.engine.pool if db is not None else None
         if isinstance(pool, QueuePool):
-            gauge.add_metric(["checked_out"], pool.checkedout())
-            gauge.add_metric(["idle"], pool.checkedin())
-            gauge.add_metric(["overflow"], max(pool.overflow(), 0))
-            gauge.add_metric(["size"], pool.size())
+            gauge.add_metric(["orm", "checked_out"], pool.checkedout())
+            gauge.add_metric(["orm", "idle"], pool.checkedin())
+            gauge.add_metric(["orm", "overflow"], max(pool.overflow(), 0))
+            gauge.add_metric(["orm", "size"], pool.size())
+        hot = db.pool if db is not None else None
+        if hot is not None:
+            size, idle = hot.get_size(), hot.get_idle_size()
+            gauge.add_metric(["hot", "checked_out"], size - idle)
+            gauge.add_metric(["hot", "idle"], idle)
+            gauge.add_metric(["hot", "size"], hot.get_max_size())
         yield gauge
 
 

@@ -11,7 +11,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.core.metrics import record_request
-from app.core.problems import problem_response, unhandled_error_response
+from app.core.problems import PROBLEM_BASE_KEY, problem_response, unhandled_error_response
 
 log = structlog.get_logger("access")
 
@@ -58,6 +58,7 @@ class RequestContextMiddleware:
                 declared = int(value)
         request_id = request_id or os.urandom(16).hex()
         scope.setdefault("state", {})["request_id"] = request_id
+        scope[PROBLEM_BASE_KEY] = self.problem_base
         structlog.contextvars.bind_contextvars(request_id=request_id)
         upload = content_type.startswith(_UPLOAD_TYPES) and scope["path"].endswith(_UPLOAD_PATHS)
         limit = self.max_upload if upload else self.max_body

@@ -146,9 +146,12 @@ def problem_response(
     )
 
 
+PROBLEM_BASE_KEY = "couponflash.problem_base"  # set on each request by the request middleware
+
+
 def _base(request: Request) -> str:
-    settings = getattr(request.app.state, "settings", None)
-    return getattr(settings, "problem_base", "/problems")
+    base: str = request.scope.get(PROBLEM_BASE_KEY, "/problems")
+    return base
 
 
 SQLSTATE_LOCK_TIMEOUT = "55P03"

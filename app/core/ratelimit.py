@@ -48,9 +48,3 @@ class RateLimits:
 
 def client_ip(request: Request) -> str:
     return request.client.host if request.client else "unknown"
-
-
-async def get_rate_limits(request: Request) -> RateLimits:
-    # async: a plain `def` dependency would cost a thread-pool hop on every request
-    limits: RateLimits = request.app.state.rate_limits
-    return limits

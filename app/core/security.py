@@ -6,7 +6,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 import jwt
@@ -55,6 +55,14 @@ class Principal:
     @property
     def is_admin(self) -> bool:
         return self.role is Role.admin
+
+
+class ExternalUsers(Protocol):
+    """Maps an external issuer's subject to its local user, creating it on first sight."""
+
+    async def user_id(self, sub: str, email: str | None, role: Role) -> uuid.UUID: ...
+
+    async def dispose(self) -> None: ...
 
 
 @dataclass

@@ -20,8 +20,27 @@ class Environment(StrEnum):
     production = "production"
 
 
+class NotificationSettings(BaseSettings):
+    """The outbox worker's and notification delivery's knobs (flat names, as in README)."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
+
+    worker_concurrency: int = Field(default=8, ge=1, le=256)
+    worker_poll_seconds: float = Field(default=2.0, gt=0)
+    worker_lease_seconds: float = Field(default=60.0, gt=0)
+    worker_shutdown_grace_seconds: float = Field(default=10.0, ge=0)
+    notify_batch_size: int = Field(default=1000, ge=1, le=10_000)
+    notify_webhook_timeout_s: float = Field(default=10.0, gt=0)
+    notify_webhook_max_attempts: int = Field(default=8, ge=1)
+    notify_backoff_base_s: float = Field(default=2.0, gt=0)
+    notify_backoff_max_s: float = Field(default=600.0, gt=0)
+    notify_sse_heartbeat_s: float = Field(default=15.0, gt=0)
+    outbox_keep_done_hours: float = Field(default=72.0, gt=0)
+
+
 class Settings(BaseSettings):
-    """Every setting of the service; README lists them with their defaults."""
+    """Every setting of the service; README lists them with their defaults. Read once, when
+    the app or a command starts; nested groups read their own (flat) names."""
 
     model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
 
@@ -33,6 +52,8 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_json: bool | None = None  # default: JSON outside dev
     otel_enabled: bool = False  # FastAPI's native OpenTelemetry, when an SDK is configured
+    # Hot routes answered from a plan made once (app/core/lean.py); false: FastAPI's own path.
+    lean_routes: bool = True
 
     database_url: str | None = None
     database_direct_url: str | None = None
@@ -76,6 +97,7 @@ class Settings(BaseSettings):
     run_worker: bool = True
     notify_webhook_url: str | None = None
     notify_webhook_secret: str | None = None
+    notifications: NotificationSettings = Field(default_factory=NotificationSettings)
 
     @field_validator("cors_origins", mode="before")
     @classmethod

@@ -1,9 +1,9 @@
-"""`Tx`: the request's transaction on a bare pooled asyncpg connection, for the routes
-written in SQL (the hot paths). No ORM session wraps it: `async with tx as conn:` begins,
-takes the request's `Idempotency-Key` if it sent one (a repeat answers the stored
-response), and commits when the block ends — before the response is sent — or rolls back
-on any error. `await tx.remember(...)` stores the response in that same transaction, so it
-exists exactly when the effect does.
+"""The request's transaction (`Tx` in app/api/deps.py) on a bare pooled asyncpg
+connection, for the routes written in SQL (the hot paths). No ORM session wraps it:
+`async with tx as conn:` begins, takes the request's `Idempotency-Key` if it sent one (a
+repeat answers the stored response), and commits when the block ends — before the response
+is sent — or rolls back on any error. `await tx.remember(...)` stores the response in that
+same transaction, so it exists exactly when the effect does.
 """
 
 from __future__ import annotations
@@ -12,15 +12,12 @@ import asyncio
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from types import TracebackType
-from typing import Annotated, Any, cast
+from typing import Any
 
 import asyncpg
-from fastapi import Depends, Request
 
-from app.auth.deps import CurrentUser, authenticate
 from app.core.db import Database
-from app.core.idempotency import IdempotencyKey, body_hash, idempotency_for
-from app.core.lean import resolve_with
+from app.core.idempotency import IdempotencyKey
 from app.core.problems import Unavailable
 
 Acquired = AbstractAsyncContextManager[asyncpg.Connection]
@@ -109,31 +106,3 @@ class Transaction:
         """Store the response for the request's `Idempotency-Key`, if it sent one."""
         if self.idempotency.key is not None:
             await self.idempotency.remember(conn, status_code, payload, location)
-
-
-async def connection_source(request: Request) -> Acquire:
-    """Where request transactions get their connection: the asyncpg pool. (The test suite
-    overrides it with its own rolled-back connection, like any dependency.)"""
-    db: Database = request.app.state.db
-    pool = db.pool or await db.sql_pool()
-    return lambda: cast(Acquired, pool.acquire())
-
-
-async def transaction_for(request: Request) -> Transaction:
-    """The request's `Transaction` (resolvable from the request alone)."""
-    user = await authenticate(request)
-    source = request.app.dependency_overrides.get(connection_source, connection_source)
-    acquire = await source(request)
-    idem = idempotency_for(request, user, None)
-    request_hash = await body_hash(request) if idem.key is not None else ""
-    return Transaction(acquire, request.app.state.db, idem, request_hash)
-
-
-async def get_transaction(request: Request, user: CurrentUser) -> Transaction:
-    return await transaction_for(request)
-
-
-Tx = Annotated[Transaction, Depends(get_transaction)]
-
-
-resolve_with(get_transaction, transaction_for)

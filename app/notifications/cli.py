@@ -23,7 +23,6 @@ def worker(
     """Run the outbox worker (promo fan-out, webhook delivery) until SIGTERM or SIGINT."""
     from app.core.logging import configure_logging
     from app.core.settings import Environment, Settings
-    from app.notifications.config import NotificationSettings
     from app.worker import WorkerConfig, run_until_signalled
 
     settings = Settings()
@@ -34,7 +33,7 @@ def worker(
     server, url = resolve_database(settings)
     os.environ["DATABASE_URL"] = url
     settings = Settings(database_url=url, database_direct_url=settings.database_direct_url)
-    tuning = NotificationSettings()
+    tuning = settings.notifications
     if concurrency is not None:
         tuning.worker_concurrency = concurrency
     if metrics_port is not None:

@@ -8,9 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Path, Query, Request
 from sse_starlette import EventSourceResponse
 
-from app.auth.deps import AdminUser, CurrentUser
-from app.core.db import Session
-from app.core.idempotency import Idempotent
+from app.api.deps import DB, AdminUser, AppSettings, CurrentUser, Idempotent, Session
 from app.core.openapi import AUTH, problems
 from app.core.pagination import (
     Cursor,
@@ -22,9 +20,9 @@ from app.core.pagination import (
     int_cursor,
 )
 from app.notifications import service
-from app.notifications.config import NotificationSettings, direct_url
+from app.notifications.deps import Hub
 from app.notifications.schemas import DeadLetterOut, NotificationOut, NotificationStatus
-from app.notifications.stream import NotificationHub, notification_events
+from app.notifications.stream import notification_events
 
 router = APIRouter(tags=["notifications"])
 
@@ -81,31 +79,15 @@ async def mark_read(
     return out
 
 
-def _hub(request: Request) -> NotificationHub:
-    hub: NotificationHub | None = getattr(request.app.state, "notification_hub", None)
-    if hub is None:
-        url = direct_url(request.app.state.settings)
-        if not url:
-            raise RuntimeError("DATABASE_URL is not set")
-        hub = NotificationHub(url)
-        request.app.state.notification_hub = hub
-    return hub
-
-
-def _tuning(request: Request) -> NotificationSettings:
-    tuning: NotificationSettings | None = getattr(request.app.state, "notification_settings", None)
-    if tuning is None:
-        tuning = NotificationSettings()
-        request.app.state.notification_settings = tuning
-    return tuning
-
-
 # Not in the OpenAPI document: an endless text/event-stream cannot be described as a
 # response model, and API fuzzers would wait on it forever. The list route documents it.
 @router.get("/me/notifications/stream", include_in_schema=False)
 async def stream_my_notifications(
     request: Request,
     user: CurrentUser,
+    hub: Hub,
+    settings: AppSettings,
+    db: DB,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
 ) -> EventSourceResponse:
     after: int | None = None
@@ -116,10 +98,10 @@ async def stream_my_notifications(
             after = None
         if after is not None and not 0 <= after <= _BIGINT:
             after = None
-    heartbeat = _tuning(request).notify_sse_heartbeat_s
+    heartbeat = settings.notifications.notify_sse_heartbeat_s
     events = notification_events(
-        request.app.state.db,
-        _hub(request),
+        db,
+        hub,
         user.id,
         after,
         heartbeat,

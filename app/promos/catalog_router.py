@@ -6,9 +6,7 @@ import uuid
 
 from fastapi import APIRouter, Response, status
 
-from app.auth.deps import AdminUser
-from app.core.db import Session
-from app.core.idempotency import Idempotent
+from app.api.deps import AdminUser, Idempotent, Session
 from app.core.openapi import AUTH, problems
 from app.core.pagination import Cursor, Limit, Page, uuid_cursor
 from app.promos import catalog

@@ -5,20 +5,16 @@ paths: `LeanRoute` calls them without per-request dependency solving, and each r
 from __future__ import annotations
 
 import uuid
-from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request, Response, status
+from fastapi import APIRouter, Response, status
 
-from app.auth.deps import CurrentUser
+from app.api.deps import AppSettings, CurrentUser, RateLimit, Tx
 from app.core.lean import LeanRoute
 from app.core.openapi import AUTH, problems
-from app.core.ratelimit import RateLimits, get_rate_limits
-from app.core.transaction import Tx
 from app.promos import reservations
 from app.promos.schemas import ReservationOut
 
 router = APIRouter(route_class=LeanRoute)
-RateLimit = Annotated[RateLimits, Depends(get_rate_limits)]
 PREFIX = "/api/v1"
 
 
@@ -36,17 +32,18 @@ async def reserve(
     promo_id: uuid.UUID,
     user: CurrentUser,
     tx: Tx,
-    request: Request,
     response: Response,
     limits: RateLimit,
+    settings: AppSettings,
 ) -> ReservationOut:
     """Hold one unit for `RESERVATION_TTL_SECONDS` (60 s) → 201. A caller who already holds
     a live reservation on the promo gets it back (200). 409 `sold-out`, `promo-not-running`,
     `purchase-limit-reached`; 403 `not-eligible`."""
     await limits.hit(limits.assign, "reserve", user.id)
-    ttl: int = request.app.state.settings.reservation_ttl_seconds
     async with tx as conn:
-        result = await reservations.reserve(conn, promo_id, user.id, ttl)
+        result = await reservations.reserve(
+            conn, promo_id, user.id, settings.reservation_ttl_seconds
+        )
         code = status.HTTP_201_CREATED if result.created else status.HTTP_200_OK
         response.status_code = code
         location = None

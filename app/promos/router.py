@@ -7,14 +7,11 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Response, status
+from fastapi import APIRouter, Query, Response, status
 
-from app.auth.deps import AdminUser, CurrentUser
-from app.core.db import Session
-from app.core.idempotency import Idempotent
+from app.api.deps import AdminUser, CurrentUser, Idempotent, Session
 from app.core.openapi import AUTH, problems
 from app.core.pagination import Cursor, Limit, Page, encode_cursor, time_id_cursor
-from app.core.ratelimit import RateLimits, get_rate_limits
 from app.promos import listings, reservations, service
 from app.promos.catalog_router import router as catalog_router
 from app.promos.schemas import (
@@ -30,7 +27,6 @@ from app.promos.schemas import (
 
 router = APIRouter()
 router.include_router(catalog_router)
-RateLimit = Annotated[RateLimits, Depends(get_rate_limits)]
 PREFIX = "/api/v1"
 ADMIN = (*AUTH, 403)
 

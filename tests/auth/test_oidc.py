@@ -14,17 +14,15 @@ from typing import Any
 import httpx
 import jwt
 import pytest
-from asgi_lifespan import LifespanManager
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from fastapi import APIRouter, Depends
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 from sqlalchemy import text
 
-from app.auth.deps import CurrentUser
-from app.core.db import Session
+from app.api.deps import CurrentUser, Session
 from app.core.settings import Settings
 from app.main import create_app
-from tests.helpers import assert_problem
+from tests.helpers import assert_problem, started
 
 ISSUER = "https://issuer.example.test/"
 AUDIENCE = "couponflash"
@@ -73,8 +71,8 @@ async def oidc_client(settings: Settings, jwks_url: str) -> AsyncIterator[httpx.
             }
         )
     )
-    async with LifespanManager(app):
-        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with started(app) as served:
+        transport = httpx.ASGITransport(app=served.asgi, raise_app_exceptions=False)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
             yield client
 
@@ -190,8 +188,8 @@ async def small_pool_client(settings: Settings, jwks_url: str) -> AsyncIterator[
         )
     )
     app.include_router(_probe)
-    async with LifespanManager(app):
-        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with started(app) as served:
+        transport = httpx.ASGITransport(app=served.asgi, raise_app_exceptions=False)
         async with httpx.AsyncClient(
             transport=transport, base_url="http://test", timeout=60
         ) as client:

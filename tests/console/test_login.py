@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import httpx
-from asgi_lifespan import LifespanManager
 from playwright.sync_api import Page, expect
 
 from app.core.settings import Settings
 from app.main import create_app
 from tests.console.conftest import Accounts, LiveServer, run_async, shot
+from tests.helpers import started
 
 
 def test_admin_signs_in_with_httponly_strict_cookie_and_signs_out(
@@ -131,8 +131,8 @@ def test_login_over_https_sets_secure_cookies(settings: Settings, accounts: Acco
 
     async def sign_in_over_https() -> httpx.Response:
         app = create_app(settings)
-        async with LifespanManager(app):
-            transport = httpx.ASGITransport(app=app)
+        async with started(app) as served:
+            transport = httpx.ASGITransport(app=served.asgi)
             async with httpx.AsyncClient(
                 transport=transport, base_url="https://console.test"
             ) as client:

@@ -13,7 +13,7 @@ from sqlalchemy import text
 from app.core.problems import problem_for_database_error
 from app.core.security import Role
 from tests.conftest import MakeUser
-from tests.helpers import assert_problem
+from tests.helpers import assert_problem, started
 
 
 async def test_row_held_by_another_transaction_is_409_busy_in_bounded_time(
@@ -46,7 +46,6 @@ async def test_row_held_by_another_transaction_is_409_busy_in_bounded_time(
 
 
 async def test_unreachable_database_is_503_with_retry_after(app: FastAPI) -> None:
-    from asgi_lifespan import LifespanManager
 
     from app.main import create_app
 
@@ -54,10 +53,10 @@ async def test_unreachable_database_is_503_with_retry_after(app: FastAPI) -> Non
         update={"database_url": "postgresql://postgres@127.0.0.1:1/none", "db_pool_timeout_s": 1}
     )
     broken = create_app(dead)
-    async with LifespanManager(broken):
-        transport = httpx.ASGITransport(app=broken, raise_app_exceptions=False)
+    async with started(broken) as served:
+        transport = httpx.ASGITransport(app=served.asgi, raise_app_exceptions=False)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-            token = broken.state.tokens.issue(uuid.uuid4(), Role.admin)
+            token = served.services.tokens.issue(uuid.uuid4(), Role.admin)
             response = await client.get(
                 "/api/v1/segments", headers={"Authorization": f"Bearer {token}"}
             )

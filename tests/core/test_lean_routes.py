@@ -10,7 +10,8 @@ import httpx
 import pytest
 from fastapi import APIRouter, Depends, FastAPI, Query
 
-from app.core.lean import LeanIndex, LeanRoute
+from app.core.front import LeanIndex
+from app.core.lean import LeanRoute
 from app.core.security import Role
 from tests.conftest import MakeUser
 from tests.helpers import ApiUser, assert_problem

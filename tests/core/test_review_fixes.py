@@ -6,13 +6,12 @@ from __future__ import annotations
 import re
 
 import httpx
-from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 
 from app.core.settings import Settings
 from app.main import create_app
 from tests.books.helpers import fill, make_book, unique_codes
-from tests.helpers import ApiUser, assert_problem
+from tests.helpers import ApiUser, assert_problem, started
 
 
 async def test_latency_histogram_measures_the_request(client: httpx.AsyncClient) -> None:
@@ -66,8 +65,8 @@ async def test_replayed_201_carries_its_location(
 
 async def test_413_uses_the_configured_problem_base(settings: Settings, app: FastAPI) -> None:
     custom = create_app(settings.model_copy(update={"problem_base": "https://errors.example/p"}))
-    async with LifespanManager(custom):
-        transport = httpx.ASGITransport(app=custom, raise_app_exceptions=False)
+    async with started(custom) as served:
+        transport = httpx.ASGITransport(app=served.asgi, raise_app_exceptions=False)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
             response = await c.post(
                 "/api/v1/auth/register",

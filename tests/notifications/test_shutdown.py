@@ -3,11 +3,12 @@ from __future__ import annotations
 import asyncio
 
 import asyncpg
-from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 
 from app.core.settings import Settings
 from app.main import create_app
+from app.worker import WORKER_STATE_KEY
+from tests.helpers import started
 from tests.notifications.conftest import (
     Place,
     RunWorker,
@@ -66,12 +67,12 @@ async def test_api_lifespan_runs_a_worker_when_enabled(
     place = Place()
     [user] = await add_users(pg, place.north(10))
     promo = await add_promo(pg, place)
-    async with LifespanManager(application, startup_timeout=30, shutdown_timeout=30):
-        assert application.state.worker is not None
+    async with started(application) as served:
+        worker = served.state[WORKER_STATE_KEY]
+        application.state.db = served.services.db
+        assert worker is not None
         await schedule(application, promo)
         assert await wait_for(lambda: fanout_finished(pg, promo)) == "done"
     assert await pg.fetchval("SELECT count(*) FROM notifications WHERE user_id = $1", user) == 1
-    leftovers = await pg.fetchval(
-        "SELECT count(*) FROM outbox WHERE locked_by = $1", application.state.worker.id
-    )
+    leftovers = await pg.fetchval("SELECT count(*) FROM outbox WHERE locked_by = $1", worker.id)
     assert leftovers == 0

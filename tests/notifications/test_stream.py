@@ -22,7 +22,7 @@ async def server_url(app: FastAPI) -> AsyncIterator[str]:
     """The app behind a real HTTP server (streams need one; the app's lifespan already ran)."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, lifespan="off", log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(app.state.asgi, lifespan="off", log_level="warning"))
     task = asyncio.create_task(server.serve(sockets=[sock]))
     await wait_for(lambda: asyncio.sleep(0, server.started), timeout=10)
     yield f"http://127.0.0.1:{sock.getsockname()[1]}"

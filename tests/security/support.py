@@ -15,7 +15,7 @@ from fastapi.dependencies.models import Dependant
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from app.auth.deps import get_admin, get_current_user
+from app.api.deps import admin_user, current_user
 from tests.books.flows import assign, book_with_codes
 from tests.helpers import ApiUser
 from tests.promos.support import create_promo, place, random_point, reserve
@@ -159,8 +159,8 @@ def api_endpoints(app: FastAPI) -> Iterator[Endpoint]:
 
 def admin_endpoints(app: FastAPI) -> list[Endpoint]:
     """Every /api/v1 route whose dependencies include the admin guard."""
-    return [e for e in api_endpoints(app) if _needs(e.dependant, get_admin)]
+    return [e for e in api_endpoints(app) if _needs(e.dependant, admin_user)]
 
 
 def authenticated_endpoints(app: FastAPI) -> list[Endpoint]:
-    return [e for e in api_endpoints(app) if _needs(e.dependant, get_current_user)]
+    return [e for e in api_endpoints(app) if _needs(e.dependant, current_user)]

@@ -11,7 +11,6 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
-from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -21,7 +20,7 @@ from app.core.settings import Settings
 from app.main import create_app
 from tests.books.flows import book_with_codes
 from tests.conftest import MakeUser
-from tests.helpers import ApiUser, assert_problem
+from tests.helpers import ApiUser, assert_problem, started
 from tests.promos.support import create_promo, place, random_point, reserve
 from tests.security.support import API
 
@@ -174,8 +173,8 @@ async def limited_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]
             }
         )
     )
-    async with LifespanManager(limited, startup_timeout=30, shutdown_timeout=30):
-        transport = httpx.ASGITransport(app=limited, raise_app_exceptions=False)
+    async with started(limited) as served:
+        transport = httpx.ASGITransport(app=served.asgi, raise_app_exceptions=False)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
             yield c
 

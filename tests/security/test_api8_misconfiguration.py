@@ -9,11 +9,10 @@ from typing import Any
 
 import httpx
 import pytest
-from asgi_lifespan import LifespanManager
 
 from app.core.settings import Environment, Settings
 from app.main import create_app
-from tests.helpers import ApiUser, assert_problem
+from tests.helpers import ApiUser, assert_problem, started
 from tests.security.support import API
 
 SECURITY_HEADERS = {
@@ -107,8 +106,8 @@ async def production(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
         raise RuntimeError("SELECT password_hash FROM users -- /srv/app/secret.py line 7")
 
     prod.add_api_route(f"{API}/__boom", boom, methods=["GET"], include_in_schema=False)
-    async with LifespanManager(prod, startup_timeout=30, shutdown_timeout=30):
-        transport = httpx.ASGITransport(app=prod, raise_app_exceptions=False)
+    async with started(prod) as served:
+        transport = httpx.ASGITransport(app=served.asgi, raise_app_exceptions=False)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
             yield c
 
@@ -183,8 +182,8 @@ async def test_configured_cors_covers_the_hot_routes(settings: Settings) -> None
     413 for an oversized body included (browsers hide answers without it)."""
     allowed = "https://shop.example"
     cors = create_app(settings.model_copy(update={"cors_origins": [allowed]}))
-    async with LifespanManager(cors, startup_timeout=30, shutdown_timeout=30):
-        transport = httpx.ASGITransport(app=cors, raise_app_exceptions=False)
+    async with started(cors) as served:
+        transport = httpx.ASGITransport(app=served.asgi, raise_app_exceptions=False)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
             for origin, expected in ((allowed, allowed), ("https://evil.example", None)):
                 resp = await c.post(f"{API}/codes/NOPE/lock", json={}, headers={"Origin": origin})

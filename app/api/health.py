@@ -6,9 +6,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from app.core.db import Database
+from app.api.deps import AppServices
 from app.core.metrics import REGISTRY
-from app.core.migrations import current_revisions, head_revisions
+from app.core.migrations import current_revisions
 from app.core.problems import problem_response
 
 router = APIRouter(tags=["operations"])
@@ -24,9 +24,8 @@ async def healthz() -> dict[str, str]:
     summary="Database reachable and migrations at head",
     responses={503: {"description": "Not ready (`unavailable`)"}},
 )
-async def readyz(request: Request) -> Response:
-    db: Database = request.app.state.db
-    heads: set[str] = request.app.state.migration_heads
+async def readyz(request: Request, services: AppServices) -> Response:
+    db, heads = services.db, services.migration_heads
     try:
         async with db.engine.connect() as conn:
             current = await current_revisions(conn)
@@ -54,6 +53,3 @@ async def readyz(request: Request) -> Response:
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
 async def metrics() -> Response:
     return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
-
-
-__all__ = ["head_revisions", "router"]

@@ -1,0 +1,2 @@
+"""What the routers of every domain share: the services built at start-up and the
+dependencies routes declare (`deps.py`)."""

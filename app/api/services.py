@@ -1,0 +1,31 @@
+"""`Services`: what request handlers use, built once when the app starts, from one
+`Settings`, and handed to each request in the lifespan's state."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from starlette.requests import HTTPConnection
+
+from app.core.db import Database
+from app.core.ratelimit import RateLimits
+from app.core.security import ExternalUsers, TokenService
+from app.core.settings import Settings
+
+STATE_KEY = "services"
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    settings: Settings
+    db: Database
+    tokens: TokenService
+    rate_limits: RateLimits
+    external_users: ExternalUsers
+    migration_heads: frozenset[str]
+
+
+def services_of(connection: HTTPConnection) -> Services:
+    """The services the lifespan handed to this request (its state)."""
+    services: Services = connection.scope["state"][STATE_KEY]
+    return services
