@@ -29,8 +29,9 @@ format: install
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-test: install lint ## lint, then the whole suite against a real PostgreSQL
+test: install lint ## lint, then the whole suite, then the hot-path and security tests with lean routes off
 	$(PY) -m pytest
+	LEAN_ROUTES=false $(PY) -m pytest -q -p no:randomly tests/core tests/books tests/promos tests/security
 
 test-pg: install ## the suite against the server at 127.0.0.1:5432
 	DATABASE_URL=postgresql://postgres@127.0.0.1:5432/test $(PY) -m pytest

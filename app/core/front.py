@@ -134,7 +134,11 @@ class ServiceApp(FastAPI):
         if not self.lean_routes:
             return
         index = LeanIndex(self)
-        missing = self._expected - index.templates()
+        expected = set(self._expected)
+        for route in self.router.routes:  # lean routes added to the app itself
+            if isinstance(route, LeanRoute):
+                expected |= {(m, route.path_format) for m in route.methods or ()}
+        missing = expected - index.templates()
         if missing:
             names = ", ".join(f"{m} {p}" for m, p in sorted(missing))
             raise RuntimeError(f"lean routes missing from the front door's index: {names}")

@@ -385,7 +385,7 @@ class LeanHandler:
             if _is_json(header(request, b"content-type"), self.strict):
                 return spec.adapter.validate_json(raw)
             # Not JSON by its content type: FastAPI validates the raw bytes, and fails.
-            return spec.adapter.validate_python(raw)
+            return spec.adapter.validate_python(raw, from_attributes=True)
         except ValidationError as exc:
             located = _located(exc, "body")
             if any(error["type"] == "json_invalid" for error in located):
