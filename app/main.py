@@ -29,10 +29,10 @@ from app.core.ratelimit import RateLimits
 from app.core.security import TokenService
 from app.core.settings import Environment, Settings
 from app.notifications.router import router as notifications_router
+from app.notifications.worker import start_worker
 from app.promos.reservations_router import router as reservations_router
 from app.promos.router import router as promos_router
 from app.segments.router import router as segments_router
-from app.worker import start_worker
 
 log = structlog.get_logger(__name__)
 
@@ -75,9 +75,14 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     POOL.pool = db.engine.pool
     log.info("started", env=settings.env.value)
     try:
-        async with start_worker(app):  # the outbox worker runs here unless RUN_WORKER=false
+        # The notifications worker runs here unless RUN_WORKER=false.
+        async with start_worker(settings) as worker:
+            app.state.worker = worker
             yield
     finally:
+        hub = getattr(app.state, "notification_hub", None)  # the live stream's listener
+        if hub is not None:
+            await hub.close()
         await db.dispose()
         log.info("stopped")
 

@@ -78,7 +78,9 @@ def test_existing_jobs_move_to_the_generic_key_and_back(blank_database: str) -> 
     # One pending job per (topic, key); the same key under another topic is another job.
     with pytest.raises(asyncpg.UniqueViolationError):
         _run(url, "INSERT INTO outbox (topic, key) VALUES ('promo.started', $1)", promo)
-    _run(url, "INSERT INTO outbox (topic, key, payload) VALUES ('x', $1, '{\"name\": \"x\"}')", promo)
+    _run(
+        url, "INSERT INTO outbox (topic, key, payload) VALUES ('x', $1, '{\"name\": \"x\"}')", promo
+    )
 
     command.downgrade(config, "0007")
     _run(url, "DELETE FROM outbox WHERE topic = 'x'")

@@ -34,10 +34,11 @@ async def test_graceful_stop_hands_the_fanout_back_and_another_worker_finishes_i
         every=0.01,
     )
     first.stop()
-    key = f"promo.started:{promo}"
     job = await wait_for(
         lambda: pg.fetchrow(
-            "SELECT attempts, locked_by FROM outbox WHERE key = $1 AND status = 'pending'", key
+            "SELECT attempts, locked_by FROM outbox"
+            " WHERE topic = 'promo.started' AND key = $1 AND status = 'pending'",
+            str(promo),
         ),
         timeout=10,
         every=0.01,
