@@ -1,4 +1,4 @@
-"""Command line: `python -m app serve | migrate | create-admin | …`."""
+"""Command line: `python -m app serve | migrate | create-admin | check | import-codes | worker`."""
 
 from __future__ import annotations
 
@@ -9,22 +9,14 @@ from typing import Annotated, Any
 
 import typer
 
+from app.books.cli import import_codes
+from app.core.embedded import resolve_database
 from app.core.settings import Settings
+from app.notifications.cli import worker
 
 cli = typer.Typer(
     no_args_is_help=True, add_completion=False, help=__doc__, pretty_exceptions_enable=False
 )
-
-
-def resolve_database(settings: Settings) -> tuple[Any, str]:
-    """(embedded server or None, URL): the configured server, else the embedded one."""
-    if settings.database_url:
-        return None, settings.database_url
-    from app.core.embedded import start_embedded
-
-    server, url = start_embedded(settings.data_dir)
-    typer.echo(f"embedded PostgreSQL at {settings.data_dir / 'postgres'}", err=True)
-    return server, url
 
 
 def _migrate(url: str) -> None:
@@ -141,8 +133,10 @@ def check() -> None:
         raise typer.Exit(1)
 
 
-import app.books.cli  # noqa: E402  (registers the `import-codes` command)
-import app.notifications.cli  # noqa: E402, F401  (registers the `worker` command)
+# Every command is registered here; a domain's commands are plain functions in its own
+# `cli.py`, which never imports this module.
+cli.command("import-codes")(import_codes)
+cli.command("worker")(worker)
 
 
 def main() -> None:

@@ -35,10 +35,10 @@ from app.notifications.config import direct_url
 from app.notifications.deps import HUB_STATE_KEY
 from app.notifications.router import router as notifications_router
 from app.notifications.stream import NotificationHub
+from app.notifications.worker import WORKER_STATE_KEY, start_worker
 from app.promos.reservations_router import router as reservations_router
 from app.promos.router import router as promos_router
 from app.segments.router import router as segments_router
-from app.worker import WORKER_STATE_KEY, start_worker
 
 log = structlog.get_logger(__name__)
 State = dict[str, Any]

@@ -4,6 +4,7 @@ from app.auth.models import User
 from app.books.models import Book, Code, Import, RedemptionHistory
 from app.core.idempotency_model import IdempotencyKey
 from app.core.models import Base
+from app.core.outbox_model import OutboxJob
 from app.notifications import models as _notifications  # noqa: F401
 from app.promos.models import Product, Promo, PromoSegment, PromoUnit, Reservation, Store
 from app.segments.models import Segment, SegmentMember
@@ -14,6 +15,7 @@ __all__ = [
     "Code",
     "IdempotencyKey",
     "Import",
+    "OutboxJob",
     "Product",
     "Promo",
     "PromoSegment",

@@ -158,7 +158,7 @@ async def run_one(url: str, size: int, lat: float, lng: float, sink_url: str) ->
         await conn.execute("UPDATE promos SET starts_at = now() WHERE id = $1", promo_id)
         await conn.execute(
             "INSERT INTO outbox (topic, key, payload, max_attempts)"
-            " VALUES ('promo.started', 'promo.started:' || $1::text,"
+            " VALUES ('promo.started', $1::text,"
             " jsonb_build_object('promo_id', $1::text), 10)",
             str(promo_id),
         )

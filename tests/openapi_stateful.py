@@ -44,6 +44,26 @@ CHECKS = [
 ]
 
 
+# --- what the fuzzers leave out ----------------------------------------------------------------
+
+
+def without_event_streams(schema: Any) -> Any:
+    """The schema less the operations that answer `text/event-stream`: an event stream never
+    ends, so a fuzzer would wait on it until its timeout. They stay documented; the stream
+    has its own tests (tests/notifications/test_stream.py)."""
+    streams = {
+        f"{method.upper()} {path}"
+        for path, item in schema.raw_schema["paths"].items()
+        for method, operation in item.items()
+        if isinstance(operation, dict)
+        and any(
+            "text/event-stream" in response.get("content", {})
+            for response in operation.get("responses", {}).values()
+        )
+    }
+    return schema.exclude(func=lambda ctx: ctx.operation.label in streams)
+
+
 # --- a private database, so list endpoints show this run's data and nothing else -----------
 
 
@@ -380,9 +400,9 @@ def run_stateful(base_url: str, user: ApiUser, locations: Locations, scope: Scop
     raw = httpx.get(f"{base_url}/openapi.json", timeout=30).json()
     _narrow(raw)
     wanted = {f"{API}{path}" for path in scope.paths}
-    schema = schemathesis.openapi.from_dict(raw, config=SchemathesisConfig()).include(
-        lambda ctx: ctx.operation.path in wanted
-    )
+    schema = without_event_streams(
+        schemathesis.openapi.from_dict(raw, config=SchemathesisConfig())
+    ).include(lambda ctx: ctx.operation.path in wanted)
     schema.config.update(base_url=base_url, headers=dict(user.headers), request_timeout=30)
     # Links from response fields first, then from the Location headers the seeding saw
     schema.analysis.inject_links()

@@ -21,7 +21,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from app.cli import cli, resolve_database
+from app.core.embedded import resolve_database
 from app.core.settings import Settings
 
 _CHUNK = 1 << 20
@@ -69,7 +69,6 @@ async def _import(settings: Settings, url: str, book_id: uuid.UUID, path: Path) 
         await db.dispose()
 
 
-@cli.command("import-codes")
 def import_codes(
     book_id: Annotated[uuid.UUID, typer.Argument(help="The book to fill")],
     file: Annotated[

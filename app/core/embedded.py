@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
+
+from app.core.settings import Settings
 
 
 def start_embedded(data_dir: Path, *, cleanup: str | None = "stop") -> tuple[Any, str]:
@@ -21,3 +24,13 @@ def start_embedded(data_dir: Path, *, cleanup: str | None = "stop") -> tuple[Any
     server = get_server(data_dir.resolve() / "postgres", cleanup_mode=cleanup)
     uri: str = server.get_uri("postgres")
     return server, uri
+
+
+def resolve_database(settings: Settings) -> tuple[Any, str]:
+    """For commands: (embedded server or None, URL) - the configured server, else the
+    embedded one. Keep the server referenced while the URL is in use."""
+    if settings.database_url:
+        return None, settings.database_url
+    server, url = start_embedded(settings.data_dir)
+    print(f"embedded PostgreSQL at {settings.data_dir / 'postgres'}", file=sys.stderr)
+    return server, url

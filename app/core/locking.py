@@ -19,7 +19,7 @@ class LockNamespace(IntEnum):
     BOOK = 2  # bulk distribute (exclusive) vs single assigns (shared)
     PROMO_USER = 3  # promo max_per_user (reserve)
     IDEMPOTENCY = 4  # one in-flight request per (user, route, key)
-    OUTBOX = 5  # scheduling of a promo's notification job
+    OUTBOX = 5  # a keyed outbox job (topic, key): scheduling, cancelling, settling
 
 
 def xact_lock_sql(namespace: LockNamespace, key_sql: str, *, shared: bool = False) -> str:

@@ -1,4 +1,5 @@
-"""`python -m app worker`: the outbox worker as its own process (any number may run)."""
+"""`python -m app worker` (registered by `app/cli.py`): the notifications worker as its own
+process; any number may run."""
 
 from __future__ import annotations
 
@@ -8,10 +9,9 @@ from typing import Annotated
 
 import typer
 
-from app.cli import cli, resolve_database
+from app.core.embedded import resolve_database
 
 
-@cli.command("worker")
 def worker(
     concurrency: Annotated[
         int | None, typer.Option(help="Jobs run at once (WORKER_CONCURRENCY)")
@@ -20,10 +20,10 @@ def worker(
         int | None, typer.Option(help="Serve Prometheus /metrics on this port")
     ] = None,
 ) -> None:
-    """Run the outbox worker (promo fan-out, webhook delivery) until SIGTERM or SIGINT."""
+    """Run the notifications worker (promo fan-out, webhook delivery) until SIGTERM or SIGINT."""
     from app.core.logging import configure_logging
     from app.core.settings import Environment, Settings
-    from app.worker import WorkerConfig, run_until_signalled
+    from app.notifications.worker import WorkerConfig, run_until_signalled
 
     settings = Settings()
     json_logs = (

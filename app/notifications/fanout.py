@@ -21,10 +21,11 @@ from datetime import datetime
 import asyncpg
 import structlog
 
-from app.core.locking import LockNamespace, xact_lock_sql
+from app.core.outbox import Conn, Job, key_lock_sql
 from app.notifications.metrics import CREATED
-from app.notifications.outbox import WEBHOOK_DELIVER, Conn, Job
+from app.notifications.webhook import WEBHOOK_DELIVER
 from app.promos import rules
+from app.promos.events import PROMO_STARTED
 
 log = structlog.get_logger(__name__)
 
@@ -161,8 +162,9 @@ async def _begin(conn: Conn, promo_id: uuid.UUID) -> str | None:
             "SET LOCAL statement_timeout = '10min'; SET LOCAL enable_indexscan = off;"
             " SET LOCAL work_mem = '128MB'"
         )
+        # The promo's job lock: one fan-out begins at a time, and not beside a reschedule.
         await conn.execute(
-            f"SELECT {xact_lock_sql(LockNamespace.OUTBOX, '$1::text')}", str(promo_id)
+            f"SELECT {key_lock_sql('$1::text', '$2::text')}", PROMO_STARTED, str(promo_id)
         )
         status: str | None = await conn.fetchval(
             "SELECT status FROM notification_fanouts WHERE promo_id = $1", promo_id

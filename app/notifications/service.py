@@ -140,7 +140,7 @@ async def retry_dead_letter(session: AsyncSession, job_id: int) -> DeadLetterOut
                 "UPDATE outbox o SET status = 'pending', attempts = 0, run_at = now(),"
                 " locked_by = NULL, locked_at = NULL, updated_at = now()"
                 " WHERE id = :id AND status = 'dead' AND NOT EXISTS (SELECT 1 FROM outbox d"
-                " WHERE d.key = o.key AND d.status = 'pending')"
+                " WHERE d.topic = o.topic AND d.key = o.key AND d.status = 'pending')"
                 f" RETURNING {_DEAD_COLUMNS}"
             ),
             {"id": job_id},

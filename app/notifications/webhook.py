@@ -17,8 +17,10 @@ from http.cookiejar import CookieJar, DefaultCookiePolicy
 
 import httpx
 
-from app.notifications.outbox import Conn, Job
+from app.core.outbox import Conn, Job
 
+# The outbox topic of a batch to deliver (payload: the promo and the notification ids).
+WEBHOOK_DELIVER = "webhook.deliver"
 SIGNATURE_HEADER = "X-Signature"
 
 # The body is built by PostgreSQL (json_agg in C) and reaches Python as one string: the worker

@@ -13,8 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.problems import NotFound, ValidationFailed
-from app.notifications.outbox import cancel_promo_jobs, schedule_promo_started
-from app.promos import rules
+from app.promos import events, rules
 from app.promos.catalog import unknown_reference
 from app.promos.errors import InUse
 from app.promos.models import Product, Promo, PromoSegment, Reservation
@@ -101,17 +100,18 @@ async def create_promo(session: AsyncSession, fields: dict[str, Any]) -> PromoOu
     await session.flush()
     await _set_segments(session, promo.id, segment_ids)
     out = await get_promo(session, promo.id)
-    await _sync_notification(session, out)
+    await _sync_started(session, out)
     return out
 
 
-async def _sync_notification(session: AsyncSession, promo: PromoOut) -> None:
-    """Keep the promo's `promo.started` job in step: due at `starts_at` (at once if already
-    running) while the promo may still run; none for drafts and cancelled or ended promos."""
+async def _sync_started(session: AsyncSession, promo: PromoOut) -> None:
+    """Keep the promo's `promo.started` job in step (`events.py`): due at `starts_at` (at once
+    if already running) while the promo may still run; none for drafts and cancelled or
+    ended promos."""
     if promo.status in ("scheduled", "running"):
-        await schedule_promo_started(session, promo.id, promo.starts_at)
+        await events.schedule_started(session, promo.id, promo.starts_at)
     else:
-        await cancel_promo_jobs(session, promo.id)
+        await events.cancel_started(session, promo.id)
 
 
 async def _lock_promo(session: AsyncSession, promo_id: uuid.UUID) -> Promo:
@@ -160,7 +160,7 @@ async def update_promo(
         raise InUse("Units above the new quantity are in use; the quantity cannot drop.") from exc
     out = await get_promo(session, promo_id)
     if changes.keys() & {"starts_at", "ends_at", "active"}:
-        await _sync_notification(session, out)
+        await _sync_started(session, out)
     return out
 
 
@@ -172,7 +172,7 @@ async def cancel_promo(session: AsyncSession, promo_id: uuid.UUID) -> PromoOut:
             text("UPDATE promos SET cancelled_at = now() WHERE id = :id"), {"id": promo_id}
         )
         await session.refresh(promo)
-        await cancel_promo_jobs(session, promo_id)
+        await events.cancel_started(session, promo_id)
     return await get_promo(session, promo_id)
 
 
@@ -181,7 +181,7 @@ async def delete_promo(session: AsyncSession, promo_id: uuid.UUID) -> None:
     promo = await _lock_promo(session, promo_id)
     if await session.scalar(select(exists().where(Reservation.promo_id == promo_id))):
         raise InUse(f"Promo {promo_id} has reservations; cancel it instead.")
-    await cancel_promo_jobs(session, promo_id)
+    await events.cancel_started(session, promo_id)
     await session.delete(promo)
     await session.flush()
 

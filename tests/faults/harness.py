@@ -373,7 +373,7 @@ async def announce(pg: asyncpg.Connection, promo: uuid.UUID) -> None:
     """Queue the promo's `promo.started` job, due now: what creating a running promo does."""
     await pg.execute(
         "INSERT INTO outbox (topic, key, payload, max_attempts)"
-        " VALUES ('promo.started', 'promo.started:' || $1::text,"
+        " VALUES ('promo.started', $1::text,"
         " jsonb_build_object('promo_id', $1::text), 10)",
         str(promo),
     )

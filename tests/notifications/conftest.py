@@ -27,7 +27,7 @@ from starlette.routing import Route
 
 from app.core.db import libpq_url
 from app.core.settings import Settings
-from app.worker import Worker, WorkerConfig
+from app.notifications.worker import Worker, WorkerConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "webhook-test-secret"
@@ -118,13 +118,13 @@ async def add_promo(
 
 async def schedule(app: Any, promo_id: uuid.UUID) -> None:
     """What the promos service does on create: schedule the start job at starts_at."""
-    from app.notifications.outbox import schedule_promo_started
+    from app.promos.events import schedule_started
 
     async with app.state.db.sessionmaker() as session, session.begin():
         starts_at = await session.scalar(
             text("SELECT starts_at FROM promos WHERE id = :id"), {"id": promo_id}
         )
-        await schedule_promo_started(session, promo_id, starts_at)
+        await schedule_started(session, promo_id, starts_at)
 
 
 async def wait_for(

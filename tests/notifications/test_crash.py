@@ -73,7 +73,8 @@ async def test_worker_killed_mid_fanout_resumes_without_gaps_or_duplicates(
         "SELECT notified FROM notification_fanouts WHERE promo_id = $1", promo
     ) == len(users)
     job = await pg.fetchrow(
-        "SELECT status, attempts FROM outbox WHERE key = $1", f"promo.started:{promo}"
+        "SELECT status, attempts FROM outbox WHERE topic = 'promo.started' AND key = $1",
+        str(promo),
     )
     assert job is not None
     assert job["status"] == "done" and job["attempts"] == 2

@@ -85,8 +85,9 @@ async def test_promo_start_notifies_exactly_the_eligible_users_once(
     await schedule(app, second)
     await wait_for(
         lambda: pg.fetchval(
-            "SELECT count(*) = 0 FROM outbox WHERE key = $1 AND status IN ('pending', 'running')",
-            f"promo.started:{second}",
+            "SELECT count(*) = 0 FROM outbox WHERE topic = 'promo.started' AND key = $1"
+            " AND status IN ('pending', 'running')",
+            str(second),
         )
     )
     assert await _notified(pg, second) == {plain_near: 1}
@@ -95,7 +96,7 @@ async def test_promo_start_notifies_exactly_the_eligible_users_once(
 async def test_future_promo_waits_and_a_cancelled_one_never_notifies(
     app: FastAPI, pg: asyncpg.Connection, run_worker: RunWorker
 ) -> None:
-    from app.notifications.outbox import cancel_promo_jobs
+    from app.promos.events import cancel_started
 
     place = Place()
     await add_users(pg, place.north(50), 3)
@@ -104,14 +105,14 @@ async def test_future_promo_waits_and_a_cancelled_one_never_notifies(
     await schedule(app, later)
     await schedule(app, cancelled)
     async with app.state.db.sessionmaker() as session, session.begin():
-        assert await cancel_promo_jobs(session, cancelled) == 1
+        assert await cancel_started(session, cancelled) == 1
     await run_worker()
     await asyncio.sleep(0.3)
     assert await fanout_status(pg, later) is None  # not started yet
     assert await wait_for(lambda: fanout_finished(pg, later), timeout=10) == "done"
     assert len(await _notified(pg, later)) == 3
     status = await pg.fetchval(
-        "SELECT status FROM outbox WHERE key = $1", f"promo.started:{cancelled}"
+        "SELECT status FROM outbox WHERE topic = 'promo.started' AND key = $1", str(cancelled)
     )
     assert status == "cancelled"
 

@@ -10,10 +10,11 @@ from typing import Any
 import asyncpg
 from fastapi import FastAPI
 
+from app.core import outbox
 from app.core.db import libpq_url
+from app.core.outbox import Job
 from app.core.settings import Settings
-from app.notifications import outbox
-from app.notifications.outbox import Job, promo_job_key
+from app.promos import events
 from tests.notifications.conftest import Place, add_promo, schedule
 
 PER_OPERATION = 5
@@ -25,9 +26,11 @@ async def _running_job(pg: asyncpg.Connection, app: FastAPI, worker: str) -> tup
     promo_id = await add_promo(pg, Place(), starts_in_s=3600)
     await schedule(app, promo_id)
     job_id: int = await pg.fetchval(
-        "UPDATE outbox SET status = 'running', locked_by = $2, locked_at = now(),"
-        " attempts = attempts + 1 WHERE key = $1 AND status = 'pending' RETURNING id",
-        promo_job_key(promo_id),
+        "UPDATE outbox SET status = 'running', locked_by = $3, locked_at = now(),"
+        " attempts = attempts + 1 WHERE topic = $1 AND key = $2 AND status = 'pending'"
+        " RETURNING id",
+        events.PROMO_STARTED,
+        str(promo_id),
         worker,
     )
     assert job_id is not None
@@ -36,7 +39,9 @@ async def _running_job(pg: asyncpg.Connection, app: FastAPI, worker: str) -> tup
 
 async def _statuses(pg: asyncpg.Connection, promo_id: uuid.UUID) -> list[str]:
     rows = await pg.fetch(
-        "SELECT status FROM outbox WHERE key = $1 ORDER BY id", promo_job_key(promo_id)
+        "SELECT status FROM outbox WHERE topic = $1 AND key = $2 ORDER BY id",
+        events.PROMO_STARTED,
+        str(promo_id),
     )
     return [r["status"] for r in rows]
 
@@ -67,7 +72,7 @@ async def test_settling_a_running_job_while_its_promo_is_rescheduled(
     async def settle(operation: str, job_id: int) -> Any:
         async with pool.acquire() as conn:
             if operation == "fail":
-                job = Job(job_id, outbox.PROMO_STARTED, {}, 1, outbox.FANOUT_MAX_ATTEMPTS)
+                job = Job(job_id, events.PROMO_STARTED, {}, 1, events.STARTED_MAX_ATTEMPTS)
                 return await outbox.fail(conn, job, LIVE_WORKER, "boom", 0.0)
             if operation == "release":
                 return await outbox.release(conn, job_id, LIVE_WORKER)
@@ -81,7 +86,7 @@ async def test_settling_a_running_job_while_its_promo_is_rescheduled(
             session = app.state.db.sessionmaker()
             await session.begin()
             sessions.append(session)
-            await outbox.schedule_promo_started(session, promo_id, None)
+            await events.schedule_started(session, promo_id, None)
         settling = [
             asyncio.create_task(settle(operation, job_id))
             for operation, _, job_id in cases
@@ -111,11 +116,12 @@ async def test_recovery_of_two_orphans_of_one_promo_keeps_one_pending(
     worker died, recovery must not try to make both pending (one pending job per promo)."""
     promo_id, _ = await _running_job(pg, app, f"gone-{uuid.uuid4().hex[:6]}")
     async with app.state.db.sessionmaker() as session, session.begin():
-        await outbox.schedule_promo_started(session, promo_id, None)
+        await events.schedule_started(session, promo_id, None)
     await pg.execute(
-        "UPDATE outbox SET status = 'running', locked_by = $2, locked_at = now(),"
-        " attempts = attempts + 1 WHERE key = $1 AND status = 'pending'",
-        promo_job_key(promo_id),
+        "UPDATE outbox SET status = 'running', locked_by = $3, locked_at = now(),"
+        " attempts = attempts + 1 WHERE topic = $1 AND key = $2 AND status = 'pending'",
+        events.PROMO_STARTED,
+        str(promo_id),
         f"gone-{uuid.uuid4().hex[:6]}",
     )
     assert await _statuses(pg, promo_id) == ["running", "running"]

@@ -7,7 +7,7 @@ from fastapi import FastAPI
 
 from app.core.settings import Settings
 from app.main import create_app
-from app.worker import WORKER_STATE_KEY
+from app.notifications.worker import WORKER_STATE_KEY
 from tests.helpers import started
 from tests.notifications.conftest import (
     Place,
@@ -35,10 +35,11 @@ async def test_graceful_stop_hands_the_fanout_back_and_another_worker_finishes_i
         every=0.01,
     )
     first.stop()
-    key = f"promo.started:{promo}"
     job = await wait_for(
         lambda: pg.fetchrow(
-            "SELECT attempts, locked_by FROM outbox WHERE key = $1 AND status = 'pending'", key
+            "SELECT attempts, locked_by FROM outbox"
+            " WHERE topic = 'promo.started' AND key = $1 AND status = 'pending'",
+            str(promo),
         ),
         timeout=10,
         every=0.01,

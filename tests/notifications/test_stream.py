@@ -86,3 +86,21 @@ async def test_stream_pushes_new_notifications_and_replays_after_last_event_id(
             assert replayed["id"] == str(second)
         unauthenticated = await http.get(url)
         assert unauthenticated.status_code == 401
+
+
+def test_openapi_documents_the_stream(app: FastAPI) -> None:
+    """A client reading `/docs` finds the stream: its media type, the events it sends, the
+    `Last-Event-ID` header and its errors."""
+    operation = app.openapi()["paths"]["/api/v1/me/notifications/stream"]["get"]
+    ok = operation["responses"]["200"]
+    assert list(ok["content"]) == ["text/event-stream"]
+    events = ok["content"]["text/event-stream"]["x-events"]
+    assert set(events) == {"ready", "notification"}
+    assert events["notification"]["data"] == {"$ref": "#/components/schemas/NotificationOut"}
+    for name in events:
+        assert f"`{name}`" in ok["description"], name
+    [header] = [p for p in operation["parameters"] if p["in"] == "header"]
+    assert header["name"] == "Last-Event-ID" and not header["required"]
+    assert "replay" in header["description"]
+    assert {"401", "429", "503"} <= set(operation["responses"])
+    assert operation["security"]

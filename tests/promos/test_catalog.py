@@ -238,7 +238,7 @@ async def test_promo_delete_only_before_reservations(
 
 async def _job_statuses(conn: AsyncConnection, promo_id: str) -> list[str]:
     rows = await conn.execute(
-        text("SELECT status FROM outbox WHERE key = 'promo.started:' || :id ORDER BY id"),
+        text("SELECT status FROM outbox WHERE topic = 'promo.started' AND key = :id ORDER BY id"),
         {"id": promo_id},
     )
     return [r[0] for r in rows]
@@ -252,7 +252,7 @@ async def test_promo_start_notification_is_scheduled_and_cancelled(
     run_at = await conn.execute(
         text(
             "SELECT run_at = CAST(:at AS timestamptz) FROM outbox"
-            " WHERE key = 'promo.started:' || :id"
+            " WHERE topic = 'promo.started' AND key = :id"
         ),
         {"id": promo["id"], "at": datetime.fromisoformat(promo["starts_at"])},
     )

@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from app.notifications.outbox import Job
+from app.core.outbox import Job
 from app.notifications.webhook import DeliveryError, WebhookSender, verify
 
 SECRET = "unsafe-consumption-secret"

@@ -1,13 +1,18 @@
-"""The outbox: durable jobs in PostgreSQL, claimed by workers with `FOR UPDATE SKIP LOCKED`.
+"""The outbox: durable jobs in PostgreSQL, written in the producer's transaction and claimed
+by workers with `FOR UPDATE SKIP LOCKED`. It knows topics and keys, never what a job means.
 
 A job is `pending` until a worker claims it (`running`, with `locked_by`/`locked_at` as its
 lease), then `done`, `dead` (attempts exhausted: a dead letter) or `cancelled`. Inserting a job
 NOTIFYs channel `outbox` (a trigger), which wakes sleeping workers.
+
+A keyed job (`key` not NULL) is pending at most once per (topic, key): scheduling it again
+moves it, cancelling it cancels the pending one. Everything that changes keyed jobs, the
+producer's schedule and cancel as well as the worker's settling, runs under a transaction
+lock on (topic, key), so an edit and a settle never both decide what is pending.
 """
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -24,13 +29,6 @@ from app.core.locking import LockNamespace, try_xact_lock_sql, xact_lock_sql
 Conn = asyncpg.Connection | PoolConnectionProxy
 
 CHANNEL = "outbox"
-PROMO_STARTED = "promo.started"
-WEBHOOK_DELIVER = "webhook.deliver"
-FANOUT_MAX_ATTEMPTS = 10
-
-
-def promo_job_key(promo_id: uuid.UUID) -> str:
-    return f"{PROMO_STARTED}:{promo_id}"
 
 
 @dataclass(frozen=True)
@@ -42,44 +40,66 @@ class Job:
     max_attempts: int
 
 
-# Scheduling (called from the promos service inside its request transaction) ---------------
+def _lock_name(topic_sql: str, key_sql: str) -> str:
+    # One text per (topic, key); a ':' inside a topic can only make two names share a lock,
+    # which serialises more than needed and never less.
+    return f"({topic_sql}) || ':' || ({key_sql})"
 
-_LOCK_PROMO = text(f"SELECT {xact_lock_sql(LockNamespace.OUTBOX, 'CAST(:promo_id AS text)')}")
+
+def key_lock_sql(topic_sql: str, key_sql: str) -> str:
+    """SQL fragment taking the transaction lock of a keyed job (text expressions)."""
+    return xact_lock_sql(LockNamespace.OUTBOX, _lock_name(topic_sql, key_sql))
+
+
+# Producer side (inside the caller's transaction) ------------------------------------------
+
+_LOCK = text(f"SELECT {key_lock_sql('CAST(:topic AS text)', 'CAST(:key AS text)')}")
 _SCHEDULE = text(
     """
     INSERT INTO outbox (topic, key, payload, run_at, max_attempts)
     VALUES (:topic, :key, CAST(:payload AS jsonb), coalesce(:run_at, now()), :max_attempts)
-    ON CONFLICT (key) WHERE status = 'pending'
-    DO UPDATE SET run_at = EXCLUDED.run_at, updated_at = now()
+    ON CONFLICT (topic, key) WHERE status = 'pending'
+    DO UPDATE SET run_at = EXCLUDED.run_at, payload = EXCLUDED.payload,
+                  max_attempts = EXCLUDED.max_attempts, updated_at = now()
     RETURNING id
     """
 )
-_WAKE = text("SELECT pg_notify('outbox', '')")
+_WAKE = text(f"SELECT pg_notify('{CHANNEL}', '')")
 _CANCEL = text(
     """
     UPDATE outbox SET status = 'cancelled', updated_at = now()
-    WHERE key = :key AND status = 'pending'
+    WHERE topic = :topic AND key = :key AND status = 'pending'
     """
 )
 
 
-async def schedule_promo_started(
-    session: AsyncSession, promo_id: uuid.UUID, run_at: datetime | None
-) -> int:
-    """Schedule (or move) the promo's `promo.started` job to `run_at` (None = now).
+async def lock(session: AsyncSession, topic: str, key: str) -> None:
+    """Hold the lock of (topic, key) until the caller's transaction ends."""
+    await session.execute(_LOCK, {"topic": topic, "key": key})
 
-    One pending job per promo: calling again after an edit moves it. A promo already
-    fanned out is not notified twice (the fan-out keeps its own progress row)."""
-    await session.execute(_LOCK_PROMO, {"promo_id": str(promo_id)})
+
+async def schedule(
+    session: AsyncSession,
+    topic: str,
+    key: str,
+    *,
+    payload: dict[str, Any],
+    run_at: datetime | None = None,
+    max_attempts: int = 8,
+) -> int:
+    """Schedule the (topic, key) job at `run_at` (None = now), in the caller's transaction:
+    it exists exactly when the caller commits. Scheduling again while it is pending moves
+    it (new `run_at` and payload) instead of adding a second one. Returns the job id."""
+    await lock(session, topic, key)
     job_id: int = (
         await session.execute(
             _SCHEDULE,
             {
-                "topic": PROMO_STARTED,
-                "key": promo_job_key(promo_id),
-                "payload": orjson.dumps({"promo_id": str(promo_id)}).decode(),
+                "topic": topic,
+                "key": key,
+                "payload": orjson.dumps(payload).decode(),
                 "run_at": run_at,
-                "max_attempts": FANOUT_MAX_ATTEMPTS,
+                "max_attempts": max_attempts,
             },
         )
     ).scalar_one()
@@ -87,60 +107,36 @@ async def schedule_promo_started(
     return job_id
 
 
-async def cancel_promo_jobs(session: AsyncSession, promo_id: uuid.UUID) -> int:
-    """Cancel the promo's pending `promo.started` job; a running fan-out stops at its next
-    batch when it sees the promo cancelled. Returns the number of jobs cancelled."""
-    await session.execute(_LOCK_PROMO, {"promo_id": str(promo_id)})
-    result = await session.execute(_CANCEL, {"key": promo_job_key(promo_id)})
+async def cancel(session: AsyncSession, topic: str, key: str) -> int:
+    """Cancel the pending (topic, key) job, if any; a running one is its handler's business
+    (it should check its subject's state). Returns the number of jobs cancelled."""
+    await lock(session, topic, key)
+    result = await session.execute(_CANCEL, {"topic": topic, "key": key})
     return int(getattr(result, "rowcount", 0) or 0)
-
-
-async def enqueue(
-    session: AsyncSession,
-    topic: str,
-    payload: dict[str, Any],
-    *,
-    run_at: datetime | None = None,
-    max_attempts: int = 8,
-) -> int:
-    """Add a job in the caller's transaction: it exists exactly when the caller commits."""
-    stmt = text(
-        "INSERT INTO outbox (topic, payload, run_at, max_attempts)"
-        " VALUES (:topic, CAST(:payload AS jsonb), coalesce(:run_at, now()), :max_attempts)"
-        " RETURNING id"
-    )
-    params = {
-        "topic": topic,
-        "payload": orjson.dumps(payload).decode(),
-        "run_at": run_at,
-        "max_attempts": max_attempts,
-    }
-    job_id: int = (await session.execute(stmt, params)).scalar_one()
-    return job_id
 
 
 # Worker side (raw asyncpg connections, short transactions) --------------------------------
 
-# A keyed job going back to `pending` while another with its key is already pending, or a
-# newer one is running (the promo was rescheduled meanwhile), is superseded: it becomes
+# A keyed job going back to `pending` while another with its topic and key is already
+# pending, or a newer one is running (it was rescheduled meanwhile), is superseded: it becomes
 # `cancelled`, never a duplicate. The newer-running case lets one statement take back two
-# jobs of one promo (recovery) without making both pending.
+# jobs of one key (recovery) without making both pending.
 _BACK_TO_PENDING = """
 CASE WHEN key IS NOT NULL AND EXISTS (
-        SELECT 1 FROM outbox d WHERE d.key = outbox.key AND d.id <> outbox.id
+        SELECT 1 FROM outbox d
+        WHERE d.topic = outbox.topic AND d.key = outbox.key AND d.id <> outbox.id
         AND (d.status = 'pending' OR (d.status = 'running' AND d.id > outbox.id)))
      THEN 'cancelled' ELSE 'pending' END
 """
 
-# The check above reads other jobs' state, so it runs under the scheduling lock of the job's
-# promo, as its own statement first: an edit of the promo inserting a new pending job has
-# then either committed (and the check sees it) or not started (and finds this job pending).
-# Without it, the job went back to `pending` beside the edit's uncommitted one, hit the
-# one-pending-per-key index when the edit committed, and stayed `running` until its lease.
-_PROMO_KEY_SQL = "o.payload->>'promo_id'"
-_LOCK_JOB_PROMO = f"""
-SELECT {xact_lock_sql(LockNamespace.OUTBOX, _PROMO_KEY_SQL)}
-FROM outbox o WHERE o.id = $1 AND o.topic = '{PROMO_STARTED}'
+# The check above reads other jobs' state, so it runs under the job's key lock, as its own
+# statement first: a producer scheduling the key anew has then either committed (and the
+# check sees its job) or not started (and finds this one pending). Without it, the job went
+# back to `pending` beside the producer's uncommitted one, hit the one-pending-per-key index
+# when the producer committed, and stayed `running` until its lease ran out.
+_LOCK_JOB_KEY = f"""
+SELECT {key_lock_sql("o.topic", "o.key")}
+FROM outbox o WHERE o.id = $1 AND o.key IS NOT NULL
 """
 
 # MATERIALIZED: the planner may otherwise re-run the sub-select and claim more than `limit`.
@@ -192,7 +188,7 @@ async def fail(conn: Conn, job: Job, worker_id: str, error: str, retry_in_s: flo
     attempts are used up. Returns True when the job became a dead letter."""
     dead = job.attempts >= job.max_attempts
     async with conn.transaction():
-        await conn.execute(_LOCK_JOB_PROMO, job.id)
+        await conn.execute(_LOCK_JOB_KEY, job.id)
         await conn.execute(
             f"""
             UPDATE outbox
@@ -213,7 +209,7 @@ async def fail(conn: Conn, job: Job, worker_id: str, error: str, retry_in_s: flo
 async def release(conn: Conn, job_id: int, worker_id: str) -> None:
     """Give an unfinished job back (shutdown): pending again, and the attempt not counted."""
     async with conn.transaction():
-        await conn.execute(_LOCK_JOB_PROMO, job_id)
+        await conn.execute(_LOCK_JOB_KEY, job_id)
         await conn.execute(
             f"UPDATE outbox SET status = {_BACK_TO_PENDING}, locked_by = NULL, locked_at = NULL,"
             " attempts = greatest(attempts - 1, 0), run_at = now(), updated_at = now()"
@@ -221,13 +217,13 @@ async def release(conn: Conn, job_id: int, worker_id: str) -> None:
             job_id,
             worker_id,
         )
-        await conn.execute("SELECT pg_notify('outbox', '')")
+        await conn.execute(f"SELECT pg_notify('{CHANNEL}', '')")
 
 
 async def reschedule(conn: Conn, job_id: int, worker_id: str, at: datetime) -> None:
-    """Put a job back for later without counting an attempt (a promo moved its start)."""
+    """Put a job back for later without counting an attempt (its subject moved in time)."""
     async with conn.transaction():
-        await conn.execute(_LOCK_JOB_PROMO, job_id)
+        await conn.execute(_LOCK_JOB_KEY, job_id)
         await conn.execute(
             f"UPDATE outbox SET status = {_BACK_TO_PENDING}, locked_by = NULL, locked_at = NULL,"
             " attempts = greatest(attempts - 1, 0), run_at = $3, updated_at = now()"
@@ -246,17 +242,17 @@ AND ({job}.locked_at < now() - make_interval(secs => $2)
 
 
 async def recover_orphans(conn: Conn, app_prefix: str, lease_s: float) -> int:
-    """Jobs whose worker is gone (its listening connection vanished) or whose lease ran out go
-    back to `pending`, or to `dead` when that was their last attempt."""
+    """Jobs whose worker is gone (no connection named `app_prefix` + worker id left) or whose
+    lease ran out go back to `pending`, or to `dead` when that was their last attempt."""
     async with conn.transaction():
-        # The scheduling lock of each orphan's promo, without waiting (the worker's loop runs
-        # this): a promo whose lock is busy keeps its orphans until a later round.
+        # The lock of each keyed orphan's (topic, key), without waiting (a worker's loop runs
+        # this): a key whose lock is busy keeps its orphans until a later round.
         busy: list[str] = await conn.fetchval(
             f"""
-            SELECT coalesce(array_agg(k.promo), '{{}}') FROM (
-                SELECT DISTINCT {_PROMO_KEY_SQL} AS promo FROM outbox o
-                WHERE o.topic = '{PROMO_STARTED}' AND {_ORPHAN.format(job="o")}) AS k
-            WHERE NOT {try_xact_lock_sql(LockNamespace.OUTBOX, "k.promo")}
+            SELECT coalesce(array_agg(k.name), '{{}}') FROM (
+                SELECT DISTINCT {_lock_name("o.topic", "o.key")} AS name FROM outbox o
+                WHERE o.key IS NOT NULL AND {_ORPHAN.format(job="o")}) AS k
+            WHERE NOT {try_xact_lock_sql(LockNamespace.OUTBOX, "k.name")}
             """,
             app_prefix,
             lease_s,
@@ -269,7 +265,7 @@ async def recover_orphans(conn: Conn, app_prefix: str, lease_s: float) -> int:
                 last_error = 'worker lost while running the job', locked_by = NULL,
                 locked_at = NULL, run_at = now(), updated_at = now()
             WHERE {_ORPHAN.format(job="outbox")}
-              AND NOT (topic = '{PROMO_STARTED}' AND payload->>'promo_id' = ANY($3::text[]))
+              AND NOT (key IS NOT NULL AND {_lock_name("topic", "key")} = ANY($3::text[]))
             RETURNING id
             """,
             app_prefix,

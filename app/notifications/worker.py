@@ -1,4 +1,7 @@
-"""The outbox worker: claims due jobs and runs them (promo fan-out, webhook delivery).
+"""The notifications worker: runs the outbox jobs of notifications, a promo's fan-out
+(`promo.started`, scheduled by promos) and webhook delivery (`webhook.deliver`, queued by the
+fan-out). The outbox itself (`app/core/outbox.py`) is generic; this loop lives here because
+every topic it runs is notification work (docs/decisions.md).
 
 Any number of workers may run (`python -m app worker`, or inside the API process unless
 `RUN_WORKER=false`). Jobs are claimed with `FOR UPDATE SKIP LOCKED`; a worker sleeps until a
@@ -17,7 +20,7 @@ import contextlib
 import os
 import secrets
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -25,14 +28,20 @@ from typing import Any
 import asyncpg
 import structlog
 
+from app.core import outbox
 from app.core.db import libpq_url
+from app.core.outbox import Job
 from app.core.settings import Settings
-from app.notifications import outbox
 from app.notifications.config import NotificationSettings, direct_url
 from app.notifications.fanout import LostLease, NotYet, Released, run_fanout
 from app.notifications.metrics import DEAD, DELIVERED, FAILED, JOBS, OUTBOX_LAG
-from app.notifications.outbox import Job
-from app.notifications.webhook import WebhookSender, backoff_seconds, build_body
+from app.notifications.webhook import (
+    WEBHOOK_DELIVER,
+    WebhookSender,
+    backoff_seconds,
+    build_body,
+)
+from app.promos.events import PROMO_STARTED
 
 log = structlog.get_logger(__name__)
 
@@ -100,6 +109,11 @@ class Worker:
         self._tasks: dict[asyncio.Task[None], Job] = {}
         self._pool: asyncpg.Pool | None = None
         self._webhook: WebhookSender | None = None
+        # The topics this worker runs; a job of any other topic becomes a dead letter.
+        self._handlers: dict[str, Callable[[Job], Awaitable[None]]] = {
+            PROMO_STARTED: self._fanout,
+            WEBHOOK_DELIVER: self._deliver,
+        }
 
     @property
     def application_name(self) -> str:
@@ -222,16 +236,14 @@ class Worker:
 
     async def _run_job(self, job: Job) -> None:
         assert self._pool is not None
-        size = 0
+        # Notifications a webhook job carries, for the delivery counters.
+        size = len(job.payload.get("ids", [])) if job.topic == WEBHOOK_DELIVER else 0
+        handler = self._handlers.get(job.topic)
         try:
-            if job.topic == outbox.PROMO_STARTED:
-                await self._fanout(job)
-            elif job.topic == outbox.WEBHOOK_DELIVER:
-                size = len(job.payload.get("ids", []))
-                await self._deliver(job)
-            else:
+            if handler is None:
                 job = Job(job.id, job.topic, job.payload, job.max_attempts, job.max_attempts)
                 raise ValueError(f"unknown topic {job.topic!r}")
+            await handler(job)
         except Released:
             await self._finish(outbox.release, job.id, self.id)
             JOBS.labels(job.topic, "released").inc()
@@ -264,7 +276,7 @@ class Worker:
         else:
             await self._finish(outbox.complete, job.id, self.id)
             JOBS.labels(job.topic, "done").inc()
-            if job.topic == outbox.WEBHOOK_DELIVER:
+            if job.topic == WEBHOOK_DELIVER:
                 DELIVERED.inc(size)
 
     async def _finish(self, fn: Any, *args: Any) -> Any:
@@ -335,21 +347,23 @@ WORKER_STATE_KEY = "outbox_worker"  # the in-process worker, in the lifespan's s
 
 
 @asynccontextmanager
-async def start_worker(settings: Settings) -> AsyncIterator[Worker | None]:
-    """For the API lifespan: run a worker in this process when `RUN_WORKER` is true, and on
-    the way out stop it gracefully."""
-    worker: Worker | None = None
-    task: asyncio.Task[None] | None = None
-    if settings.run_worker and settings.database_url:
-        worker = Worker(WorkerConfig.from_settings(settings))
-        task = asyncio.create_task(worker.run(), name="outbox-worker")
+async def start_worker(
+    settings: Settings, tuning: NotificationSettings | None = None
+) -> AsyncIterator[Worker | None]:
+    """For the API lifespan: run a worker in this process when `RUN_WORKER` is true (None
+    otherwise), and on the way out stop it gracefully (running jobs finish or are handed
+    back)."""
+    if not (settings.run_worker and settings.database_url):
+        yield None
+        return
+    worker = Worker(WorkerConfig.from_settings(settings, tuning))
+    task = asyncio.create_task(worker.run(), name="outbox-worker")
     try:
         yield worker
     finally:
-        if worker is not None and task is not None:
-            worker.stop()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(task, timeout=worker.config.shutdown_grace_seconds + 10)
+        worker.stop()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(task, timeout=worker.config.shutdown_grace_seconds + 10)
 
 
 async def run_until_signalled(config: WorkerConfig) -> None:
