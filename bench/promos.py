@@ -279,7 +279,8 @@ def summary(
         f" {buy.rate:,.0f} pairs/s | {buy.latency.pct(0.5):.1f} ms |"
         f" {buy.latency.pct(0.99):.1f} ms | {sum(buy.errors.values())} |",
         "",
-        f"Goal: eligibility p99 < 50 ms. Afterwards: {checks['purchased']:,} purchased"
+        f"Goal: eligibility p99 < 50 ms: **{'met' if eye.pct(0.99) < 50 else 'NOT MET'}**"
+        f" ({eye.pct(0.99):.1f} ms). Afterwards: {checks['purchased']:,} purchased"
         f" reservations; oversold promos {checks['oversold']}, sales counter mismatches"
         f" {checks['counter_mismatch']}, sold units without exactly one purchase"
         f" {checks['bad_units']} ({'invariants hold' if ok else 'INVARIANTS BROKEN'}).",
