@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import hmac
 import uuid
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -146,17 +145,6 @@ def _provisioner(request: Request) -> _Provisioner:
         )
         state.external_provisioner = provisioner
     return provisioner
-
-
-def require_role(role: Role) -> Callable[[Principal], Awaitable[Principal]]:
-    """A dependency that lets through `role` (and admins, who may do anything)."""
-
-    async def guard(user: Annotated[Principal, Depends(get_current_user)]) -> Principal:
-        if user.role is not role and not user.is_admin:
-            raise Forbidden(f"This needs the {role.value} role.")
-        return user
-
-    return guard
 
 
 async def get_admin(user: Annotated[Principal, Depends(get_current_user)]) -> Principal:

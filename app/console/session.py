@@ -12,8 +12,6 @@ from fastapi import Request, Response
 from app.core.problems import ProblemError
 from app.core.security import CSRF_COOKIE, SESSION_COOKIE, Principal, Role
 
-CSRF_FIELD = "csrf_token"
-
 
 def is_https(request: Request) -> bool:
     return request.url.scheme == "https"
