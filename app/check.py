@@ -109,17 +109,6 @@ CHECKS: tuple[Check, ...] = (
         ("codes", "books"),
     ),
     Check(
-        "lock_fields_match_status",
-        "a code has a lock expiry and a lock id exactly while it is locked",
-        """
-        SELECT c.code, c.status, c.locked_until, c.lock_id
-        FROM codes c
-        WHERE (c.status = 'locked' AND (c.locked_until IS NULL OR c.lock_id IS NULL))
-           OR (c.status <> 'locked' AND (c.locked_until IS NOT NULL OR c.lock_id IS NOT NULL))
-        """,
-        ("codes",),
-    ),
-    Check(
         "live_lock_has_history",
         "a live lock was written to history as the code's latest lock transition",
         f"""
