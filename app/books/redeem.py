@@ -1,5 +1,6 @@
-"""Lock, unlock, redeem, validate and roll back: each a single conditional UPDATE whose
-guard is the whole rule; when it touches no row the code is read once to say why.
+"""Lock, unlock, redeem and roll back: each a single conditional UPDATE whose guard is the
+whole rule (redeem first takes its holder's advisory lock when the book limits redemptions
+per user); when it touches no row the code is read to say why. Validate is that read alone.
 
 Lock expiry is lazy and on the database clock; `rules` says once what a live lock is (a
 lapsed lock is no lock: no `lock_id` needed, a stale one ignored).

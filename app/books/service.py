@@ -1,5 +1,5 @@
-"""Books (CRUD, live stats) and reading codes. State changes live in `assign.py`,
-`redeem.py`, `imports.py` and `generate.py`."""
+"""Books (CRUD, live stats) and reading codes. Codes change state in `assign.py`,
+`redeem.py`, `imports.py` and `generate.py`; how a code reads is `rules.py`."""
 
 from __future__ import annotations
 
@@ -71,6 +71,7 @@ FROM codes c WHERE c.book_id = ANY($1::uuid[]) GROUP BY c.book_id
 
 
 async def stats_for(session: AsyncSession, book_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, Stats]:
+    """Codes by read status for each book (a lapsed lock counts as assigned); zeros for none."""
     if not book_ids:
         return {}
     conn = await raw_connection(session)

@@ -11,8 +11,9 @@ Invariants, held by the statements below and backed by constraints:
 - a unit is sold once (one purchased reservation per unit; units never outnumber the
   quantity), and each sale adds one to its unit's slot in `promo_sales`, never to the promo
   row, so purchases of one promo do not queue behind each other.
-Lock order is always unit, then promo, then sales slot, then reservation, so the paths never
-deadlock.
+Lock order on these paths is always unit, then promo, then sales slot, then reservation, so
+they never deadlock with each other (a promo PATCH locks the promo row before its units:
+docs/decisions.md).
 """
 
 from __future__ import annotations
@@ -323,8 +324,8 @@ async def get_reservation(
 async def purchase(
     conn: asyncpg.Connection, reservation_id: uuid.UUID, user_id: uuid.UUID
 ) -> ReservationOut:
-    """Buy the held unit (idempotent: a purchased reservation answers the same). Selling the
-    last unit marks the promo sold out."""
+    """Buy the held unit (idempotent: a purchased reservation answers the same). Once every
+    unit is sold the promo reads as sold out (`rules.SOLD_OUT`, from the sales slots)."""
     row = await conn.fetchrow(_PURCHASE, reservation_id, user_id)
     if row is None:
         raise NotFound(f"No reservation {reservation_id}.")
