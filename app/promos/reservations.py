@@ -45,8 +45,8 @@ from app.promos.schemas import ReservationOut
 #    retires the lapsed holds it replaces.
 # 3. `_HOLD`, only after a claim, inserts the new hold and points the unit at it. Its own
 #    statement because the caller's lapsed hold must be retired first: the partial unique
-#    index admits one `held` row per user and promo, and the sub-statements of one WITH run
-#    in no guaranteed order.
+#    index admits one `held` row per user and promo, and PostgreSQL promises no order among
+#    the sub-statements of one WITH unless one reads another's rows.
 
 # Its own statement: under READ COMMITTED the next statement's snapshot is taken after the
 # lock is granted, so it sees the previous holder's commit. In one statement it would not.
@@ -67,7 +67,8 @@ _LOCK = f"SELECT {xact_lock_sql(LockNamespace.PROMO_USER, _LOCK_KEY)}"
 #   it, then frees the unit only if it still points at the caller's hold.
 # - `retired`: the holds replaced (`unit.old`, `freed.old`) become `expired`, by primary
 #   key. ARRAY(...) is computed before the scan, so `freed` has locked its unit before any
-#   reservation is locked (units before reservations, as in purchase and cancel).
+#   reservation is locked (units before reservations, as in purchase and cancel). The
+#   answer does not read it: PostgreSQL runs every data-modifying sub-statement to the end.
 # The answer: the verdict, the live hold, the claimed unit; when none was claimed, whether
 # the promo is sold out, and whether claimable units are left (then every one met was
 # locked by a concurrent reserve, and `_claim` runs the statement again).
@@ -139,9 +140,9 @@ LEFT JOIN live l ON true
 LEFT JOIN unit c ON true
 """
 
-# $1 promo, $2 user, $3 the claimed unit (locked by `_CLAIM` in this transaction), $4 TTL
-# in seconds. The unit is pointed at the hold, so it is not locked anew after the
-# reservation.
+# $1 promo, $2 user, $3 the claimed unit, $4 TTL in seconds. `_CLAIM` locked the unit in
+# this transaction, so pointing it at the new hold waits for nobody: the unit-before-
+# reservation lock order holds.
 _HOLD = """
 WITH hold AS (
     INSERT INTO reservations (promo_id, user_id, unit_id, expires_at)
