@@ -11,6 +11,14 @@ from typing import Any
 
 import asyncpg
 
+from app.books import rules as books
+from app.promos import rules as promos
+
+# A transaction left idle this long holds its locks and snapshot for nothing.
+IDLE_IN_TRANSACTION_LIMIT = "5 seconds"
+# Violating rows reported per check: enough to see the pattern, bounded on a broken table.
+ROWS_SHOWN = 50
+
 
 @dataclass(frozen=True)
 class Check:
@@ -103,7 +111,7 @@ CHECKS: tuple[Check, ...] = (
     Check(
         "live_lock_has_history",
         "a live lock was written to history as the code's latest lock transition",
-        """
+        f"""
         SELECT c.code, c.locked_until, last.action AS last_lock_action
         FROM codes c
         LEFT JOIN LATERAL (
@@ -112,17 +120,17 @@ CHECKS: tuple[Check, ...] = (
               AND h.action IN ('locked', 'unlocked', 'redeemed')
             ORDER BY h.id DESC LIMIT 1
         ) last ON true
-        WHERE c.status = 'locked' AND c.locked_until > now()
-          AND last.action IS DISTINCT FROM 'locked'
+        WHERE {books.LOCK_LIVE} AND last.action IS DISTINCT FROM 'locked'
         """,
         ("codes", "redemption_history"),
     ),
     Check(
         "promo_not_oversold",
         "sold units never exceed the quantity; each sales slot counts its sold units",
-        """
+        f"""
         WITH units AS (
-            SELECT u.promo_id, u.seq % 16 AS slot, count(*) AS sold FROM promo_units u
+            SELECT u.promo_id, {promos.sales_slot("u.seq")} AS slot, count(*) AS sold
+            FROM promo_units u
             WHERE u.state = 'sold' GROUP BY 1, 2
         ),
         slots AS (
@@ -166,10 +174,10 @@ CHECKS: tuple[Check, ...] = (
     Check(
         "one_live_hold_per_user",
         "a user never holds two live reservations on one promo",
-        """
-        SELECT promo_id, user_id, count(*) AS live
-        FROM reservations WHERE status = 'held' AND expires_at > now()
-        GROUP BY promo_id, user_id HAVING count(*) > 1
+        f"""
+        SELECT r.promo_id, r.user_id, count(*) AS live
+        FROM reservations r WHERE {promos.HOLD_LIVE}
+        GROUP BY r.promo_id, r.user_id HAVING count(*) > 1
         """,
         ("reservations",),
     ),
@@ -195,12 +203,13 @@ CHECKS: tuple[Check, ...] = (
     ),
     Check(
         "no_idle_in_transaction",
-        "no connection sits idle inside a transaction",
-        """
+        f"no connection sits idle inside a transaction for over {IDLE_IN_TRANSACTION_LIMIT}",
+        f"""
         SELECT pid, state, now() - state_change AS idle_for, query
         FROM pg_stat_activity
         WHERE datname = current_database() AND pid <> pg_backend_pid()
-          AND state LIKE 'idle in transaction%' AND now() - state_change > interval '5 seconds'
+          AND state LIKE 'idle in transaction%'
+          AND now() - state_change > interval '{IDLE_IN_TRANSACTION_LIMIT}'
         """,
         (),
     ),
@@ -219,7 +228,7 @@ async def run_checks(conn: asyncpg.Connection, checks: tuple[Check, ...] = CHECK
             outcomes.append(Outcome(check, skipped=True))
             continue
         rows = await conn.fetch(check.sql)
-        outcomes.append(Outcome(check, [dict(r) for r in rows[:50]]))
+        outcomes.append(Outcome(check, [dict(r) for r in rows[:ROWS_SHOWN]]))
     return outcomes
 
 

@@ -84,3 +84,51 @@ async def test_checker_finds_a_sold_unit_without_purchase(app: FastAPI) -> None:
             await tx.rollback()
     assert "sold_unit_has_one_purchase" in bad
     assert "promo_not_oversold" in bad
+
+
+async def _violations_with_codes(app: FastAPI, *codes: tuple[str, str]) -> dict[str, list[str]]:
+    """The checks that fail, with the codes they name, once `codes` (code, SET clause for an
+    assigned code with its `assigned` history) are in the database; all rolled back."""
+    from app.check import run_checks, violations
+
+    async with app.state.db.engine.connect() as conn:
+        raw = (await conn.get_raw_connection()).driver_connection
+        tx = raw.transaction()
+        await tx.start()
+        try:
+            book = await raw.fetchval("INSERT INTO books (name) VALUES ('t') RETURNING id")
+            user = await raw.fetchval(
+                "INSERT INTO users (email) VALUES ('lock-chk@example.com') RETURNING id"
+            )
+            for code, assignments in codes:
+                code_id = await raw.fetchval(
+                    "INSERT INTO codes (book_id, code, status, user_id, assigned_at)"
+                    " VALUES ($1, $2, 'assigned', $3, now()) RETURNING id",
+                    book,
+                    code,
+                    user,
+                )
+                await raw.execute(
+                    "INSERT INTO redemption_history (code_id, book_id, user_id, action, actor_id)"
+                    " VALUES ($1, $2, $3, 'assigned', $3)",
+                    code_id,
+                    book,
+                    user,
+                )
+                await raw.execute(f"UPDATE codes SET {assignments} WHERE id = $1", code_id)
+            found = {
+                o.check.name: sorted(str(r.get("code")) for r in o.rows)
+                for o in violations(await run_checks(raw))
+            }
+        finally:
+            await tx.rollback()
+    return found
+
+
+async def test_checker_flags_a_live_lock_without_history_but_not_a_lapsed_one(
+    app: FastAPI,
+) -> None:
+    live = "status = 'locked', lock_id = gen_random_uuid(), locked_until = now() + interval '1h'"
+    lapsed = "status = 'locked', lock_id = gen_random_uuid(), locked_until = now() - interval '1s'"
+    bad = await _violations_with_codes(app, ("CHK-LIVE", live), ("CHK-LAPSED", lapsed))
+    assert bad.get("live_lock_has_history") == ["CHK-LIVE"]

@@ -21,6 +21,9 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
+    # 16 is `app.promos.rules.SALES_SLOTS` as it was then; a migration keeps its own literal
+    # so that it still creates the same table if the constant ever changes (which would need
+    # a migration of its own: a wider slot CHECK and the sales re-counted into the new slots).
     op.execute(
         """
         CREATE TABLE promo_sales (

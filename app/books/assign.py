@@ -15,8 +15,9 @@ import asyncpg
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.books.errors import BookExhausted, BookInactive, CodeLimitReached, CodeUnavailable
+from app.books.rules import BOOK_ACTIVE
 from app.books.schemas import CodeOut, DistributeOut, Skipped
-from app.books.service import BOOK_ACTIVE, CODE_COLUMNS, code_out, normalize_code
+from app.books.service import CODE_COLUMNS, code_out, normalize_code
 from app.core.db import raw_connection
 from app.core.locking import LockNamespace, retry_skipped_claims, xact_lock_sql
 from app.core.problems import Busy, NotFound

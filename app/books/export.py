@@ -10,6 +10,7 @@ from fastapi import Depends
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.api.deps import get_session
+from app.books import rules
 from app.core.db import raw_connection
 
 # The session lives until the response has been sent (request scope), so the rows are
@@ -20,10 +21,9 @@ HEADER = b"code,status,user_id,assigned_at,redemptions\r\n"
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 _BATCH = 5000
 
-_ROWS = """
+_ROWS = f"""
 SELECT c.code,
-       CASE WHEN c.status = 'locked' AND c.locked_until <= now() THEN 'assigned'
-            ELSE c.status END AS status,
+       {rules.STATUS} AS status,
        c.user_id::text AS user_id,
        to_char(c.assigned_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"') AS assigned_at,
        c.redemptions::text AS redemptions

@@ -11,6 +11,7 @@ import uuid
 import anyio
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.books.rules import CODE_MAX_LENGTH
 from app.books.schemas import GenerateIn
 from app.core.db import raw_connection
 from app.core.problems import ValidationFailed
@@ -39,8 +40,8 @@ def slots_for(body: GenerateIn) -> list[Slot]:
             slots.append(ch.encode())
         else:
             raise _invalid("pattern", f"character {ch!r} is not allowed in a code")
-    if len(slots) > 64:
-        raise _invalid("pattern", "codes would be longer than 64 characters")
+    if len(slots) > CODE_MAX_LENGTH:
+        raise _invalid("pattern", f"codes would be longer than {CODE_MAX_LENGTH} characters")
     return slots
 
 

@@ -21,6 +21,7 @@ from starlette.datastructures import UploadFile
 from starlette.requests import ClientDisconnect
 
 from app.books.errors import CodeExists, InvalidCsv
+from app.books.rules import CODE_MAX_LENGTH
 from app.books.schemas import ImportOut
 from app.core.db import raw_connection
 from app.core.idempotency import Idempotency
@@ -136,10 +137,10 @@ _DATA_LINE = f"{_TRIMMED} <> '' AND NOT (line = 1 AND lower({_TRIMMED}) = 'code'
 
 _INVALID = f"""
 SELECT line, left(t, 100) AS code,
-       CASE WHEN length(t) > 64 THEN 'longer than 64 characters'
+       CASE WHEN length(t) > {CODE_MAX_LENGTH} THEN 'longer than {CODE_MAX_LENGTH} characters'
             ELSE 'invalid characters (allowed: A-Z a-z 0-9 - _)' END AS reason
 FROM (SELECT line, {_TRIMMED} AS t FROM import_lines WHERE {_DATA_LINE}) AS s
-WHERE t !~ '^[A-Za-z0-9_-]+$' OR length(t) > 64
+WHERE t !~ '^[A-Za-z0-9_-]+$' OR length(t) > {CODE_MAX_LENGTH}
 ORDER BY line LIMIT {MAX_REPORTED}
 """
 

@@ -19,6 +19,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.orm import Mapped, mapped_column
 
+from app.books.rules import LOCK_TTL_MAX_SECONDS
 from app.core.models import Base, CreatedAtMixin
 
 
@@ -26,7 +27,9 @@ class Book(CreatedAtMixin, Base):
     __tablename__ = "books"
     __table_args__ = (
         CheckConstraint("status IN ('active', 'paused', 'archived')", name="status"),
-        CheckConstraint("lock_ttl_seconds BETWEEN 1 AND 86400", name="lock_ttl_seconds"),
+        CheckConstraint(
+            f"lock_ttl_seconds BETWEEN 1 AND {LOCK_TTL_MAX_SECONDS}", name="lock_ttl_seconds"
+        ),
         CheckConstraint(
             "starts_at IS NULL OR expires_at IS NULL OR starts_at < expires_at", name="window"
         ),

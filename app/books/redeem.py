@@ -1,8 +1,9 @@
-"""Lock, unlock, redeem, validate and roll back: each a single conditional UPDATE whose
-guard is the whole rule; when it touches no row the code is read once to say why.
+"""Lock, unlock, redeem and roll back: each a single conditional UPDATE whose guard is the
+whole rule (redeem first takes its holder's advisory lock when the book limits redemptions
+per user); when it touches no row the code is read to say why. Validate is that read alone.
 
-Lock expiry is lazy and on the database clock: a lock is live only while
-`locked_until > now()`. A lapsed lock is no lock (no `lock_id` needed, a stale one ignored).
+Lock expiry is lazy and on the database clock; `rules` says once what a live lock is (a
+lapsed lock is no lock: no `lock_id` needed, a stale one ignored).
 """
 
 from __future__ import annotations
@@ -21,17 +22,16 @@ from app.books.errors import (
     RedemptionLimitReached,
     UserRedemptionLimitReached,
 )
+from app.books.rules import BOOK_ACTIVE, LOCK_LIVE, open_to
 from app.books.schemas import CodeOut, LockedCodeOut, RedeemOut
-from app.books.service import BOOK_ACTIVE, CODE_COLUMNS, code_as, code_out, normalize_code
+from app.books.service import CODE_COLUMNS, code_as, code_out, normalize_code
 from app.core.locking import LockNamespace, xact_lock_sql
 from app.core.problems import NotFound, ProblemError, ValidationFailed
-
-_LIVE_LOCK = "(c.status = 'locked' AND c.locked_until > now())"
 
 # Everything needed to explain a refusal, read once after a guarded UPDATE missed.
 _STATE = f"""
 SELECT c.code, c.status, c.user_id, c.redemptions, c.lock_id,
-       {_LIVE_LOCK} AS lock_live,
+       {LOCK_LIVE} AS lock_live,
        b.max_redemptions_per_code, b.max_redemptions_per_user, b.lock_ttl_seconds,
        {BOOK_ACTIVE} AS book_active,
        CASE WHEN b.max_redemptions_per_user IS NULL OR c.user_id IS NULL THEN 0
@@ -72,12 +72,11 @@ WITH done AS (
     UPDATE codes c
     SET status = 'locked',
         locked_until = now() + make_interval(secs => coalesce($3::int, b.lock_ttl_seconds)),
-        lock_id = CASE WHEN {_LIVE_LOCK} THEN c.lock_id ELSE gen_random_uuid() END,
+        lock_id = CASE WHEN {LOCK_LIVE} THEN c.lock_id ELSE gen_random_uuid() END,
         updated_at = now()
     FROM books b
     WHERE c.code = $1 AND b.id = c.book_id AND ($2::uuid IS NULL OR c.user_id = $2)
-      AND (c.status = 'assigned'
-           OR (c.status = 'locked' AND (c.locked_until <= now() OR c.lock_id = $4)))
+      AND {open_to("$4")}
       AND coalesce($3::int, 0) <= b.lock_ttl_seconds
       AND {BOOK_ACTIVE}
     RETURNING c.id AS code_id, c.lock_id, {CODE_COLUMNS}
@@ -125,7 +124,7 @@ WITH done AS (
     SET status = 'assigned', locked_until = NULL, lock_id = NULL, updated_at = now()
     FROM books b
     WHERE c.code = $1 AND b.id = c.book_id AND ($2::uuid IS NULL OR c.user_id = $2)
-      AND {_LIVE_LOCK} AND ($3::boolean OR c.lock_id = $4)
+      AND {LOCK_LIVE} AND ($3::boolean OR c.lock_id = $4)
     RETURNING c.id AS code_id, {CODE_COLUMNS}
 ),
 logged AS (
@@ -185,8 +184,7 @@ done AS (
         locked_until = NULL, lock_id = NULL, updated_at = now()
     FROM books b
     WHERE c.code = $1 AND b.id = c.book_id AND ($2::uuid IS NULL OR c.user_id = $2)
-      AND (c.status = 'assigned'
-           OR (c.status = 'locked' AND (c.locked_until <= now() OR c.lock_id = $3)))
+      AND {open_to("$3")}
       AND c.redemptions < b.max_redemptions_per_code
       AND {BOOK_ACTIVE}
       AND (b.max_redemptions_per_user IS NULL

@@ -16,6 +16,7 @@ from pydantic import (
     model_validator,
 )
 
+from app.books.rules import CODE_MAX_LENGTH
 from app.books.types import (
     LockTtl,
     Metadata,
@@ -354,6 +355,13 @@ class ImportOut(BaseModel):
     already_present: int
 
 
+CodePattern = Annotated[str, StringConstraints(min_length=1, max_length=CODE_MAX_LENGTH)]
+# At least one generated character follows the prefix.
+CodePrefix = Annotated[
+    str, StringConstraints(max_length=CODE_MAX_LENGTH - 1, pattern=r"^[A-Za-z0-9_-]*$")
+]
+
+
 class GenerateIn(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
@@ -363,11 +371,9 @@ class GenerateIn(BaseModel):
     )
 
     count: Annotated[int, Field(strict=True, ge=1, le=1_000_000)]
-    pattern: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = None
-    prefix: Annotated[str, StringConstraints(max_length=63, pattern=r"^[A-Za-z0-9_-]*$")] | None = (
-        None
-    )
-    length: Annotated[int, Field(strict=True, ge=1, le=64)] = 10
+    pattern: CodePattern | None = None
+    prefix: CodePrefix | None = None
+    length: Annotated[int, Field(strict=True, ge=1, le=CODE_MAX_LENGTH)] = 10
 
 
 class GenerateOut(BaseModel):

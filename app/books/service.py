@@ -1,5 +1,5 @@
-"""Books (CRUD, live stats) and reading codes. State changes live in `assign.py`,
-`redeem.py`, `imports.py` and `generate.py`."""
+"""Books (CRUD, live stats) and reading codes. Codes change state in `assign.py`,
+`redeem.py`, `imports.py` and `generate.py`; how a code reads is `rules.py`."""
 
 from __future__ import annotations
 
@@ -13,47 +13,35 @@ import asyncpg
 from sqlalchemy import select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.books import rules
 from app.books.models import Book
 from app.books.schemas import BookIn, BookOut, BookPatch, BookStatus, CodeOut, CodeStatus, Stats
 from app.core.crud import get_or_404
 from app.core.db import raw_connection
 from app.core.problems import NotFound, ValidationFailed
 
-# A book hands out and redeems codes only while active and inside its validity window,
-# judged on the database clock.
-BOOK_ACTIVE = (
-    "(b.status = 'active' AND (b.starts_at IS NULL OR b.starts_at <= now())"
-    " AND (b.expires_at IS NULL OR b.expires_at > now()))"
-)
-
 # How a code reads: a lapsed lock is no lock (lazy expiry, no sweeper).
-CODE_COLUMNS = """
-    c.code, c.book_id,
-    CASE WHEN c.status = 'locked' AND c.locked_until <= now() THEN 'assigned'
-         ELSE c.status END AS status,
-    c.user_id, c.assigned_at,
-    CASE WHEN c.status = 'locked' AND c.locked_until > now() THEN c.locked_until END
-        AS locked_until,
+CODE_COLUMNS = f"""
+    c.code, c.book_id, {rules.STATUS} AS status,
+    c.user_id, c.assigned_at, {rules.LOCKED_UNTIL} AS locked_until,
     c.redemptions,
     greatest(b.max_redemptions_per_code - c.redemptions, 0) AS redemptions_left
 """
 
 STATUS_FILTER = {
     CodeStatus.unassigned: "c.status = 'unassigned'",
-    CodeStatus.assigned: (
-        "(c.status = 'assigned' OR (c.status = 'locked' AND c.locked_until <= now()))"
-    ),
-    CodeStatus.locked: "(c.status = 'locked' AND c.locked_until > now())",
+    CodeStatus.assigned: rules.READS_ASSIGNED,
+    CodeStatus.locked: rules.LOCK_LIVE,
     CodeStatus.redeemed: "c.status = 'redeemed'",
 }
 
-_CODE_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_CODE_RE = re.compile(rf"[A-Za-z0-9_-]{{1,{rules.CODE_MAX_LENGTH}}}")
 
 
 def normalize_code(raw: str) -> str:
     """Codes are case-insensitive and stored upper-case; anything else cannot exist."""
     if not _CODE_RE.fullmatch(raw):
-        raise NotFound(f"No code {raw[:64]!r}.")
+        raise NotFound(f"No code {raw[: rules.CODE_MAX_LENGTH]!r}.")
     return raw.upper()
 
 
@@ -71,19 +59,19 @@ def code_out(record: asyncpg.Record | Mapping[str, Any]) -> CodeOut:
 
 # --- books -------------------------------------------------------------------------------
 
-_STATS_SQL = """
-SELECT book_id,
+_STATS_SQL = f"""
+SELECT c.book_id,
        count(*) AS total,
-       count(*) FILTER (WHERE status = 'unassigned') AS unassigned,
-       count(*) FILTER (WHERE status = 'assigned'
-                        OR (status = 'locked' AND locked_until <= now())) AS assigned,
-       count(*) FILTER (WHERE status = 'locked' AND locked_until > now()) AS locked,
-       count(*) FILTER (WHERE status = 'redeemed') AS redeemed
-FROM codes WHERE book_id = ANY($1::uuid[]) GROUP BY book_id
+       count(*) FILTER (WHERE c.status = 'unassigned') AS unassigned,
+       count(*) FILTER (WHERE {rules.READS_ASSIGNED}) AS assigned,
+       count(*) FILTER (WHERE {rules.LOCK_LIVE}) AS locked,
+       count(*) FILTER (WHERE c.status = 'redeemed') AS redeemed
+FROM codes c WHERE c.book_id = ANY($1::uuid[]) GROUP BY c.book_id
 """
 
 
 async def stats_for(session: AsyncSession, book_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, Stats]:
+    """Codes by read status for each book (a lapsed lock counts as assigned); zeros for none."""
     if not book_ids:
         return {}
     conn = await raw_connection(session)

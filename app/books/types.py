@@ -9,6 +9,8 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, AwareDatetime, Field, StringConstraints
 
+from app.books.rules import LOCK_TTL_MAX_SECONDS
+
 MAX_INT = 1_000_000_000
 
 
@@ -63,4 +65,4 @@ Text = Annotated[str, StringConstraints(max_length=2000), AfterValidator(storabl
 Name = Annotated[str, StringConstraints(min_length=1, max_length=200), AfterValidator(storable)]
 Timestamp = Annotated[AwareDatetime, AfterValidator(_utc)]
 PositiveInt = Annotated[int, Field(strict=True, ge=1, le=MAX_INT)]
-LockTtl = Annotated[int, Field(strict=True, ge=1, le=86400)]
+LockTtl = Annotated[int, Field(strict=True, ge=1, le=LOCK_TTL_MAX_SECONDS)]

@@ -13,8 +13,6 @@ from app.api.services import services_of
 from app.core.problems import ProblemError
 from app.core.security import CSRF_COOKIE, SESSION_COOKIE, Principal, Role
 
-CSRF_FIELD = "csrf_token"
-
 
 def is_https(request: Request) -> bool:
     return request.url.scheme == "https"

@@ -72,10 +72,6 @@ class BadRequest(ProblemError):
     status, slug, title = 400, "bad-request", "Bad request"
 
 
-class PayloadTooLarge(ProblemError):
-    status, slug, title = 413, "payload-too-large", "Payload too large"
-
-
 class UnsupportedMediaType(ProblemError):
     status, slug, title = 415, "unsupported-media-type", "Unsupported media type"
 
@@ -159,7 +155,6 @@ SQLSTATE_STATEMENT_TIMEOUT = "57014"
 SQLSTATE_SERIALIZATION = "40001"
 SQLSTATE_DEADLOCK = "40P01"
 SQLSTATE_TOO_MANY_CONNECTIONS = "53300"
-SQLSTATE_UNIQUE = "23505"
 
 
 def sqlstate_of(exc: BaseException) -> str | None:

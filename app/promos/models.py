@@ -25,6 +25,7 @@ from sqlalchemy.dialects.postgresql import UUID
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.core.models import Base, CreatedAtMixin
+from app.promos.rules import SALES_SLOTS
 
 
 def _uuid_pk() -> Mapped[uuid.UUID]:
@@ -100,12 +101,13 @@ class PromoSegment(Base):
 
 
 class PromoSale(Base):
-    """Units sold, counted in the slot `seq % 16` of each unit: purchases of one promo add
-    to different rows instead of queueing on one. Sold out = the slots sum to the quantity."""
+    """Units sold, counted in the slot `seq % SALES_SLOTS` of each unit (`rules.sales_slot`):
+    purchases of one promo add to different rows instead of queueing on one. Sold out = the
+    slots sum to the quantity."""
 
     __tablename__ = "promo_sales"
     __table_args__ = (
-        CheckConstraint("slot BETWEEN 0 AND 15", name="slot"),
+        CheckConstraint(f"slot BETWEEN 0 AND {SALES_SLOTS - 1}", name="slot"),
         CheckConstraint("sold > 0", name="sold"),
     )
 

@@ -1,16 +1,19 @@
-"""Reserve, purchase and cancel: the hot paths, as hand-written SQL on the asyncpg connection
-under the request's session (the request owns the transaction; nothing here commits).
+"""Reserve, purchase and cancel: the hot paths, as hand-written SQL on the request's asyncpg
+connection (the route's `Tx`; the caller's listing borrows its session's connection). The
+caller owns the transaction; nothing here commits.
 
 Invariants, held by the statements below and backed by constraints:
 - a unit is `free`, `held` by exactly one reservation, or `sold`; a `held` unit whose
-  reservation is past `expires_at` (database clock) is claimable, so no sweeper is needed;
+  reservation is past `expires_at` (database clock, `rules.HOLD_LAPSED`) is claimable, so
+  no sweeper is needed;
 - a user has at most one `held` reservation per promo (partial unique index) and at most
   `max_per_user` purchases plus live holds (advisory lock per promo and user);
 - a unit is sold once (one purchased reservation per unit; units never outnumber the
   quantity), and each sale adds one to its unit's slot in `promo_sales`, never to the promo
   row, so purchases of one promo do not queue behind each other.
-Lock order is always unit, then promo, then sales slot, then reservation, so the paths never
-deadlock.
+Lock order on these paths is always unit, then promo, then sales slot, then reservation, so
+they never deadlock with each other (a promo PATCH locks the promo row before its units:
+docs/decisions.md).
 """
 
 from __future__ import annotations
@@ -35,26 +38,48 @@ from app.promos.errors import (
 )
 from app.promos.schemas import ReservationOut
 
+# --- reserve: three statements in the request's transaction -------------------------------
+# 1. `_LOCK` serialises the caller's reserves of one promo (the per-user limit is counted,
+#    then acted on).
+# 2. `_CLAIM` judges the promo and the caller and, if they may reserve, claims one unit and
+#    retires the lapsed holds it replaces.
+# 3. `_HOLD`, only after a claim, inserts the new hold and points the unit at it. Its own
+#    statement because the caller's lapsed hold must be retired first: the partial unique
+#    index admits one `held` row per user and promo, and PostgreSQL promises no order among
+#    the sub-statements of one WITH unless one reads another's rows.
+
 # Its own statement: under READ COMMITTED the next statement's snapshot is taken after the
 # lock is granted, so it sees the previous holder's commit. In one statement it would not.
 _LOCK_KEY = "$1::uuid::text || ':' || $2::uuid::text"
 _LOCK = f"SELECT {xact_lock_sql(LockNamespace.PROMO_USER, _LOCK_KEY)}"
 
-# One statement: judge the promo and the caller, then claim one unit (a free one first, else
-# one whose hold lapsed) with SKIP LOCKED so concurrent callers take different rows, retire
-# the lapsed reservations it replaces (the caller's own lapsed hold too, freeing its unit:
-# the partial unique index admits one `held` row per user), and insert the hold.
-# MATERIALIZED keeps each claim to exactly one row (an inlined sub-select may be re-run by
-# the planner). Units are locked before reservations (`released` runs before `retired`).
-_RESERVE = f"""
+# $1 promo, $2 user. Each step reads the ones above it:
+# - `verdict`: is the promo open, is the caller eligible, how many units have they used
+#   (purchases and live holds)? No row: no such promo.
+# - `live`: the caller's live hold, answered again instead of a second one.
+# - `may_claim`: a row when the caller may take a unit now.
+# - `free_unit`, else `lapsed_unit` (the hold that lapsed first): one unit, SKIP LOCKED so
+#   concurrent reserves take different rows. MATERIALIZED keeps each claim to exactly one
+#   row (an inlined sub-select may be re-run by the planner). `old` is the lapsed hold the
+#   unit is taken from.
+# - `freed`: the caller's own lapsed hold on another unit gives that unit back. A plain
+#   UPDATE, not SKIP LOCKED: if a concurrent reserve is taking that unit over, it waits for
+#   it, then frees the unit only if it still points at the caller's hold.
+# - `retired`: the holds replaced (`unit.old`, `freed.old`) become `expired`, by primary
+#   key. ARRAY(...) is computed before the scan, so `freed` has locked its unit before any
+#   reservation is locked (units before reservations, as in purchase and cancel). The
+#   answer does not read it: PostgreSQL runs every data-modifying sub-statement to the end.
+# The answer: the verdict, the live hold, the claimed unit; when none was claimed, whether
+# the promo is sold out, and whether claimable units are left (then every one met was
+# locked by a concurrent reserve, and `_claim` runs the statement again).
+_CLAIM = f"""
 WITH me AS ({rules.me_sql("$2")}),
 verdict AS (
-    SELECT p.id, p.max_per_user, {rules.OPEN} AS open,
+    SELECT p.max_per_user, {rules.OPEN} AS open,
            EXISTS (SELECT 1 FROM me WHERE {rules.ELIGIBLE}) AS eligible,
            (SELECT count(*) FROM reservations r
              WHERE r.promo_id = p.id AND r.user_id = $2
-               AND (r.status = 'purchased' OR (r.status = 'held' AND r.expires_at > now())))
-             AS used
+               AND (r.status = 'purchased' OR {rules.HOLD_LIVE})) AS used
     FROM promos p
     JOIN products pr ON pr.id = p.product_id
     JOIN stores s ON s.id = pr.store_id
@@ -62,16 +87,16 @@ verdict AS (
 ),
 live AS (
     SELECT r.id, r.expires_at FROM reservations r
-    WHERE r.promo_id = $1 AND r.user_id = $2 AND r.status = 'held' AND r.expires_at > now()
+    WHERE r.promo_id = $1 AND r.user_id = $2 AND {rules.HOLD_LIVE}
 ),
-gate AS (
+may_claim AS (
     SELECT 1 FROM verdict v
     WHERE v.open AND v.eligible AND v.used < v.max_per_user
       AND NOT EXISTS (SELECT 1 FROM live)
 ),
 free_unit AS MATERIALIZED (
     SELECT u.id, NULL::uuid AS old FROM promo_units u
-    WHERE u.promo_id = $1 AND u.state = 'free' AND EXISTS (SELECT 1 FROM gate)
+    WHERE u.promo_id = $1 AND u.state = 'free' AND EXISTS (SELECT 1 FROM may_claim)
     ORDER BY u.seq
     LIMIT 1
     FOR UPDATE SKIP LOCKED
@@ -79,57 +104,57 @@ free_unit AS MATERIALIZED (
 lapsed_unit AS MATERIALIZED (
     SELECT u.id, u.reservation_id AS old FROM promo_units u
     JOIN reservations r ON r.id = u.reservation_id
-    WHERE u.promo_id = $1 AND u.state = 'held' AND r.expires_at <= now()
-      AND EXISTS (SELECT 1 FROM gate) AND NOT EXISTS (SELECT 1 FROM free_unit)
+    WHERE u.promo_id = $1 AND u.state = 'held' AND {rules.HOLD_LAPSED}
+      AND EXISTS (SELECT 1 FROM may_claim) AND NOT EXISTS (SELECT 1 FROM free_unit)
     ORDER BY r.expires_at
     LIMIT 1
     FOR UPDATE OF u SKIP LOCKED
 ),
-unit AS (SELECT * FROM free_unit UNION ALL SELECT * FROM lapsed_unit),
-released AS (
+unit AS (SELECT id, old FROM free_unit UNION ALL SELECT id, old FROM lapsed_unit),
+freed AS (
     UPDATE promo_units u SET state = 'free', reservation_id = NULL
-    WHERE u.promo_id = $1 AND u.state = 'held' AND EXISTS (SELECT 1 FROM unit)
-      AND u.id NOT IN (SELECT id FROM unit)
-      AND u.reservation_id IN (
-          SELECT r.id FROM reservations r
-          WHERE r.promo_id = $1 AND r.user_id = $2 AND r.status = 'held'
-            AND r.expires_at <= now())
-    RETURNING u.id
+    FROM reservations r
+    WHERE r.promo_id = $1 AND r.user_id = $2 AND {rules.HOLD_LAPSED}
+      AND u.id = r.unit_id AND u.reservation_id = r.id AND u.state = 'held'
+      AND EXISTS (SELECT 1 FROM unit) AND u.id NOT IN (SELECT id FROM unit)
+    RETURNING r.id AS old
 ),
 retired AS (
     UPDATE reservations r SET status = 'expired', updated_at = now()
-    WHERE r.status = 'held' AND r.expires_at <= now() AND EXISTS (SELECT 1 FROM unit)
-      AND (r.id IN (SELECT old FROM unit) OR (r.promo_id = $1 AND r.user_id = $2))
-      AND (SELECT count(*) FROM released) >= 0
-    RETURNING r.id
-),
-hold AS (
+    WHERE r.id = ANY (ARRAY(SELECT old FROM unit WHERE old IS NOT NULL
+                            UNION ALL SELECT old FROM freed))
+      AND {rules.HOLD_LAPSED}
+)
+SELECT v.open, v.eligible, v.used, v.max_per_user,
+       l.id AS live_id, l.expires_at AS live_expires_at,
+       c.id AS unit_id,
+       CASE WHEN c.id IS NULL THEN (SELECT {rules.SOLD_OUT} FROM promos p WHERE p.id = $1)
+       END AS sold_out,
+       CASE WHEN c.id IS NULL AND EXISTS (SELECT 1 FROM may_claim) THEN (
+           EXISTS (SELECT 1 FROM promo_units u WHERE u.promo_id = $1 AND u.state = 'free')
+           OR EXISTS (SELECT 1 FROM promo_units u JOIN reservations r ON r.id = u.reservation_id
+                      WHERE u.promo_id = $1 AND u.state = 'held' AND {rules.HOLD_LAPSED}))
+       END AS claimable_left
+FROM verdict v
+LEFT JOIN live l ON true
+LEFT JOIN unit c ON true
+"""
+
+# $1 promo, $2 user, $3 the claimed unit, $4 TTL in seconds. `_CLAIM` locked the unit in
+# this transaction, so pointing it at the new hold waits for nobody: the unit-before-
+# reservation lock order holds.
+_HOLD = """
+WITH hold AS (
     INSERT INTO reservations (promo_id, user_id, unit_id, expires_at)
-    SELECT $1, $2, unit.id, now() + $3::int * interval '1 second'
-    FROM unit
-    WHERE (SELECT count(*) FROM retired) >= 0
-    RETURNING id, expires_at, unit_id
+    VALUES ($1, $2, $3, now() + $4::int * interval '1 second')
+    RETURNING id, unit_id, expires_at
 ),
-claim AS (
+held AS (
     UPDATE promo_units u SET state = 'held', reservation_id = hold.id
     FROM hold WHERE u.id = hold.unit_id
     RETURNING u.id
 )
-SELECT v.open, v.eligible, v.used, v.max_per_user,
-       l.id AS live_id, l.expires_at AS live_expires_at,
-       h.id AS hold_id, h.expires_at AS hold_expires_at,
-       (SELECT count(*) FROM claim) AS claimed,
-       -- Only asked when nothing was claimed: a sold-out promo has no unit to claim.
-       CASE WHEN h.id IS NULL THEN (SELECT {rules.SOLD_OUT} FROM promos p WHERE p.id = $1)
-       END AS sold_out,
-       CASE WHEN EXISTS (SELECT 1 FROM gate) AND NOT EXISTS (SELECT 1 FROM hold) THEN (
-           EXISTS (SELECT 1 FROM promo_units u WHERE u.promo_id = $1 AND u.state = 'free')
-           OR EXISTS (SELECT 1 FROM promo_units u JOIN reservations r ON r.id = u.reservation_id
-                      WHERE u.promo_id = $1 AND u.state = 'held' AND r.expires_at <= now()))
-       END AS claimable_left
-FROM verdict v
-LEFT JOIN live l ON true
-LEFT JOIN hold h ON true
+SELECT hold.id, hold.expires_at FROM hold JOIN held ON held.id = hold.unit_id
 """
 
 # Unit first (a reserve that took over a lapsed hold holds it, and then it no longer points
@@ -139,14 +164,13 @@ LEFT JOIN hold h ON true
 # reservation.
 _PURCHASE = f"""
 WITH r0 AS (
-    SELECT r.id, r.promo_id, r.unit_id, r.status, r.expires_at, r.expires_at > now() AS live
+    SELECT r.id, r.promo_id, r.unit_id, r.status, r.expires_at, {rules.HOLD_LIVE} AS live
     FROM reservations r WHERE r.id = $1 AND r.user_id = $2
 ),
 unit AS (
     UPDATE promo_units u SET state = 'sold'
     FROM r0
-    WHERE u.id = r0.unit_id AND u.reservation_id = r0.id AND u.state = 'held'
-      AND r0.status = 'held' AND r0.live
+    WHERE u.id = r0.unit_id AND u.reservation_id = r0.id AND u.state = 'held' AND r0.live
     RETURNING u.id, u.seq
 ),
 promo AS MATERIALIZED (
@@ -156,7 +180,7 @@ promo AS MATERIALIZED (
 ),
 tally AS (
     INSERT INTO promo_sales AS sa (promo_id, slot, sold, last_sold_at)
-    SELECT promo.id, unit.seq % 16, 1, now() FROM promo CROSS JOIN unit
+    SELECT promo.id, {rules.sales_slot("unit.seq")}, 1, now() FROM promo CROSS JOIN unit
     ON CONFLICT (promo_id, slot)
         DO UPDATE SET sold = sa.sold + 1,
             last_sold_at = greatest(sa.last_sold_at, excluded.last_sold_at)
@@ -172,9 +196,9 @@ SELECT r0.id, r0.promo_id, r0.expires_at, r0.status, r0.live,
 FROM r0 LEFT JOIN done d ON true
 """
 
-_CANCEL = """
+_CANCEL = f"""
 WITH r0 AS (
-    SELECT r.id, r.unit_id, r.status, r.expires_at > now() AS live
+    SELECT r.id, r.unit_id, r.status, {rules.HOLD_LIVE} AS live
     FROM reservations r WHERE r.id = $1 AND r.user_id = $2
 ),
 unit AS (
@@ -195,9 +219,7 @@ SELECT r0.status, d.status AS new_status FROM r0 LEFT JOIN done d ON true
 """
 
 # A hold past its expiry reads as `expired` even before anything rewrites the row.
-_SHOWN_STATUS = (
-    "CASE WHEN r.status = 'held' AND r.expires_at <= now() THEN 'expired' ELSE r.status END"
-)
+_SHOWN_STATUS = f"CASE WHEN {rules.HOLD_LAPSED} THEN 'expired' ELSE r.status END"
 _GET = f"""
 SELECT r.id, r.promo_id, r.expires_at, {_SHOWN_STATUS} AS status
 FROM reservations r WHERE r.id = $1 AND r.user_id = $2
@@ -214,17 +236,31 @@ LIMIT $2
 
 
 async def _claim(
-    conn: asyncpg.Connection, promo_id: uuid.UUID, user_id: uuid.UUID, ttl_seconds: int
+    conn: asyncpg.Connection, promo_id: uuid.UUID, user_id: uuid.UUID
 ) -> asyncpg.Record | None:
-    """The reserve statement, retried while claimable units exist but every one met was
-    locked by a concurrent reserve (which may yet roll back). A miss changes nothing, so
-    running it again is safe; without the retry that reserve could answer a momentary
-    `sold-out`."""
+    """`_CLAIM`, run again while claimable units exist but every one met was locked by a
+    concurrent reserve (which may yet roll back). A miss changes nothing, so running it
+    again is safe; without the retry that reserve could answer a momentary `sold-out`."""
 
     async def attempt() -> asyncpg.Record | None:
-        return await conn.fetchrow(_RESERVE, promo_id, user_id, ttl_seconds)
+        return await conn.fetchrow(_CLAIM, promo_id, user_id)
 
     return await retry_skipped_claims(attempt, lambda row: row is None or not row["claimable_left"])
+
+
+async def hold(
+    conn: asyncpg.Connection,
+    promo_id: uuid.UUID,
+    user_id: uuid.UUID,
+    unit_id: int,
+    ttl_seconds: int,
+) -> ReservationOut:
+    """The new hold on a unit that `_CLAIM` claimed in this transaction."""
+    row = await conn.fetchrow(_HOLD, promo_id, user_id, unit_id, ttl_seconds)
+    assert row is not None, "the claimed unit was not pointed at its hold"
+    return ReservationOut(
+        id=row["id"], promo_id=promo_id, expires_at=row["expires_at"], status="held"
+    )
 
 
 @dataclass
@@ -244,7 +280,7 @@ async def reserve(
 ) -> Reserved:
     """Hold one unit for `ttl_seconds`; a caller with a live hold gets it back."""
     await conn.execute(_LOCK, promo_id, user_id)
-    row = await _claim(conn, promo_id, user_id, ttl_seconds)
+    row = await _claim(conn, promo_id, user_id)
     if row is None:
         raise NotFound(f"No promo {promo_id}.")
     if not row["open"]:
@@ -271,15 +307,9 @@ async def reserve(
         raise PurchaseLimitReached(
             f"You already have {row['used']} of the {row['max_per_user']} units allowed per user."
         )
-    if row["hold_id"] is None:
+    if row["unit_id"] is None:
         raise SoldOut(f"No unit of promo {promo_id} is left.")
-    assert row["claimed"] == 1, "a hold was inserted without claiming its unit"
-    return Reserved(
-        ReservationOut(
-            id=row["hold_id"], promo_id=promo_id, expires_at=row["hold_expires_at"], status="held"
-        ),
-        created=True,
-    )
+    return Reserved(await hold(conn, promo_id, user_id, row["unit_id"], ttl_seconds), created=True)
 
 
 async def get_reservation(
@@ -295,8 +325,8 @@ async def get_reservation(
 async def purchase(
     conn: asyncpg.Connection, reservation_id: uuid.UUID, user_id: uuid.UUID
 ) -> ReservationOut:
-    """Buy the held unit (idempotent: a purchased reservation answers the same). Selling the
-    last unit marks the promo sold out."""
+    """Buy the held unit (idempotent: a purchased reservation answers the same). Once every
+    unit is sold the promo reads as sold out (`rules.SOLD_OUT`, from the sales slots)."""
     row = await conn.fetchrow(_PURCHASE, reservation_id, user_id)
     if row is None:
         raise NotFound(f"No reservation {reservation_id}.")

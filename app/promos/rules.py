@@ -1,7 +1,8 @@
 """The promo rules as SQL fragments, so every query states them the same way.
 
-All of them read the database clock (`now()`). Aliases: `p` is a promo, `s` its store, `me`
-a row with the caller's `id, tags, birth_date` and `e = ll_to_earth(lat, lng)`.
+All of them read the database clock (`now()`). Aliases: `p` is a promo, `s` its store, `r` a
+reservation, `u` a unit, `me` a row with the caller's `id, tags, birth_date` and
+`e = ll_to_earth(lat, lng)`.
 """
 
 from __future__ import annotations
@@ -10,8 +11,18 @@ from __future__ import annotations
 # `promo-not-running`.
 OPEN = "(p.active AND p.cancelled_at IS NULL AND p.starts_at <= now() AND now() < p.ends_at)"
 
-# Units sold: purchases count them in up to 16 slots per promo (`promo_sales`), so they never
-# queue on one counter row; reading them sums at most 16 rows.
+# Units sold: a purchase adds one to its unit's slot (`sales_slot`) in `promo_sales`, so
+# purchases of one promo never queue on one counter row; reading them sums at most
+# `SALES_SLOTS` rows. Migration 0007 created the table and its slot CHECK for 16; another
+# number needs a migration that widens the CHECK and re-counts the sales into the new slots.
+SALES_SLOTS = 16
+
+
+def sales_slot(seq: str) -> str:
+    """The `promo_sales` slot that the sale of the unit numbered `seq` (SQL) counts in."""
+    return f"({seq} % {SALES_SLOTS})"
+
+
 SOLD = "(SELECT coalesce(sum(sa.sold), 0) FROM promo_sales sa WHERE sa.promo_id = p.id)"
 SOLD_OUT = f"({SOLD} >= p.quantity)"
 # When the last unit sold (the latest sale once every unit is sold), else NULL.
@@ -28,10 +39,15 @@ STATUS = f"""(CASE
     WHEN now() < p.starts_at THEN 'scheduled'
     ELSE 'running' END)"""
 
+# A hold lapses at `expires_at` and nothing rewrites the row when it does (lazy expiry, no
+# sweeper): a lapsed hold reads as `expired`, and its unit may be claimed by the next reserve.
+HOLD_LIVE = "(r.status = 'held' AND r.expires_at > now())"
+HOLD_LAPSED = "(r.status = 'held' AND r.expires_at <= now())"
+
 # Free units plus lapsed holds: the units not sold, less the live holds, which are few.
 UNITS_LEFT = f"""(p.quantity - {SOLD} - (
     SELECT count(*) FROM promo_units u JOIN reservations r ON r.id = u.reservation_id
-    WHERE u.promo_id = p.id AND u.state = 'held' AND r.expires_at > now()))::int"""
+    WHERE u.promo_id = p.id AND u.state = 'held' AND {HOLD_LIVE}))::int"""
 
 DISTANCE = "earth_distance(ll_to_earth(s.lat, s.lng), me.e)"
 

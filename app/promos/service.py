@@ -187,13 +187,14 @@ async def delete_promo(session: AsyncSession, promo_id: uuid.UUID) -> None:
 
 
 _STATS = text(
-    """
+    f"""
     SELECT p.quantity AS units,
            count(u.id) FILTER (WHERE u.state = 'free'
-                               OR (u.state = 'held' AND r.expires_at <= now())) AS free,
-           count(u.id) FILTER (WHERE u.state = 'held' AND r.expires_at > now()) AS held,
+                               OR (u.state = 'held' AND {rules.HOLD_LAPSED})) AS free,
+           count(u.id) FILTER (WHERE u.state = 'held' AND {rules.HOLD_LIVE}) AS held,
            count(u.id) FILTER (WHERE u.state = 'sold') AS sold,
-           (SELECT count(*) FROM reservations x WHERE x.promo_id = p.id) AS reservations
+           (SELECT count(*) FROM reservations x WHERE x.promo_id = p.id) AS reservations,
+           (SELECT count(*) FROM notifications n WHERE n.promo_id = p.id) AS notified
     FROM promos p
     LEFT JOIN promo_units u ON u.promo_id = p.id
     LEFT JOIN reservations r ON r.id = u.reservation_id
@@ -202,20 +203,10 @@ _STATS = text(
     """
 )
 
-# The notifications domain owns its table; count from it only once it exists.
-_HAS_NOTIFICATIONS = text(
-    "SELECT EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema ="
-    " current_schema() AND table_name = 'notifications' AND column_name = 'promo_id')"
-)
-_NOTIFIED = text("SELECT count(*) FROM notifications WHERE promo_id = :id")
-
 
 async def promo_stats(session: AsyncSession, promo_id: uuid.UUID) -> PromoStats:
-    """Units by state, notifications sent (0 until notifications exist) and reservations."""
+    """Units by state, notifications sent and reservations ever made, in one statement."""
     row = (await session.execute(_STATS, {"id": promo_id})).mappings().first()
     if row is None:
         raise NotFound(f"No promo {promo_id}.")
-    notified = 0
-    if await session.scalar(_HAS_NOTIFICATIONS):
-        notified = int(await session.scalar(_NOTIFIED, {"id": promo_id}) or 0)
-    return PromoStats(**row, notified=notified)
+    return PromoStats(**row)

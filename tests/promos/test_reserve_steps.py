@@ -1,0 +1,231 @@
+"""The reserve's steps (`_CLAIM` then `_HOLD`) keep their guarantees: lapsed holds are
+retired by key (not by reading every held reservation), a caller's reserve and cancel of
+their own lapsed hold never deadlock, nothing is oversold, and each sale counts in the
+named sales slot."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections import Counter
+from typing import Any
+
+import httpx
+from fastapi import FastAPI
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from app.check import CHECKS, run_checks, violations
+from app.core.security import Role
+from app.promos.reservations import _CLAIM
+from app.promos.rules import SALES_SLOTS
+from tests.conftest import MakeUser
+from tests.helpers import ApiUser
+from tests.promos.support import create_promo, place, random_point, reserve
+
+_PROMO_TABLES = {"promos", "promo_units", "promo_sales", "reservations"}
+
+
+def _nodes(plan: dict[str, Any]) -> list[dict[str, Any]]:
+    return [plan, *(n for child in plan.get("Plans", []) for n in _nodes(child))]
+
+
+def _step(plan: dict[str, Any], name: str) -> dict[str, Any]:
+    """The plan of the sub-statement `WITH name AS (...)`."""
+    return next(n for n in _nodes(plan) if n.get("Subplan Name") == f"CTE {name}")
+
+
+async def test_retiring_lapsed_holds_reads_by_key_not_every_held_reservation(
+    client: httpx.AsyncClient, admin: ApiUser, user: ApiUser, conn: AsyncConnection
+) -> None:
+    """5,000 lapsed holds on another promo are not read when a caller's own lapsed hold is
+    retired: the steps that free and retire look reservations up by index."""
+    lat, lng = random_point()
+    crowded = await create_promo(client, admin, at=(lat, lng), quantity=5000)
+    await conn.execute(
+        text(
+            """
+            WITH people AS (
+                INSERT INTO users (email, role)
+                SELECT 'crowd-' || gen_random_uuid() || '@example.com', 'user'
+                FROM generate_series(1, 5000)
+                RETURNING id
+            ),
+            pairs AS (
+                SELECT u.id AS unit_id, p.id AS user_id
+                FROM (SELECT id, row_number() OVER () AS n FROM promo_units
+                      WHERE promo_id = :promo) u
+                JOIN (SELECT id, row_number() OVER () AS n FROM people) p USING (n)
+            ),
+            holds AS (
+                INSERT INTO reservations (promo_id, user_id, unit_id, expires_at)
+                SELECT :promo, user_id, unit_id, now() - interval '1 minute' FROM pairs
+                RETURNING id, unit_id
+            )
+            UPDATE promo_units u SET state = 'held', reservation_id = holds.id
+            FROM holds WHERE u.id = holds.unit_id
+            """
+        ),
+        {"promo": crowded["id"]},
+    )
+    await conn.execute(text("ANALYZE reservations, promo_units"))
+
+    promo = await create_promo(client, admin, at=(lat, lng), quantity=3)
+    await place(client, user, lat, lng)
+    first = await reserve(client, user, promo["id"])
+    assert first.status_code == 201, first.text
+    await conn.execute(
+        text("UPDATE reservations SET expires_at = now() - interval '1 second' WHERE id = :id"),
+        {"id": first.json()["id"]},
+    )
+
+    # EXPLAIN ANALYZE runs the statement; the test's transaction is rolled back afterwards.
+    driver = (await conn.get_raw_connection()).driver_connection
+    raw = await driver.fetchval(
+        f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {_CLAIM}", uuid.UUID(promo["id"]), user.id
+    )
+    plan = (json.loads(raw) if isinstance(raw, str) else raw)[0]["Plan"]
+    retired = await driver.fetchval(
+        "SELECT status FROM reservations WHERE id = $1", uuid.UUID(first.json()["id"])
+    )
+    assert retired == "expired"
+    for name in ("freed", "retired"):
+        step = _step(plan, name)
+        scans = [
+            n["Node Type"]
+            for n in _nodes(step)
+            if n.get("Relation Name") == "reservations" and n["Node Type"] == "Seq Scan"
+        ]
+        assert not scans, f"{name} scans reservations: {scans}"
+        touched = step.get("Shared Hit Blocks", 0) + step.get("Shared Read Blocks", 0)
+        assert touched < 60, f"{name} touched {touched} buffers"
+
+
+async def _placed_users(app: FastAPI, n: int, lat: float, lng: float) -> list[ApiUser]:
+    """`n` committed users at (lat, lng)."""
+    async with app.state.db.engine.begin() as db:
+        rows = (
+            await db.execute(
+                text(
+                    "INSERT INTO users (email, role, lat, lng, location_updated_at)"
+                    " SELECT 'steps-' || gen_random_uuid() || '@example.com', 'user', :lat, :lng,"
+                    " now() FROM generate_series(1, :n) RETURNING id, email"
+                ),
+                {"n": n, "lat": lat, "lng": lng},
+            )
+        ).all()
+    return [ApiUser(i, e, Role.user, app.state.tokens.issue(i, Role.user)) for i, e in rows]
+
+
+async def _promo_violations(app: FastAPI) -> list[str]:
+    checks = tuple(c for c in CHECKS if _PROMO_TABLES & set(c.tables))
+    async with app.state.db.engine.connect() as db:
+        raw = (await db.get_raw_connection()).driver_connection
+        return [f"{o.check.name}: {o.rows}" for o in violations(await run_checks(raw, checks))]
+
+
+async def test_lapsed_holders_reserving_and_cancelling_at_once_never_deadlock_or_oversell(
+    app: FastAPI, live_client: httpx.AsyncClient, make_live_user: MakeUser
+) -> None:
+    """Each holder of a lapsed hold reserves again while cancelling the old hold, and
+    newcomers race them for the same units. Reserve frees the caller's old unit and then
+    retires the old hold; cancel takes the unit and then the hold: the same order, so no
+    deadlock (which would answer 409 `busy`), and never more holds than units."""
+    admin = await make_live_user(Role.admin)
+    lat, lng = random_point()
+    promo = await create_promo(live_client, admin, at=(lat, lng), quantity=12)
+    holders = await _placed_users(app, 12, lat, lng)
+    newcomers = await _placed_users(app, 24, lat, lng)
+    held = await asyncio.gather(*(reserve(live_client, u, promo["id"]) for u in holders))
+    assert [r.status_code for r in held] == [201] * 12
+    async with app.state.db.engine.begin() as db:
+        await db.execute(
+            text(
+                "UPDATE reservations SET expires_at = now() - interval '1 second'"
+                " WHERE promo_id = :id"
+            ),
+            {"id": promo["id"]},
+        )
+
+    def cancel(user: ApiUser, old: httpx.Response) -> Any:
+        return live_client.post(
+            f"/api/v1/reservations/{old.json()['id']}/cancel", headers=user.headers
+        )
+
+    answers = await asyncio.gather(
+        *(reserve(live_client, u, promo["id"]) for u in holders),
+        *(cancel(u, old) for u, old in zip(holders, held, strict=True)),
+        *(reserve(live_client, u, promo["id"]) for u in newcomers),
+    )
+    reserves = answers[:12] + answers[24:]
+    cancels = answers[12:24]
+    assert {r.status_code for r in cancels} == {200}, [r.text for r in cancels]
+    assert {c.json()["status"] for c in cancels} == {"expired"}
+    outcome = Counter(r.status_code if r.status_code != 409 else r.json()["type"] for r in reserves)
+    assert set(outcome) <= {201, "/problems/sold-out"}, outcome
+    assert outcome[201] == 12, outcome
+    assert await _promo_violations(app) == []
+    async with app.state.db.engine.connect() as db:
+        states = dict(
+            (
+                await db.execute(
+                    text(
+                        "SELECT state, count(*) FROM promo_units WHERE promo_id = :id"
+                        " GROUP BY state"
+                    ),
+                    {"id": promo["id"]},
+                )
+            ).all()
+        )
+        retired = (
+            await db.execute(
+                text(
+                    "SELECT count(*) FROM reservations WHERE promo_id = :id AND status = 'expired'"
+                ),
+                {"id": promo["id"]},
+            )
+        ).scalar_one()
+    assert states == {"held": 12}
+    assert retired == 12
+
+
+async def test_a_sale_counts_in_its_units_slot_of_the_declared_number(
+    app: FastAPI, live_client: httpx.AsyncClient, make_live_user: MakeUser
+) -> None:
+    admin = await make_live_user(Role.admin)
+    lat, lng = random_point()
+    promo = await create_promo(live_client, admin, at=(lat, lng), quantity=SALES_SLOTS + 3)
+    buyers = await _placed_users(app, SALES_SLOTS + 3, lat, lng)
+    for buyer in buyers:
+        rid = (await reserve(live_client, buyer, promo["id"])).json()["id"]
+        bought = await live_client.post(
+            f"/api/v1/reservations/{rid}/purchase", headers=buyer.headers
+        )
+        assert bought.status_code == 200, bought.text
+    async with app.state.db.engine.connect() as db:
+        slots = dict(
+            (
+                await db.execute(
+                    text("SELECT slot, sold FROM promo_sales WHERE promo_id = :id"),
+                    {"id": promo["id"]},
+                )
+            ).all()
+        )
+        seqs = (
+            await db.execute(
+                text("SELECT seq FROM promo_units WHERE promo_id = :id"), {"id": promo["id"]}
+            )
+        ).scalars()
+        expected = Counter(seq % SALES_SLOTS for seq in seqs)
+        check = (
+            await db.execute(
+                text(
+                    "SELECT pg_get_constraintdef(oid) FROM pg_constraint"
+                    " WHERE conname = 'ck_promo_sales_slot'"
+                )
+            )
+        ).scalar_one()
+    assert slots == dict(expected)
+    assert len(slots) == SALES_SLOTS
+    assert f"slot <= {SALES_SLOTS - 1}" in check
