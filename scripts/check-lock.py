@@ -145,7 +145,8 @@ def main() -> int:
     if problems:
         print(
             f"{len(problems)} difference(s) between the environment, the locks and "
-            "pyproject.toml: `make install` installs the lock; `make lock` refreshes it",
+            "pyproject.toml. `touch requirements/dev.txt && make install` puts the venv back "
+            "to the lock; after a change to pyproject.toml, `make lock` refreshes the locks",
             file=sys.stderr,
         )
         return 1
