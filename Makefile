@@ -2,17 +2,39 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+UV := $(VENV)/bin/uv
 STAMP := $(VENV)/.installed
+# The locks, pinned with hashes for CPython 3.11 on Linux x86_64 (written by `make lock`):
+# dev.txt is what make installs (runtime and the dev extra), runtime.txt what the image
+# installs (the same versions, without the dev extra), uv.txt the installer itself.
+LOCKS := requirements/dev.txt requirements/runtime.txt requirements/uv.txt
+LOCK_FLAGS := --quiet --generate-hashes --python-version 3.11 \
+	--python-platform x86_64-unknown-linux-gnu --custom-compile-command 'make lock'
 
 .PHONY: install run test test-pg test-pgbouncer lint format migrate bench bench-import clean bench-notify bench-promos test-faults
 
-$(STAMP): pyproject.toml
+# Installs exactly requirements/dev.txt (hash-checked; `uv pip sync` also removes anything the
+# lock does not list), then the project itself without resolving anything.
+$(STAMP): pyproject.toml $(LOCKS)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	@$(PY) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' \
+		|| { echo "the lock is for Python 3.11: make clean install PYTHON=python3.11" >&2; exit 1; }
+	$(PY) -m pip install -q --require-hashes --no-deps -r requirements/uv.txt
+	$(UV) pip sync -q --python $(PY) --require-hashes requirements/dev.txt
+	$(UV) pip install -q --python $(PY) --no-deps -e .
 	@touch $(STAMP)
 
 install: $(STAMP)
+
+.PHONY: lock upgrade
+lock: install ## re-resolve the locks after a change to pyproject.toml (keeps other pins), then test
+	$(UV) pip compile pyproject.toml --extra dev $(LOCK_FLAGS) $(UPGRADE) -o requirements/dev.txt
+	$(UV) pip compile pyproject.toml -c requirements/dev.txt $(LOCK_FLAGS) -o requirements/runtime.txt
+	echo uv | $(UV) pip compile - -c requirements/dev.txt $(LOCK_FLAGS) -o requirements/uv.txt
+	$(MAKE) test
+
+upgrade: ## the newest versions pyproject.toml allows, locked, installed and tested
+	$(MAKE) lock UPGRADE=--upgrade
 
 run: install ## serve on HOST:PORT (embedded PostgreSQL unless DATABASE_URL is set)
 	$(PY) -m app serve
@@ -21,6 +43,7 @@ migrate: install
 	$(PY) -m app migrate
 
 lint: install
+	$(PY) scripts/check-lock.py
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy app
