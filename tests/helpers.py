@@ -5,6 +5,7 @@ happened."""
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -53,16 +54,18 @@ async def assert_invariants(app: object) -> None:
 
 
 async def wait_for(
-    check: Callable[[], Awaitable[Any]],
+    check: Callable[[], Awaitable[Any] | Any],
     timeout: float = 30,
     every: float = 0.05,
     what: str | None = None,
 ) -> Any:
-    """Run `check` until it returns something truthy and return that; after `timeout`
-    seconds fail, naming `what` (or the last value seen)."""
+    """Run `check` (a plain or an async function) until it returns something truthy and
+    return that; after `timeout` seconds fail, naming `what` (or the last value seen)."""
     deadline = time.monotonic() + timeout
     while True:
-        value = await check()
+        value = check()
+        if inspect.isawaitable(value):
+            value = await value
         if value:
             return value
         if time.monotonic() > deadline:

@@ -223,9 +223,7 @@ async def test_crash_between_commit_and_response(cluster: Cluster, pg: asyncpg.C
             ]
             try:
                 # The load is under way (answers coming back) before the first crash.
-                await wait_for(
-                    lambda: asyncio.sleep(0, tally.ok >= 2 * CLIENTS), timeout=60, what="load"
-                )
+                await wait_for(lambda: tally.ok >= 2 * CLIENTS, timeout=60, what="load")
                 for victim in victims:
                     outcomes += await _crash_both_workers(
                         proxy,

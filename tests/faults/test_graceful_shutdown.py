@@ -69,7 +69,7 @@ async def test_sigterm_drains_in_flight_requests(cluster: Cluster, pg: asyncpg.C
                 # Every worker has begun its graceful shutdown (uvicorn logs both steps)
                 # while the requests are still blocked in the database.
                 await wait_for(
-                    lambda: asyncio.sleep(0, _shutting_down(svc.log_text())),
+                    lambda: _shutting_down(svc.log_text()),
                     timeout=GRACE_S,
                     what="every worker shutting down and waiting for its connections",
                 )

@@ -129,7 +129,7 @@ async def test_postgres_restart_mid_load(cluster: Cluster, pg: asyncpg.Connectio
         await asyncio.sleep(RESTART_AT_S)
         lull.go.clear()
         await wait_for(
-            lambda: asyncio.sleep(0, lull.waiting == CLIENTS - STEADY),
+            lambda: lull.waiting == CLIENTS - STEADY,
             timeout=30,
             what="the pausing clients stopped",
         )

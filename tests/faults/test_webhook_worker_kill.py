@@ -73,7 +73,7 @@ async def test_worker_killed_mid_webhook_batch(cluster: Cluster, pg: asyncpg.Con
             for promo in promos:
                 await announce(pg, promo)
             await wait_for(
-                lambda: asyncio.sleep(0, sink.in_flight() >= IN_FLIGHT),
+                lambda: sink.in_flight() >= IN_FLIGHT,
                 timeout=60,
                 what=f"{IN_FLIGHT} batches in flight at the receiver",
             )

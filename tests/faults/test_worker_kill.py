@@ -126,7 +126,7 @@ async def _client(
 async def _more_answers(tally: Tally, n: int, what: str) -> None:
     """Wait until the clients have had `n` more ok answers."""
     target = tally.ok + n
-    await wait_for(lambda: asyncio.sleep(0, tally.ok >= target), timeout=60, what=what)
+    await wait_for(lambda: tally.ok >= target, timeout=60, what=what)
 
 
 @dataclass
@@ -179,7 +179,7 @@ async def _kill_in_flight(svc: Service, pg: asyncpg.Connection, tally: Tally) ->
     os.kill(victim.pid, signal.SIGKILL)
     kill = Kill(victim.pid, connections, busy)
     with contextlib.suppress(AssertionError):
-        await wait_for(lambda: asyncio.sleep(0, tally.unknown > before), timeout=CUT_S)
+        await wait_for(lambda: tally.unknown > before, timeout=CUT_S)
     kill.cut = tally.unknown - before
     return kill
 

@@ -220,7 +220,7 @@ async def sink() -> AsyncIterator[Sink]:
         uvicorn.Config(app, lifespan="off", log_level="warning", access_log=False)
     )
     task = asyncio.create_task(server.serve(sockets=[sock]))
-    await wait_for(lambda: asyncio.sleep(0, server.started), timeout=10)
+    await wait_for(lambda: server.started, timeout=10)
     state.url = f"http://127.0.0.1:{port}/hook"
     yield state
     server.should_exit = True

@@ -51,7 +51,7 @@ async def _serve(app: Starlette) -> AsyncIterator[str]:
         uvicorn.Config(app, lifespan="off", log_level="critical", access_log=False)
     )
     task = asyncio.create_task(server.serve(sockets=[sock]))
-    await wait_for(lambda: asyncio.sleep(0, server.started), timeout=10, what="receiver started")
+    await wait_for(lambda: server.started, timeout=10, what="receiver started")
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
@@ -224,5 +224,5 @@ async def test_a_huge_response_body_is_not_downloaded(receiver: Receiver) -> Non
         with contextlib.suppress(DeliveryError):
             await sender.post(_job(), BODY)
     # The receiver stops streaming once it sees the sender gone (or after all 64 MiB).
-    await wait_for(lambda: asyncio.sleep(0, receiver.stream_ended), timeout=30, what="stream end")
+    await wait_for(lambda: receiver.stream_ended, timeout=30, what="stream end")
     assert 0 < receiver.streamed < 16 * 1_048_576
