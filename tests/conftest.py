@@ -117,6 +117,19 @@ def _client(app: FastAPI) -> httpx.AsyncClient:
 
 
 @pytest.fixture
+async def pg(settings: Settings) -> AsyncIterator[asyncpg.Connection]:
+    """An autocommit connection of its own: what it writes is visible to others at once, and
+    it can watch other sessions (pg_stat_activity, pg_locks)."""
+    conn = await asyncpg.connect(
+        libpq_url(settings.database_url or ""), statement_cache_size=settings.statement_cache_size
+    )
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
 async def conn(app: FastAPI) -> AsyncIterator[AsyncConnection]:
     """A connection inside an outer transaction that is rolled back after the test."""
     async with app.state.db.engine.connect() as connection:

@@ -1,13 +1,19 @@
-"""Helpers shared by tests: a started app, API users with tokens, problem assertions."""
+"""Helpers shared by tests: a started app, API users with tokens, problem assertions, and
+polling for a state (a condition, a session blocked on a lock) instead of sleeping until it
+has surely happened."""
 
 from __future__ import annotations
 
+import asyncio
+import inspect
+import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import asyncpg
 import httpx
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -76,3 +82,70 @@ async def assert_invariants(app: object) -> None:
         outcomes = await run_checks(raw.driver_connection)
     bad = violations(outcomes)
     assert not bad, "\n".join(f"{o.check.name}: {o.rows}" for o in bad)
+
+
+async def wait_for(
+    check: Callable[[], Awaitable[Any] | Any],
+    timeout: float = 30,
+    every: float = 0.05,
+    what: str | None = None,
+) -> Any:
+    """Run `check` (a plain or an async function) until it returns something truthy and
+    return that; after `timeout` seconds fail, naming `what` (or the last value seen)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"{what or 'condition'} not met within {timeout}s (last: {value!r})"
+            )
+        await asyncio.sleep(every)
+
+
+# A backend waiting for a heavyweight lock (row, table, advisory) of this database. `conn`
+# must not be inside a transaction: pg_stat_activity is read once per transaction.
+_LOCK_WAITERS = """
+SELECT pid FROM pg_stat_activity
+WHERE datname = current_database() AND wait_event_type = 'Lock'
+  AND (cardinality($1::int[]) = 0 OR pg_blocking_pids(pid) && $1::int[])
+  AND ($2::text IS NULL OR application_name = $2)
+ORDER BY pid
+"""
+
+
+async def lock_waiters(
+    conn: asyncpg.Connection,
+    *,
+    blocked_by: Sequence[int] = (),
+    application_name: str | None = None,
+) -> list[int]:
+    """Pids of the sessions now waiting for a lock: only those blocked by one of the backends
+    `blocked_by`, and only those of `application_name`, when given."""
+    rows = await conn.fetch(_LOCK_WAITERS, list(blocked_by), application_name)
+    return [r["pid"] for r in rows]
+
+
+async def wait_for_lock_waiters(
+    conn: asyncpg.Connection,
+    n: int = 1,
+    *,
+    blocked_by: Sequence[int] = (),
+    application_name: str | None = None,
+    timeout: float = 10,
+) -> list[int]:
+    """Wait until at least `n` sessions wait for a lock (see `lock_waiters`); returns their
+    pids. What a "still waiting" assertion checks first: the request reached PostgreSQL and
+    is blocked there, rather than not having been sent yet."""
+
+    async def enough() -> list[int] | None:
+        pids = await lock_waiters(conn, blocked_by=blocked_by, application_name=application_name)
+        return pids if len(pids) >= n else None
+
+    found: list[int] = await wait_for(
+        enough, timeout=timeout, every=0.01, what=f"{n} session(s) waiting for a lock"
+    )
+    return found

@@ -37,6 +37,7 @@ from tests.faults.harness import (
     seed_users,
     service,
 )
+from tests.helpers import wait_for
 
 SKEWS = {"ahead": ("+2h", 2 * 3600), "behind": ("-26h", -26 * 3600)}
 ANNOUNCERS = ("behind", "ahead")  # the clocks of the workers announcing the two promos
@@ -245,12 +246,15 @@ async def _announce_on(
         env = {**faketime_env(offset), "LOG_LEVEL": "INFO"}
         worker = stack.enter_context(outbox_worker(cluster, env=env))
         await announce(pg, promo)
-        deadline = time.monotonic() + 60
-        while await pg.fetchval(
-            "SELECT status FROM notification_fanouts WHERE promo_id = $1", promo
-        ) not in ("done", "cancelled"):
-            assert time.monotonic() < deadline, f"the fan-out of {promo} never finished"
-            await asyncio.sleep(0.1)
+        await wait_for(
+            lambda: pg.fetchval(
+                "SELECT status IN ('done', 'cancelled') FROM notification_fanouts"
+                " WHERE promo_id = $1",
+                promo,
+            ),
+            timeout=60,
+            what=f"the fan-out of {promo} finished",
+        )
         finished = time.time()
         await asyncio.to_thread(stack.close)
     for line in worker.log_text().splitlines():

@@ -37,6 +37,7 @@ from tests.faults.harness import (
     service,
     wait_replaced,
 )
+from tests.helpers import wait_for
 
 CLIENTS = 6
 PAUSE_S = 0.02  # between a load client's operations: load, not saturation
@@ -221,7 +222,8 @@ async def test_crash_between_commit_and_response(cluster: Cluster, pg: asyncpg.C
                 asyncio.create_task(_load(svc.base, u, book, promo, tally, done)) for u in users
             ]
             try:
-                await asyncio.sleep(0.5)
+                # The load is under way (answers coming back) before the first crash.
+                await wait_for(lambda: tally.ok >= 2 * CLIENTS, timeout=60, what="load")
                 for victim in victims:
                     outcomes += await _crash_both_workers(
                         proxy,

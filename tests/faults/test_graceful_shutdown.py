@@ -19,21 +19,20 @@ from tests.faults.harness import (
     seed_users,
     service,
 )
+from tests.helpers import lock_waiters, wait_for, wait_for_lock_waiters
 
 CLIENTS = 12
+WORKERS = 2
 GRACE_S = 20  # uvicorn's timeout_graceful_shutdown in `app serve`
-HOLD_S = 1.5  # how long the rows stay locked after SIGTERM
+SERVICE = "couponflash"  # the service's application_name in pg_stat_activity
 # Every request waits on the database, however the 2 workers share them out: each worker's
 # hot-path pool (DB_POOL_SIZE, no overflow) holds all of them.
 ENV = {"DB_LOCK_TIMEOUT_MS": "15000", "DB_POOL_SIZE": str(CLIENTS + 4)}
 
 
-async def _waiting_on_locks(pg: asyncpg.Connection) -> int:
-    n: int = await pg.fetchval(
-        "SELECT count(*) FROM pg_stat_activity"
-        " WHERE application_name = 'couponflash' AND wait_event_type = 'Lock'"
-    )
-    return n
+def _shutting_down(log: str) -> bool:
+    """uvicorn has logged every worker's shutdown and a worker waiting for its connections."""
+    return log.count("Shutting down") >= WORKERS and "Waiting for connections to close" in log
 
 
 async def _late_request(base: str, late: Tally) -> None:
@@ -50,7 +49,7 @@ async def test_sigterm_drains_in_flight_requests(cluster: Cluster, pg: asyncpg.C
     tally = Tally("graceful shutdown")
     late = Tally("graceful shutdown, new requests after SIGTERM")
     holder = await asyncpg.connect(cluster.url)
-    with service(cluster, workers=2, env=ENV) as svc:
+    with service(cluster, workers=WORKERS, env=ENV) as svc:
         async with httpx.AsyncClient(base_url=svc.base, timeout=60) as http:
             tx = holder.transaction()
             await tx.start()
@@ -64,18 +63,24 @@ async def test_sigterm_drains_in_flight_requests(cluster: Cluster, pg: asyncpg.C
                     )
                     for u in users
                 ]
-                deadline = time.monotonic() + 20
-                while await _waiting_on_locks(pg) < CLIENTS:
-                    assert time.monotonic() < deadline, "requests never reached the database"
-                    await asyncio.sleep(0.05)
+                await wait_for_lock_waiters(pg, CLIENTS, application_name=SERVICE, timeout=20)
                 svc.proc.send_signal(signal.SIGTERM)
                 terminated = time.monotonic()
-                await asyncio.sleep(0.3)
+                # Every worker has begun its graceful shutdown (uvicorn logs both steps)
+                # while the requests are still blocked in the database.
+                await wait_for(
+                    lambda: _shutting_down(svc.log_text()),
+                    timeout=GRACE_S,
+                    what="every worker shutting down and waiting for its connections",
+                )
                 # A connection opened after SIGTERM is not one of the accepted requests:
                 # it is classified, not required to succeed.
                 probe = asyncio.create_task(_late_request(svc.base, late))
-                await asyncio.sleep(HOLD_S)
-                draining = svc.proc.poll() is None
+                draining = {
+                    "process alive": svc.proc.poll() is None,
+                    "requests unanswered": sum(1 for t in in_flight if not t.done()),
+                    "requests blocked": len(await lock_waiters(pg, application_name=SERVICE)),
+                }
             finally:
                 await tx.rollback()
             for outcome in await asyncio.gather(*in_flight, return_exceptions=True):
@@ -94,7 +99,11 @@ async def test_sigterm_drains_in_flight_requests(cluster: Cluster, pg: asyncpg.C
     )
     late.report()
     assert not unhandled, unhandled[:3]
-    assert draining, "the process exited while requests were still in flight"
+    assert draining == {
+        "process alive": True,
+        "requests unanswered": CLIENTS,
+        "requests blocked": CLIENTS,
+    }, draining
     assert tally.ok == CLIENTS, (tally.statuses, tally.bad)
     assert exited <= GRACE_S + 5, exited
     assert exit_code == 0, exit_code

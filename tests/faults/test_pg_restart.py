@@ -24,6 +24,7 @@ from tests.faults.harness import (
     seed_users,
     service,
 )
+from tests.helpers import wait_for
 
 CLIENTS = 20
 STEADY = 6  # clients that never pause
@@ -44,6 +45,22 @@ class Seen:
     away: list[httpx.Response] = field(default_factory=list)
 
 
+@dataclass
+class Lull:
+    """Clients that pause around the restart: clearing `go` stops them between requests;
+    `waiting` says how many have stopped."""
+
+    go: asyncio.Event = field(default_factory=asyncio.Event)
+    waiting: int = 0
+
+    async def gate(self) -> None:
+        self.waiting += 1
+        try:
+            await self.go.wait()
+        finally:
+            self.waiting -= 1
+
+
 async def _client(
     base: str,
     user: User,
@@ -51,7 +68,7 @@ async def _client(
     promo: uuid.UUID,
     tally: Tally,
     stop: float,
-    lull: asyncio.Event | None = None,
+    lull: Lull | None = None,
 ) -> Seen:
     seen = Seen()
     async with httpx.AsyncClient(base_url=base, headers=user.headers, timeout=10) as http:
@@ -74,7 +91,7 @@ async def _client(
         turn = 0
         while time.monotonic() < stop:
             if lull is not None:
-                await lull.wait()
+                await lull.gate()
             turn += 1
             if turn % 2:
                 r = await call(f"{API}/books/{book}/assign")
@@ -99,24 +116,30 @@ async def test_postgres_restart_mid_load(cluster: Cluster, pg: asyncpg.Connectio
     tally = Tally("postgres restart")
     with service(cluster, workers=2) as svc:
         stop = time.monotonic() + LOAD_S
-        resume = asyncio.Event()
-        resume.set()
+        lull = Lull()
+        lull.go.set()
         clients = [
             asyncio.create_task(
-                _client(svc.base, u, book, promo, tally, stop, resume if i >= STEADY else None)
+                _client(svc.base, u, book, promo, tally, stop, lull if i >= STEADY else None)
             )
             for i, u in enumerate(users)
         ]
         # Most clients pause around the restart, so pooled connections sit idle when the
         # database goes away; the others keep requests in flight through it.
-        await asyncio.sleep(RESTART_AT_S - 0.5)
-        resume.clear()
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(RESTART_AT_S)
+        lull.go.clear()
+        await wait_for(
+            lambda: lull.waiting == CLIENTS - STEADY,
+            timeout=30,
+            what="the pausing clients stopped",
+        )
+        before = (tally.unknown, tally.definite)
         restart_started = time.monotonic()
         took = await asyncio.to_thread(cluster.restart)
         restarted = time.monotonic()
-        await asyncio.sleep(0.3)
-        resume.set()
+        seen_restart = (tally.unknown - before[0], tally.definite - before[1])
+        await asyncio.sleep(0.3)  # the steady clients meet the new server first
+        lull.go.set()
         seen = await asyncio.gather(*clients)
 
         # After the load: the service answers normally again, without being restarted.
@@ -139,12 +162,15 @@ async def test_postgres_restart_mid_load(cluster: Cluster, pg: asyncpg.Connectio
         first_ok_after_restart_s=f"{first_ok_after:.2f}" if first_ok_after is not None else None,
         ok_while_restarting=len(during),
         away_answers=len(away),
+        lost_and_refused_during_restart=seen_restart,
     )
     probe.report()
 
     bad = tally.bad + probe.bad
     assert not bad, bad[:5]
     assert not unhandled, [line[-2500:] for line in unhandled[:3]]
+    # The restart landed mid-load: requests in flight lost their connection or were refused.
+    assert sum(seen_restart) > 0, f"no client saw the restart: {tally.statuses}"
     for r in away:
         assert (r.status_code, problem_slug(r)) in AWAY, (r.status_code, r.text)
         assert has_retry_after(r), r.headers

@@ -11,7 +11,6 @@ import asyncio
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Awaitable, Callable
 
 import asyncpg
 
@@ -26,6 +25,7 @@ from tests.faults.harness import (
     seed_promo,
     seed_users,
 )
+from tests.helpers import wait_for
 
 AUDIENCE = 600  # per promo
 PROMOS = 2
@@ -43,13 +43,6 @@ ENV = {
     "WORKER_CONCURRENCY": "8",
     "WORKER_LEASE_SECONDS": "30",
 }
-
-
-async def _wait(what: str, check: Callable[[], Awaitable[bool]], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not await check():
-        assert time.monotonic() < deadline, f"{what} within {timeout} s"
-        await asyncio.sleep(0.05)
 
 
 async def _settled(pg: asyncpg.Connection, promos: list[uuid.UUID]) -> bool:
@@ -79,10 +72,10 @@ async def test_worker_killed_mid_webhook_batch(cluster: Cluster, pg: asyncpg.Con
         with outbox_worker(cluster, env=env) as first:
             for promo in promos:
                 await announce(pg, promo)
-            await _wait(
-                f"{IN_FLIGHT} batches in flight at the receiver",
-                lambda: asyncio.sleep(0, sink.in_flight() >= IN_FLIGHT),
-                60,
+            await wait_for(
+                lambda: sink.in_flight() >= IN_FLIGHT,
+                timeout=60,
+                what=f"{IN_FLIGHT} batches in flight at the receiver",
             )
             first.proc.kill()
             killed = time.monotonic()
@@ -94,7 +87,7 @@ async def test_worker_killed_mid_webhook_batch(cluster: Cluster, pg: asyncpg.Con
         sink.delay = FAST_S
         restarted = time.monotonic()
         with outbox_worker(cluster, env=env) as second:
-            await _wait("everything delivered", lambda: _settled(pg, promos), 90)
+            await wait_for(lambda: _settled(pg, promos), timeout=90, what="everything delivered")
             settled_s = time.monotonic() - restarted
         worker_logs = first.log_text() + second.log_text()
 

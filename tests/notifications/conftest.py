@@ -9,7 +9,6 @@ import random
 import socket
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
@@ -28,21 +27,10 @@ from starlette.routing import Route
 from app.core.db import libpq_url
 from app.core.settings import Settings
 from app.notifications.worker import Worker, WorkerConfig
+from tests.helpers import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "webhook-test-secret"
-
-
-@pytest.fixture
-async def pg(settings: Settings) -> AsyncIterator[asyncpg.Connection]:
-    """An autocommit connection: what it writes is visible to workers at once."""
-    conn = await asyncpg.connect(
-        libpq_url(settings.database_url or ""), statement_cache_size=settings.statement_cache_size
-    )
-    try:
-        yield conn
-    finally:
-        await conn.close()
 
 
 @dataclass
@@ -125,19 +113,6 @@ async def schedule(app: Any, promo_id: uuid.UUID) -> None:
             text("SELECT starts_at FROM promos WHERE id = :id"), {"id": promo_id}
         )
         await schedule_started(session, promo_id, starts_at)
-
-
-async def wait_for(
-    check: Callable[[], Awaitable[Any]], timeout: float = 30, every: float = 0.05
-) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s (last: {value!r})")
-        await asyncio.sleep(every)
 
 
 async def fanout_status(pg: asyncpg.Connection, promo_id: uuid.UUID) -> str | None:
@@ -245,7 +220,7 @@ async def sink() -> AsyncIterator[Sink]:
         uvicorn.Config(app, lifespan="off", log_level="warning", access_log=False)
     )
     task = asyncio.create_task(server.serve(sockets=[sock]))
-    await wait_for(lambda: asyncio.sleep(0, server.started), timeout=10)
+    await wait_for(lambda: server.started, timeout=10)
     state.url = f"http://127.0.0.1:{port}/hook"
     yield state
     server.should_exit = True

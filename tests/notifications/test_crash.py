@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import signal
 import uuid
 from functools import partial
@@ -11,6 +10,7 @@ import asyncpg
 from fastapi import FastAPI
 
 from app.core.settings import Settings
+from app.worker import APP_PREFIX
 from bench.common import stop
 from tests.notifications.conftest import (
     Place,
@@ -21,6 +21,14 @@ from tests.notifications.conftest import (
     spawn_worker,
     wait_for,
 )
+
+# Workers started since $2 whose listening connection is open (each worker's connections
+# carry its own application_name).
+_LISTENING = """
+SELECT count(DISTINCT application_name) >= 2 FROM pg_stat_activity
+WHERE datname = current_database() AND application_name LIKE $1 || '%'
+  AND backend_start > $2 AND query LIKE 'LISTEN%'
+"""
 
 
 async def _assert_each_eligible_user_notified_once(
@@ -86,9 +94,15 @@ async def test_two_workers_at_once_notify_nobody_twice(
     place = Place()
     users = await add_users(pg, place.north(100), 5_000)
     promos = [await add_promo(pg, place, title=f"deal {i}") for i in range(3)]
+    since = await pg.fetchval("SELECT clock_timestamp()")
     workers = [spawn_worker(settings, NOTIFY_BATCH_SIZE="100") for _ in range(2)]
     try:
-        await asyncio.sleep(1.0)
+        # Both are up (each listening for new jobs) before any job exists, so they race.
+        await wait_for(
+            lambda: pg.fetchval(_LISTENING, APP_PREFIX, since),
+            timeout=60,
+            what="two workers listening",
+        )
         for promo in promos:
             await schedule(app, promo)
         for promo in promos:

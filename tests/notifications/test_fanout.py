@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import asyncio
 import uuid
 
 import asyncpg
@@ -101,20 +100,28 @@ async def test_future_promo_waits_and_a_cancelled_one_never_notifies(
     place = Place()
     await add_users(pg, place.north(50), 3)
     later = await add_promo(pg, place, starts_in_s=1.0)
-    cancelled = await add_promo(pg, place, starts_in_s=3600)
+    # Due before `later`: by the time `later` has run, the worker has passed this one by.
+    cancelled = await add_promo(pg, place)
     await schedule(app, later)
     await schedule(app, cancelled)
     async with app.state.db.sessionmaker() as session, session.begin():
         assert await cancel_started(session, cancelled) == 1
     await run_worker()
-    await asyncio.sleep(0.3)
-    assert await fanout_status(pg, later) is None  # not started yet
     assert await wait_for(lambda: fanout_finished(pg, later), timeout=10) == "done"
     assert len(await _notified(pg, later)) == 3
+    # Not started before its time (both clocks the database's).
+    early = await pg.fetchval(
+        "SELECT f.started_at < p.starts_at FROM notification_fanouts f"
+        " JOIN promos p ON p.id = f.promo_id WHERE f.promo_id = $1",
+        later,
+    )
+    assert early is False
     status = await pg.fetchval(
         "SELECT status FROM outbox WHERE topic = 'promo.started' AND key = $1", str(cancelled)
     )
     assert status == "cancelled"
+    assert await fanout_status(pg, cancelled) is None
+    assert await _notified(pg, cancelled) == {}
 
 
 async def test_inbox_lists_and_marks_read_only_own_notifications(

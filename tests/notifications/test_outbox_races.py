@@ -15,6 +15,7 @@ from app.core.db import libpq_url
 from app.core.outbox import Job
 from app.core.settings import Settings
 from app.promos import events
+from tests.helpers import wait_for_lock_waiters
 from tests.notifications.conftest import Place, add_promo, schedule
 
 PER_OPERATION = 5
@@ -92,8 +93,16 @@ async def test_settling_a_running_job_while_its_promo_is_rescheduled(
             for operation, _, job_id in cases
             if operation != "recover"
         ]
-        settling.append(asyncio.create_task(settle("recover", 0)))
-        await asyncio.sleep(0.5)  # every worker statement is sent before the edits commit
+        recovering = asyncio.create_task(settle("recover", 0))
+        # Every settling call is blocked on a promo an edit holds, and recovery has passed
+        # the edited promos by, before any edit commits.
+        await wait_for_lock_waiters(
+            pg, len(settling), application_name=prefix + LIVE_WORKER, timeout=30
+        )
+        finished, _ = await asyncio.wait({recovering}, timeout=10)
+        assert finished, "orphan recovery waited for a promo being edited"
+        assert not any(s.done() for s in settling), [s.result() for s in settling if s.done()]
+        settling.append(recovering)
         await asyncio.gather(*[s.commit() for s in sessions])
         results = await asyncio.gather(*settling, return_exceptions=True)
         # Recovery does not wait for a promo being edited: it takes the rest next round.

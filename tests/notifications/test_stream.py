@@ -24,7 +24,7 @@ async def server_url(app: FastAPI) -> AsyncIterator[str]:
     sock.bind(("127.0.0.1", 0))
     server = uvicorn.Server(uvicorn.Config(app.state.asgi, lifespan="off", log_level="warning"))
     task = asyncio.create_task(server.serve(sockets=[sock]))
-    await wait_for(lambda: asyncio.sleep(0, server.started), timeout=10)
+    await wait_for(lambda: server.started, timeout=10)
     yield f"http://127.0.0.1:{sock.getsockname()[1]}"
     server.should_exit = True
     with contextlib.suppress(Exception):

@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections import Counter
+from datetime import datetime
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 from fastapi import FastAPI
@@ -16,7 +18,7 @@ from sqlalchemy import text
 from app.check import CHECKS, run_checks, violations
 from app.core.security import Role
 from tests.conftest import MakeUser
-from tests.helpers import ApiUser
+from tests.helpers import ApiUser, wait_for, wait_for_lock_waiters
 from tests.promos.support import create_promo, random_point, reserve
 
 
@@ -96,13 +98,44 @@ async def _assert_invariants(app: FastAPI, promo_id: str) -> dict[str, int]:
     return {"sold": sold, "live": live}
 
 
+# Sessions (other than ours and `$2`) in a transaction that has touched promo_units, with
+# the statement each last started and when: pg_stat_activity keeps them once it is idle.
+_UNIT_STATEMENTS = """
+SELECT a.pid, a.query_start, md5(a.query) AS statement FROM pg_stat_activity a
+WHERE a.datname = current_database() AND a.pid NOT IN (pg_backend_pid(), $2)
+  AND a.query_start > $1
+  AND EXISTS (SELECT 1 FROM pg_locks l
+              WHERE l.pid = a.pid AND l.relation = 'promo_units'::regclass)
+"""
+
+
+# One run of a statement can show up to three start times (parse, bind, execute each set
+# query_start), so four prove at least two runs.
+_TWICE = 4
+
+
+async def _wait_for_claim_retry(pg: asyncpg.Connection, since: datetime, holder: int) -> int:
+    """Wait until a session has run one statement on promo_units twice since `since` (a
+    database timestamp): the reserve met the unit `holder` locks and runs its claim again.
+    Returns that session's pid."""
+    starts: dict[tuple[int, str], set[datetime]] = {}
+
+    async def retried() -> int | None:
+        for row in await pg.fetch(_UNIT_STATEMENTS, since, holder):
+            starts.setdefault((row["pid"], row["statement"]), set()).add(row["query_start"])
+        return next((pid for (pid, _), seen in starts.items() if len(seen) >= _TWICE), None)
+
+    pid: int = await wait_for(retried, timeout=10, every=0.005, what="a reserve retrying its claim")
+    return pid
+
+
 @pytest.fixture
 async def live_admin(make_live_user: MakeUser) -> ApiUser:
     return await make_live_user(Role.admin)
 
 
 async def test_a_unit_locked_by_an_unfinished_claim_is_not_sold_out(
-    app: FastAPI, live_client: httpx.AsyncClient, live_admin: ApiUser
+    app: FastAPI, live_client: httpx.AsyncClient, live_admin: ApiUser, pg: asyncpg.Connection
 ) -> None:
     """The only unit is locked by a claim that then rolls back: a reserve meanwhile must not
     answer `sold-out` (the unit was never taken); it retries and gets the unit."""
@@ -115,8 +148,12 @@ async def test_a_unit_locked_by_an_unfinished_claim_is_not_sold_out(
             text("SELECT id FROM promo_units WHERE promo_id = :id FOR UPDATE"),
             {"id": promo["id"]},
         )
+        holder = (await conn.execute(text("SELECT pg_backend_pid()"))).scalar_one()
+        since = await pg.fetchval("SELECT clock_timestamp()")
         pending = asyncio.create_task(reserve(live_client, user, promo["id"]))
-        await asyncio.sleep(0.3)
+        # The reserve skips the locked unit (SKIP LOCKED) instead of waiting for it: once it
+        # has run its claim twice, it met the lock and is retrying rather than answering.
+        await _wait_for_claim_retry(pg, since, holder)
         assert not pending.done(), pending.result().text
         await claim.rollback()
     answer = await pending
@@ -162,7 +199,7 @@ async def test_300_users_race_for_10_units(
 
 
 async def test_purchase_waits_for_a_promo_cancel_in_flight(
-    app: FastAPI, live_client: httpx.AsyncClient, live_admin: ApiUser
+    app: FastAPI, live_client: httpx.AsyncClient, live_admin: ApiUser, pg: asyncpg.Connection
 ) -> None:
     """A purchase that meets an uncommitted cancel waits for it and then refuses: nothing is
     sold after a cancel has committed, whatever the purchase's snapshot saw."""
@@ -175,10 +212,11 @@ async def test_purchase_waits_for_a_promo_cancel_in_flight(
         await conn.execute(
             text("UPDATE promos SET cancelled_at = now() WHERE id = :id"), {"id": promo["id"]}
         )
+        canceller = (await conn.execute(text("SELECT pg_backend_pid()"))).scalar_one()
         pending = asyncio.create_task(
             live_client.post(f"/api/v1/reservations/{rid}/purchase", headers=user.headers)
         )
-        await asyncio.sleep(0.3)
+        await wait_for_lock_waiters(pg, blocked_by=[canceller])
         assert not pending.done(), pending.result().text
         await cancel.commit()
     answer = await pending

@@ -20,6 +20,7 @@ from starlette.routing import Route
 
 from app.core.outbox import Job
 from app.notifications.webhook import DeliveryError, WebhookSender, verify
+from tests.helpers import wait_for
 
 SECRET = "unsafe-consumption-secret"
 BODY = b'{"event": "promo.started", "notifications": [{"id": 1}]}'
@@ -32,6 +33,7 @@ class Receiver:
     base: str = ""
     calls: list[tuple[str, dict[str, str], bytes]] = field(default_factory=list)
     streamed: int = 0
+    stream_ended: bool = False  # a streamed body finished or was abandoned
 
     def url(self, path: str) -> str:
         return f"{self.base}{path}"
@@ -49,10 +51,7 @@ async def _serve(app: Starlette) -> AsyncIterator[str]:
         uvicorn.Config(app, lifespan="off", log_level="critical", access_log=False)
     )
     task = asyncio.create_task(server.serve(sockets=[sock]))
-    for _ in range(200):
-        if server.started:
-            break
-        await asyncio.sleep(0.01)
+    await wait_for(lambda: server.started, timeout=10, what="receiver started")
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
@@ -132,13 +131,16 @@ async def receiver(other_host: Receiver) -> AsyncIterator[Receiver]:
 
         async def body() -> AsyncIterator[bytes]:
             chunk = b"y" * 1_048_576
-            for _ in range(64):
-                # Count only what a connected client can still be reading.
-                if await request.is_disconnected():
-                    break
-                state.streamed += len(chunk)
-                yield chunk
-                await asyncio.sleep(0.01)
+            try:
+                for _ in range(64):
+                    # Count only what a connected client can still be reading.
+                    if await request.is_disconnected():
+                        break
+                    state.streamed += len(chunk)
+                    yield chunk
+                    await asyncio.sleep(0.01)
+            finally:
+                state.stream_ended = True
 
         return StreamingResponse(body(), status_code=200)
 
@@ -214,11 +216,13 @@ async def test_a_slow_dripping_response_is_abandoned_in_bounded_time(receiver: R
         with contextlib.suppress(DeliveryError):
             await sender.post(_job(), BODY)
     assert time.monotonic() - started < 2
+    assert receiver.paths() == ["/drip"]  # the receiver was reached and began dripping
 
 
 async def test_a_huge_response_body_is_not_downloaded(receiver: Receiver) -> None:
     async with _sender(receiver.url("/huge")) as sender:
         with contextlib.suppress(DeliveryError):
             await sender.post(_job(), BODY)
-    await asyncio.sleep(0.2)
-    assert receiver.streamed < 16 * 1_048_576
+    # The receiver stops streaming once it sees the sender gone (or after all 64 MiB).
+    await wait_for(lambda: receiver.stream_ended, timeout=30, what="stream end")
+    assert 0 < receiver.streamed < 16 * 1_048_576

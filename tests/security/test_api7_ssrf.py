@@ -11,7 +11,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from tests.helpers import ApiUser, assert_problem
+from tests.helpers import ApiUser, assert_problem, wait_for
 from tests.security.support import API
 
 _URLISH = re.compile(
@@ -118,8 +118,14 @@ async def test_token_key_urls_are_never_fetched(
             )
             resp = await client.get(f"{API}/users", headers={"Authorization": f"Bearer {token}"})
             assert_problem(resp, 401, "unauthenticated")
-        await asyncio.sleep(0.2)
+        # A fetch made while deciding would have connected before the answer. A connection
+        # of our own, once recorded, shows the listener would have seen one.
+        _, canary = await asyncio.open_connection("127.0.0.1", port)
+        canary.write(b"canary")
+        await canary.drain()
+        await wait_for(lambda: b"canary" in hits, timeout=10, what="canary")
+        canary.close()
     finally:
         server.close()
         await server.wait_closed()
-    assert hits == []
+    assert hits == [b"canary"]
