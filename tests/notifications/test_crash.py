@@ -10,7 +10,7 @@ import asyncpg
 from fastapi import FastAPI
 
 from app.core.settings import Settings
-from app.worker import APP_PREFIX
+from app.notifications.worker import APP_PREFIX
 from bench.common import stop
 from tests.notifications.conftest import (
     Place,
