@@ -150,6 +150,33 @@ SELECT (SELECT count(*) FROM batch) AS taken,
 """
 
 
+# A fan-out reads its audience only while `sending`: once it is done or cancelled, the rows
+# are staging kept a while for inspection, then deleted by the worker (primary-key seeks per
+# finished fan-out; `notification_fanouts` keeps the audience's size).
+_PURGE_AUDIENCE = """
+WITH doomed AS MATERIALIZED (
+    SELECT a.promo_id, a.user_id
+    FROM notification_fanouts f
+    CROSS JOIN LATERAL (
+        SELECT x.promo_id, x.user_id FROM notification_audience x
+        WHERE x.promo_id = f.promo_id LIMIT $2
+    ) AS a
+    WHERE f.status IN ('done', 'cancelled')
+      AND f.finished_at < now() - make_interval(secs => $1)
+    LIMIT $2
+)
+DELETE FROM notification_audience x USING doomed d
+WHERE x.promo_id = d.promo_id AND x.user_id = d.user_id
+"""
+
+
+async def purge_audience(conn: Conn, older_than_s: float, limit: int) -> int:
+    """Delete up to `limit` audience rows of fan-outs finished more than `older_than_s`
+    ago; returns how many went."""
+    status = await conn.execute(_PURGE_AUDIENCE, older_than_s, limit)
+    return int(status.rsplit(" ", 1)[-1])
+
+
 async def _begin(conn: Conn, promo_id: uuid.UUID) -> str | None:
     """Select the audience once (the advisory lock and the progress row make it once: a
     crashed attempt rolled back everything); returns the progress status, or None when the
