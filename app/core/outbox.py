@@ -288,16 +288,18 @@ async def due_state(conn: Conn) -> tuple[float, float | None]:
 
 
 # The oldest finished jobs first, through the partial index of finished jobs by
-# `updated_at`: a seek, however many there are. Dead letters stay until someone acts on them.
+# `updated_at`: a seek, however many there are; each row is then deleted where it lies (by
+# ctid, checked again). Dead letters stay until someone acts on them.
 _PURGE_FINISHED = """
 WITH doomed AS MATERIALIZED (
-    SELECT id FROM outbox
+    SELECT ctid FROM outbox
     WHERE status IN ('done', 'cancelled') AND updated_at < now() - make_interval(secs => $1)
     ORDER BY updated_at
     LIMIT $2
 )
 DELETE FROM outbox o USING doomed d
-WHERE o.id = d.id AND o.status IN ('done', 'cancelled')
+WHERE o.ctid = d.ctid AND o.status IN ('done', 'cancelled')
+  AND o.updated_at < now() - make_interval(secs => $1)
 """
 
 

@@ -151,22 +151,23 @@ SELECT (SELECT count(*) FROM batch) AS taken,
 
 
 # A fan-out reads its audience only while `sending`: once it is done or cancelled, the rows
-# are staging kept a while for inspection, then deleted by the worker (primary-key seeks per
-# finished fan-out; `notification_fanouts` keeps the audience's size).
+# are staging kept a while for inspection, then deleted by the worker: a primary-key seek
+# per finished fan-out (in key order: a scan of the table would not stop for a fan-out
+# already emptied), each row deleted where it lies (audience rows never change);
+# `notification_fanouts` keeps the audience's size.
 _PURGE_AUDIENCE = """
 WITH doomed AS MATERIALIZED (
-    SELECT a.promo_id, a.user_id
+    SELECT a.ctid
     FROM notification_fanouts f
     CROSS JOIN LATERAL (
-        SELECT x.promo_id, x.user_id FROM notification_audience x
-        WHERE x.promo_id = f.promo_id LIMIT $2
+        SELECT x.ctid FROM notification_audience x WHERE x.promo_id = f.promo_id
+        ORDER BY x.user_id LIMIT $2
     ) AS a
     WHERE f.status IN ('done', 'cancelled')
       AND f.finished_at < now() - make_interval(secs => $1)
     LIMIT $2
 )
-DELETE FROM notification_audience x USING doomed d
-WHERE x.promo_id = d.promo_id AND x.user_id = d.user_id
+DELETE FROM notification_audience x USING doomed d WHERE x.ctid = d.ctid
 """
 
 
