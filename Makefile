@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-pg test-pgbouncer lint format migrate bench bench-import clean bench-notify bench-promos test-faults
+.PHONY: install run test test-pg test-pgbouncer lint format migrate bench bench-import clean bench-notify bench-promos test-faults bench-scale
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -50,6 +50,9 @@ test-pgbouncer: install ## the suite through PgBouncer (transaction mode) to 127
 
 test-faults: install ## fault injection (PostgreSQL restart, SIGKILL, timeouts, pool, SIGTERM) on a private cluster
 	RUN_FAULTS=1 $(PY) -m pytest tests/faults -q -s -p no:randomly -p no:cacheprovider
+
+bench-scale: install ## EXPLAIN (ANALYZE, BUFFERS) of every hot and listing statement at a small and a large size (2M-code book, 5M history rows...); writes docs/benchmarks.md
+	$(PY) -m bench.scale
 
 bench: install ## hot paths vs the bare reference app (needs wrk); writes docs/benchmarks.md
 	$(PY) -m bench.hotpaths
