@@ -47,10 +47,13 @@ ORDER BY h.id DESC
 LIMIT $8
 """
 
-# Filtered by action or by a time bound, the page's ids come first, from an index alone
-# (`(action, id)`, `(at, id)`), then its rows. In one pass, with the rows joined in, the
-# planner took the primary key backwards and read all the history that came after the
-# matches: an action last seen long ago, an `until` weeks back.
+# Filtered (by book, code, user, action or `until`), the page's ids come first, from an
+# index alone (`(book_id, id)`, `(user_id, id)`, `(action, id)`, `(at, id)`...), then its
+# rows. In one pass, with the rows joined in, the planner took the primary key backwards
+# whenever the filter matched many rows, and read all the history that came after the
+# matches: an action last seen long ago, a busy book's history behind another's newer
+# rows, an `until` weeks back. Unfiltered, or only `since` (the newest rows match at once),
+# the one-pass query reads the newest rows directly.
 _PAGE_OF_IDS = f"""
     SELECT h.id FROM redemption_history h
     WHERE {_WHERE}
@@ -82,9 +85,9 @@ def list_sql(filters: HistoryFilter) -> str:
     $6 until, $7 cursor (last id), $8 limit."""
     if filters.since is not None and filters.until is not None:
         return _LIST_BY_INDEX.format(page=_PAGE_OF_WINDOW, columns=_COLUMNS)
-    if filters.action is not None or filters.until is not None:
-        return _LIST_BY_INDEX.format(page=_PAGE_OF_IDS, columns=_COLUMNS)
-    return _LIST
+    if filters == HistoryFilter() or filters == HistoryFilter(since=filters.since):
+        return _LIST
+    return _LIST_BY_INDEX.format(page=_PAGE_OF_IDS, columns=_COLUMNS)
 
 
 async def list_history(
