@@ -559,6 +559,14 @@ async def load(url: str, scale: Scale, *, log: bool = True) -> float:
             async with conn.transaction():
                 await conn.execute("DELETE FROM book_code_counts")
                 await conn.execute(_RECOUNT)
+        if await conn.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'promos'::regclass"
+            " AND attname = 'sold_out' AND NOT attisdropped)"
+        ):
+            from app.promos import soldout
+
+            while await soldout.mark_sold_out(conn, 5000):  # what the worker does in seconds
+                pass
         t = time.monotonic()
         await conn.execute("VACUUM (ANALYZE)")
         if log:

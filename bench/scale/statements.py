@@ -23,7 +23,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 import asyncpg
@@ -61,9 +61,6 @@ class Measure:
     rows: int
     scans: str  # the scan nodes of the plan, in order
 
-    def as_json(self) -> dict[str, Any]:
-        return {"buffers": self.buffers, "ms": self.ms, "rows": self.rows, "scans": self.scans}
-
 
 def allowed_buffers(stmt: Statement, small: Measure, large: Measure) -> float:
     """The page rule's ceiling for the large size: `growth` times the small size's buffers
@@ -80,7 +77,7 @@ def within_rule(stmt: Statement, small: Measure, large: Measure) -> bool:
     return large.buffers <= allowed_buffers(stmt, small, large)
 
 
-def _positional(clause: TextClause, **values: Any) -> tuple[str, list[str]]:
+def _positional(clause: TextClause) -> tuple[str, list[str]]:
     """A SQLAlchemy `text()` as asyncpg SQL, with the order of its named parameters."""
     compiled = clause.compile(dialect=asyncpg_dialect.dialect())
     return str(compiled), list(compiled.positiontup or [])
@@ -154,23 +151,30 @@ def _codes(status: CodeStatus | None, *, mine: bool = False, bound: Bound = "pag
     )
 
 
-def _history(name: str, bound: Bound = "page", **filters: Any) -> Statement:
-    keys = ("book_id", "code", "user_id", "action", "since", "until", "before")
+Window = Callable[[asyncpg.Connection], Awaitable[tuple[Any, Any]]]
+
+
+def _history(
+    name: str, bound: Bound = "page", *, window: Window | None = None, **filters: Any
+) -> Statement:
+    """A history listing: `filters` by name (a value, or a probe to run), `window` the
+    (since, until) probe of a closed time window."""
+    keys = ("book_id", "code", "user_id", "action")
+    bounded = datetime.now(UTC) if window is not None else None  # only its presence counts
     shape = history.HistoryFilter(
-        **{k: v for k, v in filters.items() if k in ("book_id", "user_id", "action")},
+        book_id=filters.get("book_id"),
         code="probe" if "code" in filters else None,
-        since=filters.get("since"),  # a probe: only whether the filter is there matters
-        until=filters.get("since"),
+        user_id=filters.get("user_id"),
+        action=filters.get("action"),
+        since=bounded,
+        until=bounded,
     )
 
     async def args(conn: asyncpg.Connection) -> list[Any]:
-        values = {key: filters.get(key) for key in keys}
-        for key, value in values.items():
-            if callable(value):
-                values[key] = await value(conn)
-        window = values.pop("since")
-        values["since"], values["until"] = window if window is not None else (None, None)
-        return [values[key] for key in keys] + [51]
+        values = [filters.get(key) for key in keys]
+        values = [await v(conn) if callable(v) else v for v in values]
+        since, until = await window(conn) if window is not None else (None, None)
+        return [*values, since, until, None, 51]
 
     return Statement(name, history.list_sql(shape), args, bound)
 
@@ -292,11 +296,11 @@ STATEMENTS: tuple[Statement, ...] = (
     _history("GET /history"),
     _history("GET /history?action=rolled_back", action="rolled_back"),
     _history("GET /history?action=assigned", action="assigned"),
-    _history("GET /history?since&until (1,000 rows, 5 % back)", since=_window_rows),
-    _history("GET /history?since&until (a day, 20 days back)", since=_day_back),
+    _history("GET /history?since&until (1,000 rows, 5 % back)", window=_window_rows),
+    _history("GET /history?since&until (a day, 20 days back)", window=_day_back),
     _history("GET /history?book_id", book_id=BIG_BOOK),
     _history("GET /history?code", code=_heavy_code),
-    _history("GET /me/history", "caller", user_id=HEAVY),
+    _history("GET /me/history", user_id=HEAVY),
     _history("GET /me/history?action=redeemed", "caller", user_id=HEAVY, action="redeemed"),
     # Promos.
     Statement("GET /promos/running", listings._RUNNING, _args(51, None, None)),
