@@ -171,7 +171,8 @@ def main() -> None:
     body = f"""
 `make bench-scale` on {started:%Y-%m-%d} ({machine()}; PostgreSQL on the same box). Two data
 sets built in SQL (`bench/scale/data.py`): **small** (a 1,000-code book, 2,500 history rows,
-60 live promos, every page statement still filling its page) and **{large_scale.label}**
+600 stores as dense as the large set's, 60 live promos, every page statement still filling
+its page) and **{large_scale.label}**
 ({sizes}; the big book 99 % held, 10k stores, 1,000 live promos and 500 sold out but not
 ended, most idempotency keys past their TTL). Each statement (`bench/scale/statements.py`,
 the SQL imported from the service) runs under `EXPLAIN (ANALYZE, BUFFERS)` in a transaction
@@ -182,14 +183,16 @@ touched (hit or read); time is the server's execution time.
 {chr(10).join(rows)}
 
 Rule (`page`): the statement's work is a page of its answer, so at the large size it may use
-at most `growth` times its small-size buffers plus a little slack for B-trees one level
-deeper; `tests/test_scale.py` holds every `page` statement to it on a moderate data set in
-`make test`. `caller`: bounded by the caller's own rows (a user's history, notifications,
-reservations), which the large set gives the probe user more of; `density`: a page of the
-rarest state (1 % free codes) costs one page over that share.
+at most 4 times its small-size buffers per row shown (at least one per row), plus 16: room
+for B-trees one level deeper and rows spread over more pages, none for a scan;
+`tests/test_scale.py` holds every `page` statement to it on a moderate data set in
+`make test`. `caller`: bounded by the caller's own rows (a user's redemptions,
+notifications, reservations), which the large set gives the probe user more of; `density`:
+a page of the rarest state (1 % free codes) costs one page over that share; `sweep`: the
+worker's pass over the promos running now, every 10 s.
 
 Before revision 0009 (the same large data set with the index set of revision 0008 and a
-count of the book for its stats, measured on this box on 2026-11-23): book stats 34,411
+count of the book for its stats, measured on this box the same day): book stats 34,411
 buffers / about 600 ms; `?status=locked` 34,447; `/me/codes` 1,006; history by
 `?action=rolled_back` 81,077, `?action=assigned` 65,114, a day 20 days back 81,077 (parallel
 sequential scans); `/promos/running` with the 500 sold-out promos not marked, as before the
