@@ -11,7 +11,7 @@ LOCKS := requirements/dev.txt requirements/runtime.txt requirements/uv.txt
 LOCK_FLAGS := --quiet --generate-hashes --python-version 3.11 \
 	--python-platform x86_64-unknown-linux-gnu --custom-compile-command 'make lock'
 
-.PHONY: install run test test-pg test-pgbouncer lint format migrate bench bench-import clean bench-notify bench-promos test-faults
+.PHONY: install run test test-pg test-pgbouncer lint format migrate bench bench-import clean bench-notify bench-promos test-faults bench-scale
 
 # Installs exactly requirements/dev.txt (hash-checked; `uv pip sync` also removes anything the
 # lock does not list), then the project itself without resolving anything.
@@ -84,6 +84,9 @@ test-faults: install ## fault injection (PostgreSQL restart, SIGKILL, timeouts, 
 	    || echo "faketime could not be installed; the clock-skew fault will fail" >&2; \
 	fi
 	RUN_FAULTS=1 $(PY) -m pytest tests/faults -q -s -p no:randomly -p no:cacheprovider
+
+bench-scale: install ## EXPLAIN (ANALYZE, BUFFERS) of every hot and listing statement at a small and a large size (2M-code book, 5M history rows...); writes docs/benchmarks.md
+	$(PY) -m bench.scale
 
 bench: install ## hot paths vs the bare reference app (needs wrk); writes docs/benchmarks.md
 	$(PY) -m bench.hotpaths

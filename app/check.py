@@ -1,7 +1,8 @@
 """Invariant checker: SQL that must return no rows. `python -m app check` runs it.
 
 Each check names the promise it guards; any row it returns is a violation. Checks whose
-tables are not in this database are skipped, so the checker runs on any schema version.
+tables (or `table.column`s) are not in this database are skipped, so the checker runs on any
+schema version.
 """
 
 from __future__ import annotations
@@ -125,6 +126,46 @@ CHECKS: tuple[Check, ...] = (
         ("codes", "redemption_history"),
     ),
     Check(
+        "book_counts_match_codes",
+        "the counts a book's stats read equal its codes, state by state",
+        """
+        WITH counted AS (
+            SELECT book_id,
+                   count(*) FILTER (WHERE status = 'unassigned') AS unassigned,
+                   count(*) FILTER (WHERE status IN ('assigned', 'locked')) AS held,
+                   count(*) FILTER (WHERE status = 'redeemed') AS redeemed
+            FROM codes GROUP BY book_id
+        ),
+        kept AS (
+            SELECT book_id, sum(unassigned) AS unassigned, sum(held) AS held,
+                   sum(redeemed) AS redeemed
+            FROM book_code_counts GROUP BY book_id
+        )
+        SELECT coalesce(c.book_id, k.book_id) AS book_id,
+               c.unassigned, k.unassigned AS kept_unassigned, c.held, k.held AS kept_held,
+               c.redeemed, k.redeemed AS kept_redeemed
+        FROM counted c FULL JOIN kept k ON k.book_id = c.book_id
+        WHERE coalesce(c.unassigned, 0) <> coalesce(k.unassigned, 0)
+           OR coalesce(c.held, 0) <> coalesce(k.held, 0)
+           OR coalesce(c.redeemed, 0) <> coalesce(k.redeemed, 0)
+        """,
+        ("codes", "book_code_counts"),
+    ),
+    Check(
+        "promo_sold_out_mark",
+        "a promo marked sold out has sold every unit (the mark only narrows an index)",
+        """
+        SELECT p.id, p.quantity,
+               (SELECT coalesce(sum(sa.sold), 0) FROM promo_sales sa WHERE sa.promo_id = p.id)
+                   AS sold
+        FROM promos p
+        WHERE p.sold_out
+          AND (SELECT coalesce(sum(sa.sold), 0) FROM promo_sales sa WHERE sa.promo_id = p.id)
+              < p.quantity
+        """,
+        ("promos.sold_out", "promo_sales"),
+    ),
+    Check(
         "promo_not_oversold",
         "sold units never exceed the quantity; each sales slot counts its sold units",
         f"""
@@ -216,14 +257,23 @@ CHECKS: tuple[Check, ...] = (
 )
 
 
+async def _present(conn: asyncpg.Connection, name: str) -> bool:
+    table, _, column = name.partition(".")
+    found: bool = await conn.fetchval(
+        "SELECT to_regclass($1) IS NOT NULL AND ($2 = '' OR EXISTS ("
+        " SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass($1) AND attname = $2"
+        " AND NOT attisdropped))",
+        table,
+        column,
+    )
+    return found
+
+
 async def run_checks(conn: asyncpg.Connection, checks: tuple[Check, ...] = CHECKS) -> list[Outcome]:
     """Run every check on one connection; returns one outcome per check."""
     outcomes = []
     for check in checks:
-        present = [
-            await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", table)
-            for table in check.tables
-        ]
+        present = [await _present(conn, name) for name in check.tables]
         if not all(present):
             outcomes.append(Outcome(check, skipped=True))
             continue

@@ -13,6 +13,7 @@ from sqlalchemy import (
     ForeignKeyConstraint,
     Identity,
     Index,
+    SmallInteger,
     Text,
     text,
 )
@@ -65,6 +66,13 @@ class Code(Base):
             postgresql_where=text("status = 'unassigned'"),
         ),
         Index("ix_codes_user_id_book_id", "user_id", "book_id"),
+        Index("ix_codes_user_id_id", "user_id", "id", postgresql_where=text("user_id IS NOT NULL")),
+        Index(
+            "ix_codes_book_id_locked_until",
+            "book_id",
+            "locked_until",
+            postgresql_where=text("status = 'locked'"),
+        ),
     )
 
     # Primary key (book_id, id): one index serves a book's listing and the key.
@@ -81,11 +89,33 @@ class Code(Base):
     updated_at: Mapped[datetime] = mapped_column(server_default=text("now()"))
 
 
+class BookCodeCount(Base):
+    """A book's codes by state, kept by triggers on `codes` in the statement that changes a
+    code (migration 0009): `held` is assigned or locked as stored (a lapsed lock is still
+    held). Each book has 16 slot rows; a writer adds to the first one no other transaction
+    holds, so a book's counts are the sums of its slots (one slot may be negative)."""
+
+    __tablename__ = "book_code_counts"
+    __table_args__ = (CheckConstraint("slot BETWEEN 0 AND 15", name="slot"),)
+
+    book_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("books.id", ondelete="CASCADE"), primary_key=True
+    )
+    slot: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    unassigned: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    held: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    redeemed: Mapped[int] = mapped_column(BigInteger, server_default="0")
+
+
 class RedemptionHistory(Base):
     """Append-only: a trigger refuses UPDATE, DELETE and TRUNCATE."""
 
     __tablename__ = "redemption_history"
-    __table_args__ = (ForeignKeyConstraint(["book_id", "code_id"], ["codes.book_id", "codes.id"]),)
+    __table_args__ = (
+        ForeignKeyConstraint(["book_id", "code_id"], ["codes.book_id", "codes.id"]),
+        Index("ix_redemption_history_action", "action", "id"),
+        Index("ix_redemption_history_at", "at", "id"),
+    )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
     code_id: Mapped[int] = mapped_column(BigInteger)

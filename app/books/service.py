@@ -59,14 +59,24 @@ def code_out(record: asyncpg.Record | Mapping[str, Any]) -> CodeOut:
 
 # --- books -------------------------------------------------------------------------------
 
+# Counts kept by the statements that change codes (`book_code_counts`, one to 16 slot rows
+# a book, summed), never a count of the book. A lapsed lock is still `held` in them and reads
+# as assigned: live locks are counted here, through the partial index of locks by expiry,
+# which skips the lapsed ones. Both parts read the same snapshot.
 _STATS_SQL = f"""
-SELECT c.book_id,
-       count(*) AS total,
-       count(*) FILTER (WHERE c.status = 'unassigned') AS unassigned,
-       count(*) FILTER (WHERE {rules.READS_ASSIGNED}) AS assigned,
-       count(*) FILTER (WHERE {rules.LOCK_LIVE}) AS locked,
-       count(*) FILTER (WHERE c.status = 'redeemed') AS redeemed
-FROM codes c WHERE c.book_id = ANY($1::uuid[]) GROUP BY c.book_id
+SELECT b.id AS book_id,
+       k.unassigned + k.held + k.redeemed AS total,
+       k.unassigned, k.held - l.locked AS assigned, l.locked, k.redeemed
+FROM unnest($1::uuid[]) AS b(id)
+CROSS JOIN LATERAL (
+    SELECT coalesce(sum(unassigned), 0)::bigint AS unassigned,
+           coalesce(sum(held), 0)::bigint AS held, coalesce(sum(redeemed), 0)::bigint AS redeemed
+    FROM book_code_counts WHERE book_id = b.id
+) AS k
+CROSS JOIN LATERAL (
+    SELECT count(*) AS locked FROM codes c
+    WHERE c.book_id = b.id AND {rules.LOCK_LIVE}
+) AS l
 """
 
 
@@ -147,18 +157,32 @@ async def update_book(session: AsyncSession, book_id: uuid.UUID, patch: BookPatc
 
 # --- reading codes ------------------------------------------------------------------------
 
+_GET_CODE = f"""
+SELECT {CODE_COLUMNS} FROM codes c JOIN books b ON b.id = c.book_id
+WHERE c.code = $1 AND ($2::uuid IS NULL OR c.user_id = $2)
+"""
+
 
 async def get_code(conn: asyncpg.Connection, code: str, owner: uuid.UUID | None) -> CodeOut:
     """One code; `owner` restricts to that holder (others' codes answer 404)."""
-    row = await conn.fetchrow(
-        f"SELECT {CODE_COLUMNS} FROM codes c JOIN books b ON b.id = c.book_id"
-        " WHERE c.code = $1 AND ($2::uuid IS NULL OR c.user_id = $2)",
-        normalize_code(code),
-        owner,
-    )
+    row = await conn.fetchrow(_GET_CODE, normalize_code(code), owner)
     if row is None:
         raise NotFound(f"No code {code.upper()}.")
     return code_out(row)
+
+
+def codes_sql(*, user: bool, status: CodeStatus | None) -> str:
+    """The page query of `list_codes`: $1 book, $2 holder, $3 cursor (last id), $4 limit."""
+    where = ["($1::uuid IS NULL OR c.book_id = $1)", "($2::uuid IS NULL OR c.user_id = $2)"]
+    if user:
+        where.append("c.user_id IS NOT NULL")
+    if status is not None:
+        where.append(STATUS_FILTER[status])
+    where.append("($3::bigint IS NULL OR c.id > $3)")
+    return (
+        f"SELECT c.id, {CODE_COLUMNS} FROM codes c JOIN books b ON b.id = c.book_id"
+        f" WHERE {' AND '.join(where)} ORDER BY c.id LIMIT $4"
+    )
 
 
 async def list_codes(
@@ -171,16 +195,9 @@ async def list_codes(
     after: int | None,
 ) -> list[tuple[int, CodeOut]]:
     """A keyset page of codes by id, filtered by book, holder and (read) status."""
-    where = ["($1::uuid IS NULL OR c.book_id = $1)", "($2::uuid IS NULL OR c.user_id = $2)"]
-    if user_id is not None:
-        where.append("c.user_id IS NOT NULL")
-    if status is not None:
-        where.append(STATUS_FILTER[status])
-    where.append("($3::bigint IS NULL OR c.id > $3)")
     conn = await raw_connection(session)
     rows = await conn.fetch(
-        f"SELECT c.id, {CODE_COLUMNS} FROM codes c JOIN books b ON b.id = c.book_id"
-        f" WHERE {' AND '.join(where)} ORDER BY c.id LIMIT $4",
+        codes_sql(user=user_id is not None, status=status),
         book_id,
         user_id,
         after,

@@ -14,6 +14,7 @@ from typing import Any
 
 import asyncpg
 import orjson
+from asyncpg.pool import PoolConnectionProxy
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import Response
@@ -26,6 +27,8 @@ from app.core.problems import ProblemError, ValidationFailed
 from app.core.security import Principal
 
 HEADER = "Idempotency-Key"
+# A plain connection or one borrowed from a pool (the worker purges through its pool).
+Conn = asyncpg.Connection | PoolConnectionProxy
 _HEADER_NAME = HEADER.lower().encode()
 
 _LOCK = f"SELECT {try_xact_lock_sql(LockNamespace.IDEMPOTENCY, '$1::text')}"
@@ -42,6 +45,28 @@ _STORE = (
     " status_code = EXCLUDED.status_code, body = EXCLUDED.body,"
     " location = EXCLUDED.location, created_at = now()"
 )
+
+
+# Keys past their TTL are never read again (`_FIND` ignores them; a new request with the key
+# overwrites the row), so the worker deletes them, oldest first, through the index on
+# `created_at`. The age is checked again on the row itself: a key stored anew meanwhile
+# (same row, new `created_at`) stays.
+_PURGE = """
+WITH doomed AS MATERIALIZED (
+    SELECT ctid FROM idempotency_keys
+    WHERE created_at < now() - make_interval(hours => $1)
+    ORDER BY created_at
+    LIMIT $2
+)
+DELETE FROM idempotency_keys k USING doomed d
+WHERE k.ctid = d.ctid AND k.created_at < now() - make_interval(hours => $1)
+"""
+
+
+async def purge_expired(conn: Conn, ttl_hours: int, limit: int) -> int:
+    """Delete up to `limit` keys older than `ttl_hours`; returns how many went."""
+    status: str = await conn.execute(_PURGE, ttl_hours, limit)
+    return int(status.rsplit(" ", 1)[-1])
 
 
 class IdempotencyKeyInUse(ProblemError):

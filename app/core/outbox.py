@@ -287,11 +287,24 @@ async def due_state(conn: Conn) -> tuple[float, float | None]:
     return max(age, 0.0), max(-age, 0.0)
 
 
-async def purge_finished(conn: Conn, older_than_s: float) -> int:
-    rows = await conn.fetch(
-        "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox"
-        " WHERE status IN ('done', 'cancelled')"
-        " AND updated_at < now() - make_interval(secs => $1) LIMIT 10000) RETURNING id",
-        older_than_s,
-    )
-    return len(rows)
+# The oldest finished jobs first, through the partial index of finished jobs by
+# `updated_at`: a seek, however many there are; each row is then deleted where it lies (by
+# ctid, checked again). Dead letters stay until someone acts on them.
+_PURGE_FINISHED = """
+WITH doomed AS MATERIALIZED (
+    SELECT ctid FROM outbox
+    WHERE status IN ('done', 'cancelled') AND updated_at < now() - make_interval(secs => $1)
+    ORDER BY updated_at
+    LIMIT $2
+)
+DELETE FROM outbox o USING doomed d
+WHERE o.ctid = d.ctid AND o.status IN ('done', 'cancelled')
+  AND o.updated_at < now() - make_interval(secs => $1)
+"""
+
+
+async def purge_finished(conn: Conn, older_than_s: float, limit: int) -> int:
+    """Delete up to `limit` jobs finished (done or cancelled) more than `older_than_s` ago;
+    returns how many went."""
+    status = await conn.execute(_PURGE_FINISHED, older_than_s, limit)
+    return int(status.rsplit(" ", 1)[-1])

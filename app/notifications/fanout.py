@@ -150,6 +150,34 @@ SELECT (SELECT count(*) FROM batch) AS taken,
 """
 
 
+# A fan-out reads its audience only while `sending`: once it is done or cancelled, the rows
+# are staging kept a while for inspection, then deleted by the worker: a primary-key seek
+# per finished fan-out (in key order: a scan of the table would not stop for a fan-out
+# already emptied), each row deleted where it lies (audience rows never change);
+# `notification_fanouts` keeps the audience's size.
+_PURGE_AUDIENCE = """
+WITH doomed AS MATERIALIZED (
+    SELECT a.ctid
+    FROM notification_fanouts f
+    CROSS JOIN LATERAL (
+        SELECT x.ctid FROM notification_audience x WHERE x.promo_id = f.promo_id
+        ORDER BY x.user_id LIMIT $2
+    ) AS a
+    WHERE f.status IN ('done', 'cancelled')
+      AND f.finished_at < now() - make_interval(secs => $1)
+    LIMIT $2
+)
+DELETE FROM notification_audience x USING doomed d WHERE x.ctid = d.ctid
+"""
+
+
+async def purge_audience(conn: Conn, older_than_s: float, limit: int) -> int:
+    """Delete up to `limit` audience rows of fan-outs finished more than `older_than_s`
+    ago; returns how many went."""
+    status = await conn.execute(_PURGE_AUDIENCE, older_than_s, limit)
+    return int(status.rsplit(" ", 1)[-1])
+
+
 async def _begin(conn: Conn, promo_id: uuid.UUID) -> str | None:
     """Select the audience once (the advisory lock and the progress row make it once: a
     crashed attempt rolled back everything); returns the progress status, or None when the

@@ -50,6 +50,14 @@ _SINCE = text(
     """
 )
 
+# The user's own rows, through the (user_id, day) index. Written as max(id) over the table,
+# the planner walked the primary key backwards until it met the user's newest row: the whole
+# table for a user who has none. OFFSET 0 keeps the sub-select from being flattened into it.
+_LATEST_ID = text(
+    "SELECT coalesce(max(n.id), 0) FROM"
+    " (SELECT id FROM notifications WHERE user_id = :u OFFSET 0) AS n"
+)
+
 _DEAD_COLUMNS = """
 id, topic, status, payload ->> 'promo_id' AS promo_id,
 coalesce(jsonb_array_length(CASE WHEN jsonb_typeof(payload -> 'ids') = 'array'
@@ -110,12 +118,7 @@ async def since(
 
 
 async def latest_id(session: AsyncSession, user_id: uuid.UUID) -> int:
-    value = (
-        await session.execute(
-            text("SELECT coalesce(max(id), 0) FROM notifications WHERE user_id = :u"),
-            {"u": user_id},
-        )
-    ).scalar_one()
+    value = (await session.execute(_LATEST_ID, {"u": user_id})).scalar_one()
     return int(value)
 
 

@@ -28,10 +28,11 @@ from typing import Any
 import asyncpg
 import structlog
 
-from app.core import outbox
+from app.core import idempotency, outbox
 from app.core.db import libpq_url
 from app.core.outbox import Job
 from app.core.settings import Settings
+from app.notifications import fanout
 from app.notifications.config import NotificationSettings, direct_url
 from app.notifications.fanout import LostLease, NotYet, Released, run_fanout
 from app.notifications.metrics import DEAD, DELIVERED, FAILED, JOBS, OUTBOX_LAG
@@ -41,12 +42,16 @@ from app.notifications.webhook import (
     backoff_seconds,
     build_body,
 )
+from app.promos import soldout
 from app.promos.events import PROMO_STARTED
 
 log = structlog.get_logger(__name__)
 
 APP_PREFIX = "couponflash-worker "
+# Housekeeping: deletions past their retention every 10 minutes (sooner while a round still
+# finds a full batch), the sold-out marks every 10 seconds. Each round is bounded.
 _PURGE_EVERY_S = 600.0
+_MARK_SOLD_OUT_EVERY_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -65,6 +70,8 @@ class WorkerConfig:
     backoff_base_s: float = 2.0
     backoff_max_s: float = 600.0
     keep_done_hours: float = 72.0
+    idempotency_ttl_hours: int = 24
+    purge_batch: int = 5000
     statement_cache_size: int = 1024
 
     @classmethod
@@ -90,6 +97,7 @@ class WorkerConfig:
             backoff_base_s=tuning.notify_backoff_base_s,
             backoff_max_s=tuning.notify_backoff_max_s,
             keep_done_hours=tuning.outbox_keep_done_hours,
+            idempotency_ttl_hours=settings.idempotency_ttl_hours,
             statement_cache_size=settings.statement_cache_size,
         )
 
@@ -178,7 +186,8 @@ class Worker:
         assert self._pool is not None
         cfg = self.config
         loop = asyncio.get_running_loop()
-        last_recover = last_purge = float("-inf")
+        last_recover = last_purge = last_mark = float("-inf")
+        purge_every = _PURGE_EVERY_S
         while not self._stop.is_set():
             self._wake.clear()
             timeout = cfg.poll_seconds
@@ -192,9 +201,13 @@ class Worker:
                         )
                         if recovered:
                             log.warning("outbox_jobs_recovered", count=recovered)
-                    if now - last_purge >= _PURGE_EVERY_S:
+                    if now - last_purge >= purge_every:
                         last_purge = now
-                        await outbox.purge_finished(conn, cfg.keep_done_hours * 3600)
+                        behind = await purge(conn, cfg)
+                        purge_every = cfg.poll_seconds if behind else _PURGE_EVERY_S
+                    if now - last_mark >= _MARK_SOLD_OUT_EVERY_S:
+                        last_mark = now
+                        await soldout.mark_sold_out(conn, cfg.purge_batch)
                     free = cfg.concurrency - len(self._tasks)
                     jobs = await outbox.claim(conn, self.id, free) if free > 0 else []
                     for job in jobs:
@@ -341,6 +354,26 @@ class Worker:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), timeout=delay)
                 delay = min(delay * 2, 10.0)
+
+
+async def purge(conn: outbox.Conn, cfg: WorkerConfig) -> bool:
+    """One bounded round of deletions past their retention (finished jobs, expired
+    idempotency keys, audiences of finished fan-outs), each at most `purge_batch` rows in its
+    own short statement. True when some kind filled its batch: there is more to delete."""
+    counts = {
+        "outbox_jobs": await outbox.purge_finished(
+            conn, cfg.keep_done_hours * 3600, cfg.purge_batch
+        ),
+        "idempotency_keys": await idempotency.purge_expired(
+            conn, cfg.idempotency_ttl_hours, cfg.purge_batch
+        ),
+        "audience_rows": await fanout.purge_audience(
+            conn, cfg.keep_done_hours * 3600, cfg.purge_batch
+        ),
+    }
+    if any(counts.values()):
+        log.info("housekeeping_purged", **counts)
+    return any(n >= cfg.purge_batch for n in counts.values())
 
 
 WORKER_STATE_KEY = "outbox_worker"  # the in-process worker, in the lifespan's state

@@ -26,33 +26,39 @@ _RUNNING = f"""
     FROM promos p
     JOIN products pr ON pr.id = p.product_id
     JOIN stores s ON s.id = pr.store_id
-    WHERE {rules.RUNNING}
+    WHERE NOT p.sold_out AND {rules.RUNNING}
       AND ($2::timestamptz IS NULL OR (p.ends_at, p.id) > ($2::timestamptz, $3::uuid))
     ORDER BY p.ends_at, p.id
     LIMIT $1
 """
 
+# `NOT p.sold_out` (a mark the worker sets once every unit is sold) only lets `ix_promos_live`
+# leave those promos out; `rules.RUNNING` still decides.
+#
 # Promos of local reach (radius up to LOCAL_REACH_M, the usual case) are found from the
 # caller's side: the GiST index on stores gives the stores inside a box as wide as the
-# largest such radius, then their products' promos. The few wider promos are taken from the
-# promo side. Either way the exact distance and each promo's own radius decide.
+# largest such radius (an index-only scan of the live promos), then their products' promos.
+# The few wider promos are taken from the promo side. Either way the exact distance and each
+# promo's own radius decide. The candidates are MATERIALIZED: inlined, the planner misjudged
+# how few they are and joined them by scanning every promo.
 LOCAL_REACH_M = 10_000
 _ELIGIBLE = f"""
     WITH me AS ({rules.me_sql("$1")}),
     reach AS (  -- an upper bound: sold-out promos may widen it, never narrow it
         SELECT coalesce(max(p.radius_m), 0) AS r FROM promos p
-        WHERE {rules.OPEN} AND p.radius_m <= {LOCAL_REACH_M}
+        WHERE NOT p.sold_out AND {rules.OPEN} AND p.radius_m <= {LOCAL_REACH_M}
     ),
-    candidate AS (
+    candidate AS MATERIALIZED (
         SELECT p.id FROM me
         CROSS JOIN reach
         JOIN stores s ON earth_box(me.e, reach.r) @> ll_to_earth(s.lat, s.lng)
         JOIN products pr ON pr.store_id = s.id
         JOIN promos p ON p.product_id = pr.id
-        WHERE p.radius_m <= {LOCAL_REACH_M} AND {rules.RUNNING}
+        WHERE p.radius_m <= {LOCAL_REACH_M} AND NOT p.sold_out AND {rules.RUNNING}
         UNION ALL
         SELECT p.id FROM promos p
-        WHERE p.radius_m > {LOCAL_REACH_M} AND {rules.RUNNING} AND EXISTS (SELECT 1 FROM me)
+        WHERE p.radius_m > {LOCAL_REACH_M} AND NOT p.sold_out AND {rules.RUNNING}
+          AND EXISTS (SELECT 1 FROM me)
     )
     SELECT {_COLUMNS}, {rules.DISTANCE} AS distance_m
     FROM candidate c

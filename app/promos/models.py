@@ -87,6 +87,9 @@ class Promo(CreatedAtMixin, Base):
     active: Mapped[bool] = mapped_column(server_default=text("true"))
     cancelled_at: Mapped[datetime | None]
     notified_at: Mapped[datetime | None]
+    # Set by the worker once every unit is sold, cleared when the quantity grows: it lets
+    # `ix_promos_live` leave the promo out. Never an answer: sold out is read from sales.
+    sold_out: Mapped[bool] = mapped_column(server_default=text("false"))
 
 
 class PromoSegment(Base):
