@@ -42,11 +42,14 @@ from app.notifications.webhook import (
     build_body,
 )
 from app.promos.events import PROMO_STARTED
+from app.promos.reservations import retire_lapsed_holds
 
 log = structlog.get_logger(__name__)
 
 APP_PREFIX = "couponflash-worker "
 _PURGE_EVERY_S = 600.0
+# Lapsed promo holds retired per poll at most: one short statement, by index.
+_HOLDS_PER_SWEEP = 1000
 
 
 @dataclass(frozen=True)
@@ -192,6 +195,8 @@ class Worker:
                         )
                         if recovered:
                             log.warning("outbox_jobs_recovered", count=recovered)
+                        # Not notification work, but this is the loop that runs on a timer.
+                        await retire_lapsed_holds(conn, _HOLDS_PER_SWEEP)
                     if now - last_purge >= _PURGE_EVERY_S:
                         last_purge = now
                         await outbox.purge_finished(conn, cfg.keep_done_hours * 3600)
