@@ -1,7 +1,8 @@
 """The notifications worker: runs the outbox jobs of notifications, a promo's fan-out
 (`promo.started`, scheduled by promos) and webhook delivery (`webhook.deliver`, queued by the
 fan-out). The outbox itself (`app/core/outbox.py`) is generic; this loop lives here because
-every topic it runs is notification work (docs/decisions.md).
+every topic it runs is notification work (docs/decisions.md). On every poll it also retires
+a bounded batch of lapsed promo holds (`promos.reservations.retire_lapsed_holds`).
 
 Any number of workers may run (`python -m app worker`, or inside the API process unless
 `RUN_WORKER=false`). Jobs are claimed with `FOR UPDATE SKIP LOCKED`; a worker sleeps until a
