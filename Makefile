@@ -11,7 +11,7 @@ LOCKS := requirements/dev.txt requirements/runtime.txt requirements/uv.txt
 LOCK_FLAGS := --quiet --generate-hashes --python-version 3.11 \
 	--python-platform x86_64-unknown-linux-gnu --custom-compile-command 'make lock'
 
-.PHONY: install run test test-pg test-pgbouncer lint format migrate bench bench-import clean bench-notify bench-promos test-faults bench-scale
+.PHONY: install run test test-pg test-pgbouncer lint format migrate bench bench-import clean bench-notify bench-promos test-faults bench-scale bench-flash
 
 # Installs exactly requirements/dev.txt (hash-checked; `uv pip sync` also removes anything the
 # lock does not list), then the project itself without resolving anything.
@@ -90,6 +90,9 @@ bench-scale: install ## EXPLAIN (ANALYZE, BUFFERS) of every hot and listing stat
 
 bench: install ## hot paths vs the bare reference app (needs wrk); writes docs/benchmarks.md
 	$(PY) -m bench.hotpaths
+
+bench-flash: install ## only the reserve-only flash crowd of `make bench` (needs wrk)
+	$(PY) -m bench.hotpaths --only reserve-flash
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

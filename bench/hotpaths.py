@@ -1,26 +1,25 @@
 """`make bench`: assign-random, lock+redeem and reserve+purchase through the service and
-through the bare reference app (same SQL), side by side in one run, with wrk.
+through the bare reference app (same SQL), side by side in one run, with wrk; then the
+reserve-only flash crowd (`bench/flash_crowd.py`). `--only hot` or `--only reserve-flash`
+runs one of the two.
 
 Seeds a book of 1,000,000 codes, 100,000 users, a multi-use book with one code per client,
 and a promo with 1,000,000 units; starts both apps with the same worker count and pool
 size on 127.0.0.1; drives each scenario for a fixed time at 32 and 128 connections; checks
-the invariants; writes the "Hot paths" section of docs/benchmarks.md. Stops by itself.
+the invariants; writes the "Hot paths" (and "Reserve flash crowd") sections of
+docs/benchmarks.md. Stops by itself.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import re
 import shutil
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -29,54 +28,21 @@ import asyncpg
 from app.check import run_checks, violations
 from app.core.migrations import upgrade_to_head
 from app.core.security import Role, TokenService
-from bench.common import (
-    ROOT,
-    SECRET,
-    free_port,
-    machine,
-    process,
-    service,
-    throwaway_database,
-    write_section,
-)
+from bench.common import SECRET, machine, throwaway_database, write_section
+from bench.flash_crowd import run_flash_crowd, write_flash_crowd
+from bench.load import LUA, Run, both_apps, vacuum, wrk
 
-LUA = ROOT / "bench" / "lua"
 CODES = 1_000_000
 USERS = 100_000
 UNITS = 1_000_000
 SLOTS = 256
+PROFILES = ("hot", "reserve-flash")
+RunKey = tuple[str, int, str]  # scenario, connections, "reference" or "service"
 SCENARIOS = {
     "assign-random": ("assign.lua", {201}),
     "lock+redeem": ("lock_redeem.lua", {200}),
     "reserve+purchase": ("reserve_purchase.lua", {200, 201}),
 }
-
-
-@dataclass
-class Run:
-    rps: float
-    p50_ms: float
-    p99_ms: float
-    statuses: dict[int, int] = field(default_factory=dict)
-    socket_errors: int = 0
-
-    def errors(self, expected: set[int]) -> int:
-        return self.socket_errors + sum(n for s, n in self.statuses.items() if s not in expected)
-
-    @classmethod
-    def combined(cls, runs: list[Run]) -> Run:
-        """Rounds of equal length as one: median req/s and p50, the worst p99."""
-        statuses: dict[int, int] = {}
-        for run in runs:
-            for code, n in run.statuses.items():
-                statuses[code] = statuses.get(code, 0) + n
-        return cls(
-            rps=statistics.median(r.rps for r in runs),
-            p50_ms=statistics.median(r.p50_ms for r in runs),
-            p99_ms=max(r.p99_ms for r in runs),
-            statuses=statuses,
-            socket_errors=sum(r.socket_errors for r in runs),
-        )
 
 
 @dataclass
@@ -161,61 +127,6 @@ async def seed(url: str, workdir: Path, rounds: int) -> Seeded:
     return Seeded(books=books, promos=promos, users_file=users_file)
 
 
-_ROUND = iter(range(1, 10_000))
-
-
-async def vacuum(url: str) -> None:
-    """Before every run: neither app inherits the dead rows of the run before it, nor a
-    checkpoint falling due in the middle of its run."""
-    conn = await asyncpg.connect(url)
-    try:
-        await conn.execute(
-            "VACUUM (ANALYZE) codes, redemption_history, promos, promo_units, promo_sales,"
-            " reservations"
-        )
-        await conn.execute("CHECKPOINT")
-    finally:
-        await conn.close()
-
-
-def wrk(port: int, script: str, connections: int, seconds: int, env: dict[str, str]) -> Run:
-    env = {**env, "BENCH_ROUND": str(next(_ROUND) if "lock" in script else 1)}
-    out = subprocess.run(
-        [
-            "wrk",
-            f"-t{connections}",
-            f"-c{connections}",
-            f"-d{seconds}s",
-            "--timeout",
-            "5s",
-            "-s",
-            str(LUA / script),
-            f"http://127.0.0.1:{port}",
-        ],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **env},
-        timeout=seconds + 60,
-        check=True,
-    ).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    lat = re.search(r"LATENCY p50=([\d.]+) p99=([\d.]+)", out)
-    statuses_line = re.search(r"STATUSES (\S*)", out)
-    statuses = {}
-    if statuses_line and statuses_line.group(1):
-        for part in statuses_line.group(1).split(","):
-            code, count = part.split("=")
-            statuses[int(code)] = int(count)
-    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-    return Run(
-        rps=rps,
-        p50_ms=float(lat.group(1)) if lat else 0.0,
-        p99_ms=float(lat.group(2)) if lat else 0.0,
-        statuses=statuses,
-        socket_errors=sum(int(g) for g in sock.groups()) if sock else 0,
-    )
-
-
 async def check(url: str) -> tuple[int, list[str]]:
     conn = await asyncpg.connect(url)
     try:
@@ -226,6 +137,51 @@ async def check(url: str) -> tuple[int, list[str]]:
     finally:
         await conn.close()
     return len(outcomes), [f"{o.check.name}: {o.rows[:3]}" for o in violations(outcomes)]
+
+
+def hot_paths(url: str, args: argparse.Namespace, workdir: Path) -> dict[RunKey, Run]:
+    """Each chosen scenario at each connection level, reference and service alternating."""
+    chosen = {name: SCENARIOS[name] for name in args.scenarios.split(",")}
+    levels = [int(c) for c in args.connections.split(",")]
+    runs_per_app = 1 + args.rounds + len(levels) - 1  # a warm-up, then the measurements
+    seeded = asyncio.run(seed(url, workdir, 2 * runs_per_app))
+    results: dict[RunKey, Run] = {}
+    with both_apps(url, args) as (ref_port, svc_port):
+        common = {
+            "BENCH_LUA": str(LUA),
+            "BENCH_USERS": str(seeded.users_file),
+            "BENCH_BASE": "/api/v1",
+        }
+        targets = [
+            (target, port, {**common, "BENCH_BOOK": str(book), "BENCH_PROMO": str(promo)})
+            for target, port, book, promo in zip(
+                ("reference", "service"),
+                (ref_port, svc_port),
+                seeded.books,
+                seeded.promos,
+                strict=True,
+            )
+        ]
+        for name, (script, expected) in chosen.items():
+            for _, port, lua_env in targets:
+                wrk(port, script, 32, args.warmup, lua_env)
+            for level, connections in enumerate(levels):
+                runs: dict[str, list[Run]] = {"reference": [], "service": []}
+                for round_ in range(args.rounds if level == 0 else 1):
+                    # Who goes first alternates, so neither app always follows the other.
+                    for target, port, lua_env in targets[:: -1 if round_ % 2 else 1]:
+                        asyncio.run(vacuum(url))
+                        run = wrk(port, script, connections, args.seconds, lua_env)
+                        runs[target].append(run)
+                        print(
+                            f"{name:17} c={connections:<4} {target:9} {run.rps:8.0f} req/s"
+                            f"  p50 {run.p50_ms:6.1f} ms  p99 {run.p99_ms:6.1f} ms"
+                            f"  errors {run.errors(expected)}  {run.statuses}",
+                            flush=True,
+                        )
+                for target, target_runs in runs.items():
+                    results[(name, connections, target)] = Run.combined(target_runs)
+    return results
 
 
 def main() -> None:
@@ -242,92 +198,43 @@ def main() -> None:
         default=3,
         help="alternating runs per app at the first connection level (one at the others)",
     )
+    parser.add_argument(
+        "--flash-rounds",
+        type=int,
+        default=3,
+        help="alternating runs per app at every connection level of the reserve-only flash crowd",
+    )
+    parser.add_argument(
+        "--only",
+        choices=PROFILES,
+        help="run one profile: the hot paths, or the reserve-only flash crowd",
+    )
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
-    chosen = {name: SCENARIOS[name] for name in args.scenarios.split(",")}
     if shutil.which("wrk") is None:
         sys.exit("wrk is needed: apt-get install -y wrk")
-    levels = [int(c) for c in args.connections.split(",")]
+    profiles = [args.only] if args.only else list(PROFILES)
     workdir = Path(tempfile.mkdtemp(prefix="cf-bench-hot-"))
     with throwaway_database("hot") as url:
         upgrade_to_head(url)
-        runs_per_app = 1 + args.rounds + len(levels) - 1  # a warm-up, then the measurements
-        seeded = asyncio.run(seed(url, workdir, 2 * runs_per_app))
-        svc_port, ref_port = free_port(), free_port()
-        ref_env = {"REF_DATABASE_URL": url, "REF_POOL_SIZE": str(args.pool)}
-        ref_args = [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "bench.reference_app:app",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(ref_port),
-            "--workers",
-            str(args.workers),
-            "--loop",
-            "uvloop",
-            "--http",
-            "httptools",
-            "--no-access-log",
-            "--log-level",
-            "warning",
-        ]
-        svc_env = {"DB_POOL_SIZE": str(args.pool), "DB_MAX_OVERFLOW": "0"}
-        results: dict[tuple[str, int, str], Run] = {}
-        with service(url, svc_port, args.workers, svc_env), process(ref_args, ref_port, ref_env):
-            common = {
-                "BENCH_LUA": str(LUA),
-                "BENCH_USERS": str(seeded.users_file),
-                "BENCH_BASE": "/api/v1",
-            }
-            targets = [
-                (
-                    target,
-                    port,
-                    {**common, "BENCH_BOOK": str(book), "BENCH_PROMO": str(promo)},
-                )
-                for target, port, book, promo in zip(
-                    ("reference", "service"),
-                    (ref_port, svc_port),
-                    seeded.books,
-                    seeded.promos,
-                    strict=True,
-                )
-            ]
-            for name, (script, expected) in chosen.items():
-                for _, port, lua_env in targets:
-                    wrk(port, script, 32, args.warmup, lua_env)
-                for level, connections in enumerate(levels):
-                    runs: dict[str, list[Run]] = {"reference": [], "service": []}
-                    for round_ in range(args.rounds if level == 0 else 1):
-                        # Who goes first alternates, so neither app always follows the other.
-                        for target, port, lua_env in targets[:: -1 if round_ % 2 else 1]:
-                            asyncio.run(vacuum(url))
-                            run = wrk(port, script, connections, args.seconds, lua_env)
-                            runs[target].append(run)
-                            print(
-                                f"{name:17} c={connections:<4} {target:9} {run.rps:8.0f} req/s"
-                                f"  p50 {run.p50_ms:6.1f} ms  p99 {run.p99_ms:6.1f} ms"
-                                f"  errors {run.errors(expected)}  {run.statuses}",
-                                flush=True,
-                            )
-                    for target, target_runs in runs.items():
-                        results[(name, connections, target)] = Run.combined(target_runs)
+        results = hot_paths(url, args, workdir) if "hot" in profiles else {}
+        flash = run_flash_crowd(url, args, workdir) if "reserve-flash" in profiles else None
         total, bad = asyncio.run(check(url))
     shutil.rmtree(workdir, ignore_errors=True)
     print(f"invariants: {total - len(bad)} passed, {len(bad)} failed")
     for line in bad:
         print("  VIOLATION", line)
-    if not args.no_write and chosen == SCENARIOS:
-        write(results, levels, args, total, bad)
+    if not args.no_write:
+        if results and args.scenarios == ",".join(SCENARIOS):
+            write(results, [int(c) for c in args.connections.split(",")], args, total, bad)
+        if flash is not None:
+            write_flash_crowd(flash, args, total, bad)
     if bad:
         sys.exit(1)
 
 
 def write(
-    results: dict[tuple[str, int, str], Run],
+    results: dict[RunKey, Run],
     levels: list[int],
     args: argparse.Namespace,
     total: int,

@@ -25,7 +25,7 @@ from app.books.assign import LOCK_BOOK_USER, _claim_random
 from app.books.redeem import _LOCK as LOCK_CODE
 from app.books.redeem import _LOCK_HOLDER, _REDEEM
 from app.core.db import keep_session
-from app.promos.reservations import _CLAIM, _HOLD, _PURCHASE
+from app.promos.reservations import _CLAIM, _PURCHASE, _RELEASE
 from app.promos.reservations import _LOCK as LOCK_PROMO_USER
 
 CODE_FIELDS = (
@@ -87,11 +87,11 @@ async def reserve(request: Request) -> Response:
     await request.body()
     async with POOL["pool"].acquire() as conn, conn.transaction():
         await conn.execute(LOCK_PROMO_USER, promo_id, user_id)
-        row = await conn.fetchrow(_CLAIM, promo_id, user_id)
-        held = None
-        if row is not None and row["unit_id"] is not None:
-            held = await conn.fetchrow(_HOLD, promo_id, user_id, row["unit_id"], 60)
-    if row is None or (held is None and row["live_id"] is None):
+        row = await conn.fetchrow(_CLAIM, promo_id, user_id, 60)
+        if row is not None and row["release_first"]:
+            await conn.execute(_RELEASE, promo_id, user_id)
+            row = await conn.fetchrow(_CLAIM, promo_id, user_id, 60)
+    if row is None or (row["hold_id"] is None and row["live_id"] is None):
         return _json({"type": "/problems/sold-out"}, 409)
     if row["live_id"] is not None:
         return _json(
@@ -102,12 +102,11 @@ async def reserve(request: Request) -> Response:
                 "status": "held",
             }
         )
-    assert held is not None
     return _json(
         {
-            "id": held["id"],
+            "id": row["hold_id"],
             "promo_id": promo_id,
-            "expires_at": held["expires_at"],
+            "expires_at": row["hold_expires_at"],
             "status": "held",
         },
         201,

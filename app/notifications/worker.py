@@ -1,7 +1,8 @@
 """The notifications worker: runs the outbox jobs of notifications, a promo's fan-out
 (`promo.started`, scheduled by promos) and webhook delivery (`webhook.deliver`, queued by the
 fan-out). The outbox itself (`app/core/outbox.py`) is generic; this loop lives here because
-every topic it runs is notification work (docs/decisions.md).
+every topic it runs is notification work (docs/decisions.md). On every poll it also retires
+a bounded batch of lapsed promo holds (`promos.reservations.retire_lapsed_holds`).
 
 Any number of workers may run (`python -m app worker`, or inside the API process unless
 `RUN_WORKER=false`). Jobs are claimed with `FOR UPDATE SKIP LOCKED`; a worker sleeps until a
@@ -44,6 +45,7 @@ from app.notifications.webhook import (
 )
 from app.promos import soldout
 from app.promos.events import PROMO_STARTED
+from app.promos.reservations import retire_lapsed_holds
 
 log = structlog.get_logger(__name__)
 
@@ -52,6 +54,8 @@ APP_PREFIX = "couponflash-worker "
 # finds a full batch), the sold-out marks every 10 seconds. Each round is bounded.
 _PURGE_EVERY_S = 600.0
 _MARK_SOLD_OUT_EVERY_S = 10.0
+# Lapsed promo holds retired per poll at most: one short statement, by index.
+_HOLDS_PER_SWEEP = 1000
 
 
 @dataclass(frozen=True)
@@ -201,6 +205,8 @@ class Worker:
                         )
                         if recovered:
                             log.warning("outbox_jobs_recovered", count=recovered)
+                        # Not notification work, but this is the loop that runs on a timer.
+                        await retire_lapsed_holds(conn, _HOLDS_PER_SWEEP)
                     if now - last_purge >= purge_every:
                         last_purge = now
                         behind = await purge(conn, cfg)

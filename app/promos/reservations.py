@@ -5,7 +5,8 @@ caller owns the transaction; nothing here commits.
 Invariants, held by the statements below and backed by constraints:
 - a unit is `free`, `held` by exactly one reservation, or `sold`; a `held` unit whose
   reservation is past `expires_at` (database clock, `rules.HOLD_LAPSED`) is claimable, so
-  no sweeper is needed;
+  expiry needs no sweeper; the worker's bounded sweep (`retire_lapsed_holds`) only closes
+  lapsed holds that no reserve took over, such as those of promos that ended;
 - a user has at most one `held` reservation per promo (partial unique index) and at most
   `max_per_user` purchases plus live holds (advisory lock per promo and user);
 - a unit is sold once (one purchased reservation per unit; units never outnumber the
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.db import raw_connection
@@ -38,40 +40,58 @@ from app.promos.errors import (
 )
 from app.promos.schemas import ReservationOut
 
-# --- reserve: three statements in the request's transaction -------------------------------
+# --- reserve: two statements in the request's transaction ---------------------------------
 # 1. `_LOCK` serialises the caller's reserves of one promo (the per-user limit is counted,
 #    then acted on).
-# 2. `_CLAIM` judges the promo and the caller and, if they may reserve, claims one unit and
-#    retires the lapsed holds it replaces.
-# 3. `_HOLD`, only after a claim, inserts the new hold and points the unit at it. Its own
-#    statement because the caller's lapsed hold must be retired first: the partial unique
-#    index admits one `held` row per user and promo, and PostgreSQL promises no order among
-#    the sub-statements of one WITH unless one reads another's rows.
+# 2. `_CLAIM` judges the promo and the caller and, if they may reserve, claims one unit,
+#    retires the lapsed hold it takes the unit from and inserts the new hold.
+# A caller whose own hold on the promo has lapsed first runs `_RELEASE` (give its unit
+# back, retire it), then `_CLAIM` again; `_CLAIM` claims nothing while such a hold exists.
+# Two reasons. The partial unique index admits one `held` row per user and promo, so the
+# old hold must be retired before the new one is inserted, and PostgreSQL promises no order
+# among the sub-statements of one WITH unless one reads another's rows. And giving the old
+# unit back may wait for a concurrent reserve that is taking it over: waiting while holding
+# a claimed unit lets two callers each hold the unit the other waits for (a deadlock), so
+# it waits before claiming anything. A reserve never waits for a unit while holding one.
 
 # Its own statement: under READ COMMITTED the next statement's snapshot is taken after the
 # lock is granted, so it sees the previous holder's commit. In one statement it would not.
 _LOCK_KEY = "$1::uuid::text || ':' || $2::uuid::text"
 _LOCK = f"SELECT {xact_lock_sql(LockNamespace.PROMO_USER, _LOCK_KEY)}"
 
-# $1 promo, $2 user. Each step reads the ones above it:
+# $1 promo, $2 user, $3 TTL in seconds. Each step reads the ones above it; every one seeks
+# by index, so the work is the caller's own rows on this promo and the one unit claimed,
+# however many holds other promos (or lapsed holds of this one) have:
 # - `verdict`: is the promo open, is the caller eligible, how many units have they used
 #   (purchases and live holds)? No row: no such promo.
 # - `live`: the caller's live hold, answered again instead of a second one.
-# - `may_claim`: a row when the caller may take a unit now.
-# - `free_unit`, else `lapsed_unit` (the hold that lapsed first): one unit, SKIP LOCKED so
-#   concurrent reserves take different rows. MATERIALIZED keeps each claim to exactly one
-#   row (an inlined sub-select may be re-run by the planner). `old` is the lapsed hold the
-#   unit is taken from.
-# - `freed`: the caller's own lapsed hold on another unit gives that unit back. A plain
-#   UPDATE, not SKIP LOCKED: if a concurrent reserve is taking that unit over, it waits for
-#   it, then frees the unit only if it still points at the caller's hold.
-# - `retired`: the holds replaced (`unit.old`, `freed.old`) become `expired`, by primary
-#   key. ARRAY(...) is computed before the scan, so `freed` has locked its unit before any
-#   reservation is locked (units before reservations, as in purchase and cancel). The
-#   answer does not read it: PostgreSQL runs every data-modifying sub-statement to the end.
-# The answer: the verdict, the live hold, the claimed unit; when none was claimed, whether
-# the promo is sold out, and whether claimable units are left (then every one met was
-# locked by a concurrent reserve, and `_claim` runs the statement again).
+# - `may_reserve`: a row when the caller may take a unit now; `may_claim` when, besides,
+#   they have no lapsed hold to release first. Under the lock no other reserve of the
+#   caller runs, and everything else only moves holds out of `held`, so the insert below
+#   meets no `held` row of the caller.
+# - `free_unit`, else `lapsed_unit` (the hold of this promo that lapsed first): one unit,
+#   SKIP LOCKED so concurrent reserves take different rows and never wait. MATERIALIZED
+#   keeps each claim to exactly one row (an inlined sub-select may be re-run by the
+#   planner). `old` is the lapsed hold the unit is taken from. The lapsed holds come in
+#   expiry order from `ix_reservations_promo_id_expires_at_held`, at most
+#   `_LAPSED_CANDIDATES` of them: the planner cannot estimate the join to the units (it
+#   takes `u.id = c.unit_id` and `u.reservation_id = c.id` as independent, so expects one
+#   row), and unbounded it may hash every held unit and sort them. More candidates than
+#   reserves that claim at once: a miss means they were all being taken, and the retry
+#   in `_claim` sees them gone.
+# - `retired`: the hold the unit is taken from becomes `expired`, by primary key, after
+#   the unit is locked (units before reservations, as in purchase and cancel). The answer
+#   does not read it: PostgreSQL runs every data-modifying sub-statement to the end.
+# - `hold` and `held`: insert the hold and point the claimed unit (locked above) at it.
+# The answer: the verdict, the live hold, the new hold (`hold_id`), whether a lapsed hold
+# of the caller's must be released first; when nothing was claimed, whether the promo is
+# sold out, and whether claimable units are left (then every one met was locked by a
+# concurrent reserve, and `_claim` runs the statement again). Those two read the first
+# entry of the index whose order they name; an EXISTS may be planned as a sequential scan,
+# which reads the whole table when nothing matches. A `held` reservation always has its
+# unit pointing at it, so the earliest expiry among the promo's holds says whether a lapsed
+# unit is left.
+_LAPSED_CANDIDATES = 32
 _CLAIM = f"""
 WITH me AS ({rules.me_sql("$2")}),
 verdict AS (
@@ -89,10 +109,15 @@ live AS (
     SELECT r.id, r.expires_at FROM reservations r
     WHERE r.promo_id = $1 AND r.user_id = $2 AND {rules.HOLD_LIVE}
 ),
-may_claim AS (
+may_reserve AS (
     SELECT 1 FROM verdict v
     WHERE v.open AND v.eligible AND v.used < v.max_per_user
       AND NOT EXISTS (SELECT 1 FROM live)
+),
+may_claim AS (
+    SELECT 1 FROM may_reserve
+    WHERE NOT EXISTS (SELECT 1 FROM reservations r
+                      WHERE r.promo_id = $1 AND r.user_id = $2 AND {rules.HOLD_LAPSED})
 ),
 free_unit AS MATERIALIZED (
     SELECT u.id, NULL::uuid AS old FROM promo_units u
@@ -102,51 +127,25 @@ free_unit AS MATERIALIZED (
     FOR UPDATE SKIP LOCKED
 ),
 lapsed_unit AS MATERIALIZED (
-    SELECT u.id, u.reservation_id AS old FROM promo_units u
-    JOIN reservations r ON r.id = u.reservation_id
-    WHERE u.promo_id = $1 AND u.state = 'held' AND {rules.HOLD_LAPSED}
-      AND EXISTS (SELECT 1 FROM may_claim) AND NOT EXISTS (SELECT 1 FROM free_unit)
-    ORDER BY r.expires_at
+    SELECT u.id, c.id AS old
+    FROM (SELECT r.id, r.unit_id, r.expires_at FROM reservations r
+          WHERE r.promo_id = $1 AND {rules.HOLD_LAPSED}
+            AND EXISTS (SELECT 1 FROM may_claim) AND NOT EXISTS (SELECT 1 FROM free_unit)
+          ORDER BY r.expires_at
+          LIMIT {_LAPSED_CANDIDATES}) c
+    JOIN promo_units u ON u.id = c.unit_id AND u.reservation_id = c.id AND u.state = 'held'
+    ORDER BY c.expires_at
     LIMIT 1
     FOR UPDATE OF u SKIP LOCKED
 ),
 unit AS (SELECT id, old FROM free_unit UNION ALL SELECT id, old FROM lapsed_unit),
-freed AS (
-    UPDATE promo_units u SET state = 'free', reservation_id = NULL
-    FROM reservations r
-    WHERE r.promo_id = $1 AND r.user_id = $2 AND {rules.HOLD_LAPSED}
-      AND u.id = r.unit_id AND u.reservation_id = r.id AND u.state = 'held'
-      AND EXISTS (SELECT 1 FROM unit) AND u.id NOT IN (SELECT id FROM unit)
-    RETURNING r.id AS old
-),
 retired AS (
     UPDATE reservations r SET status = 'expired', updated_at = now()
-    WHERE r.id = ANY (ARRAY(SELECT old FROM unit WHERE old IS NOT NULL
-                            UNION ALL SELECT old FROM freed))
-      AND {rules.HOLD_LAPSED}
-)
-SELECT v.open, v.eligible, v.used, v.max_per_user,
-       l.id AS live_id, l.expires_at AS live_expires_at,
-       c.id AS unit_id,
-       CASE WHEN c.id IS NULL THEN (SELECT {rules.SOLD_OUT} FROM promos p WHERE p.id = $1)
-       END AS sold_out,
-       CASE WHEN c.id IS NULL AND EXISTS (SELECT 1 FROM may_claim) THEN (
-           EXISTS (SELECT 1 FROM promo_units u WHERE u.promo_id = $1 AND u.state = 'free')
-           OR EXISTS (SELECT 1 FROM promo_units u JOIN reservations r ON r.id = u.reservation_id
-                      WHERE u.promo_id = $1 AND u.state = 'held' AND {rules.HOLD_LAPSED}))
-       END AS claimable_left
-FROM verdict v
-LEFT JOIN live l ON true
-LEFT JOIN unit c ON true
-"""
-
-# $1 promo, $2 user, $3 the claimed unit, $4 TTL in seconds. `_CLAIM` locked the unit in
-# this transaction, so pointing it at the new hold waits for nobody: the unit-before-
-# reservation lock order holds.
-_HOLD = """
-WITH hold AS (
+    FROM unit WHERE r.id = unit.old AND {rules.HOLD_LAPSED}
+),
+hold AS (
     INSERT INTO reservations (promo_id, user_id, unit_id, expires_at)
-    VALUES ($1, $2, $3, now() + $4::int * interval '1 second')
+    SELECT $1, $2, unit.id, now() + $3::int * interval '1 second' FROM unit
     RETURNING id, unit_id, expires_at
 ),
 held AS (
@@ -154,7 +153,68 @@ held AS (
     FROM hold WHERE u.id = hold.unit_id
     RETURNING u.id
 )
-SELECT hold.id, hold.expires_at FROM hold JOIN held ON held.id = hold.unit_id
+SELECT v.open, v.eligible, v.used, v.max_per_user,
+       l.id AS live_id, l.expires_at AS live_expires_at,
+       h.id AS hold_id, h.expires_at AS hold_expires_at,
+       EXISTS (SELECT 1 FROM may_reserve) AND NOT EXISTS (SELECT 1 FROM may_claim)
+           AS release_first,
+       CASE WHEN h.id IS NULL THEN (SELECT {rules.SOLD_OUT} FROM promos p WHERE p.id = $1)
+       END AS sold_out,
+       CASE WHEN h.id IS NULL AND EXISTS (SELECT 1 FROM may_claim) THEN (
+           (SELECT u.seq FROM promo_units u WHERE u.promo_id = $1 AND u.state = 'free'
+             ORDER BY u.seq LIMIT 1) IS NOT NULL
+           OR (SELECT r.expires_at FROM reservations r WHERE r.promo_id = $1 AND r.status = 'held'
+                ORDER BY r.expires_at LIMIT 1) <= now())
+       END AS claimable_left
+FROM verdict v
+LEFT JOIN live l ON true
+LEFT JOIN (SELECT hold.id, hold.expires_at FROM hold JOIN held ON held.id = hold.unit_id) h
+    ON true
+"""
+
+# $1 promo, $2 user: the caller's lapsed hold gives its unit back and becomes `expired`.
+# A plain UPDATE, not SKIP LOCKED: if a concurrent reserve, cancel or sweep is taking the
+# unit, it waits for it (holding no unit itself), then frees the unit only if it still
+# points at the caller's hold; whoever took it retired the hold. ARRAY(...) is computed
+# before the scan, so the unit is locked before the reservation.
+_RELEASE = f"""
+WITH freed AS (
+    UPDATE promo_units u SET state = 'free', reservation_id = NULL
+    FROM reservations r
+    WHERE r.promo_id = $1 AND r.user_id = $2 AND {rules.HOLD_LAPSED}
+      AND u.id = r.unit_id AND u.reservation_id = r.id AND u.state = 'held'
+    RETURNING r.id AS old
+)
+UPDATE reservations r SET status = 'expired', updated_at = now()
+WHERE r.id = ANY (ARRAY(SELECT old FROM freed)) AND {rules.HOLD_LAPSED}
+"""
+
+# The worker's sweep, $1 holds at most: the oldest lapsed holds of every promo (by
+# `ix_reservations_created_at_held`; a hold lapses a fixed TTL after it is created) give
+# their units back and become `expired`. So the holds of promos that ended or were
+# cancelled, which no reserve will take over, are closed once and leave the indexes of
+# holds. Units first, SKIP LOCKED: a unit that a reserve, purchase or cancel is working on
+# is left to it (a reserve retires the hold it takes over itself). A lapsed hold already
+# reads as `expired` and its unit counts as free, so no answer changes.
+_RETIRE_LAPSED = f"""
+WITH due AS (
+    SELECT r.id, r.unit_id FROM reservations r
+    WHERE {rules.HOLD_LAPSED}
+    ORDER BY r.created_at
+    LIMIT $1
+),
+unit AS MATERIALIZED (
+    SELECT u.id, due.id AS old FROM due
+    JOIN promo_units u ON u.id = due.unit_id AND u.reservation_id = due.id AND u.state = 'held'
+    FOR UPDATE OF u SKIP LOCKED
+),
+freed AS (
+    UPDATE promo_units u SET state = 'free', reservation_id = NULL
+    FROM unit WHERE u.id = unit.id
+    RETURNING unit.old
+)
+UPDATE reservations r SET status = 'expired', updated_at = now()
+WHERE r.id = ANY (ARRAY(SELECT old FROM freed)) AND {rules.HOLD_LAPSED}
 """
 
 # Unit first (a reserve that took over a lapsed hold holds it, and then it no longer points
@@ -236,31 +296,23 @@ LIMIT $2
 
 
 async def _claim(
-    conn: asyncpg.Connection, promo_id: uuid.UUID, user_id: uuid.UUID
+    conn: asyncpg.Connection, promo_id: uuid.UUID, user_id: uuid.UUID, ttl_seconds: int
 ) -> asyncpg.Record | None:
-    """`_CLAIM`, run again while claimable units exist but every one met was locked by a
-    concurrent reserve (which may yet roll back). A miss changes nothing, so running it
-    again is safe; without the retry that reserve could answer a momentary `sold-out`."""
+    """`_CLAIM` (after `_RELEASE` when the caller's own hold has lapsed), run again while
+    claimable units exist but every one met was locked by a concurrent reserve (which may
+    yet roll back). A miss changes nothing, so running it again is safe; without the retry
+    that reserve could answer a momentary `sold-out`."""
 
     async def attempt() -> asyncpg.Record | None:
-        return await conn.fetchrow(_CLAIM, promo_id, user_id)
+        row = await conn.fetchrow(_CLAIM, promo_id, user_id, ttl_seconds)
+        if row is not None and row["release_first"]:
+            await conn.execute(_RELEASE, promo_id, user_id)
+            row = await conn.fetchrow(_CLAIM, promo_id, user_id, ttl_seconds)
+            # Whoever else took the unit meanwhile retired the hold with it.
+            assert row is None or not row["release_first"], "a lapsed hold outlived release"
+        return row
 
     return await retry_skipped_claims(attempt, lambda row: row is None or not row["claimable_left"])
-
-
-async def hold(
-    conn: asyncpg.Connection,
-    promo_id: uuid.UUID,
-    user_id: uuid.UUID,
-    unit_id: int,
-    ttl_seconds: int,
-) -> ReservationOut:
-    """The new hold on a unit that `_CLAIM` claimed in this transaction."""
-    row = await conn.fetchrow(_HOLD, promo_id, user_id, unit_id, ttl_seconds)
-    assert row is not None, "the claimed unit was not pointed at its hold"
-    return ReservationOut(
-        id=row["id"], promo_id=promo_id, expires_at=row["expires_at"], status="held"
-    )
 
 
 @dataclass
@@ -280,7 +332,7 @@ async def reserve(
 ) -> Reserved:
     """Hold one unit for `ttl_seconds`; a caller with a live hold gets it back."""
     await conn.execute(_LOCK, promo_id, user_id)
-    row = await _claim(conn, promo_id, user_id)
+    row = await _claim(conn, promo_id, user_id, ttl_seconds)
     if row is None:
         raise NotFound(f"No promo {promo_id}.")
     if not row["open"]:
@@ -307,9 +359,12 @@ async def reserve(
         raise PurchaseLimitReached(
             f"You already have {row['used']} of the {row['max_per_user']} units allowed per user."
         )
-    if row["unit_id"] is None:
+    if row["hold_id"] is None:
         raise SoldOut(f"No unit of promo {promo_id} is left.")
-    return Reserved(await hold(conn, promo_id, user_id, row["unit_id"], ttl_seconds), created=True)
+    out = ReservationOut(
+        id=row["hold_id"], promo_id=promo_id, expires_at=row["hold_expires_at"], status="held"
+    )
+    return Reserved(out, created=True)
 
 
 async def get_reservation(
@@ -357,6 +412,13 @@ async def cancel(
     if current.status == "purchased":
         raise ReservationExpired(f"Reservation {reservation_id} was purchased; it is not held.")
     return current
+
+
+async def retire_lapsed_holds(conn: asyncpg.Connection | PoolConnectionProxy, limit: int) -> int:
+    """Retire up to `limit` lapsed holds of any promo, oldest first, freeing their units;
+    returns how many. Its own short transaction (the worker's connection autocommits)."""
+    status: str = await conn.execute(_RETIRE_LAPSED, limit)
+    return int(status.rsplit(" ", 1)[-1])
 
 
 async def my_reservations(

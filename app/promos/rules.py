@@ -39,8 +39,11 @@ STATUS = f"""(CASE
     WHEN now() < p.starts_at THEN 'scheduled'
     ELSE 'running' END)"""
 
-# A hold lapses at `expires_at` and nothing rewrites the row when it does (lazy expiry, no
-# sweeper): a lapsed hold reads as `expired`, and its unit may be claimed by the next reserve.
+# A hold lapses at `expires_at` and nothing rewrites the row when it does (lazy expiry): a
+# lapsed hold reads as `expired`, and its unit may be claimed by the next reserve, which
+# retires it; the worker's sweep retires the ones nobody takes over. Both conditions are
+# `status = 'held'` plus a range on `expires_at`, the shape of the per-promo index of holds
+# (`(promo_id, expires_at) WHERE status = 'held'`).
 HOLD_LIVE = "(r.status = 'held' AND r.expires_at > now())"
 HOLD_LAPSED = "(r.status = 'held' AND r.expires_at <= now())"
 

@@ -216,7 +216,7 @@ async def _reserve_args(conn: asyncpg.Connection) -> list[Any]:
 async def _purchase_args(conn: asyncpg.Connection) -> list[Any]:
     promo, user, ttl = await _reserve_args(conn)
     await conn.execute(reservations._LOCK, promo, user)
-    row = await conn.fetchrow(reservations._RESERVE, promo, user, ttl)
+    row = await conn.fetchrow(reservations._CLAIM, promo, user, ttl)
     assert row is not None and row["hold_id"] is not None, "no hold to buy"
     return [row["hold_id"], user]
 
@@ -306,7 +306,7 @@ STATEMENTS: tuple[Statement, ...] = (
     Statement("GET /promos/running", listings._RUNNING, _args(51, None, None)),
     Statement("GET /me/promos", listings._ELIGIBLE, _args(user_id(3), 51)),
     Statement(
-        "POST /promos/{id}/reserve", reservations._RESERVE, _reserve_args, setup=reservations._LOCK
+        "POST /promos/{id}/reserve", reservations._CLAIM, _reserve_args, setup=reservations._LOCK
     ),
     Statement("POST /reservations/{id}/purchase", reservations._PURCHASE, _purchase_args),
     Statement(

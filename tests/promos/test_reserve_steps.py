@@ -1,7 +1,7 @@
-"""The reserve's steps (`_CLAIM` then `_HOLD`) keep their guarantees: lapsed holds are
-retired by key (not by reading every held reservation), a caller's reserve and cancel of
-their own lapsed hold never deadlock, nothing is oversold, and each sale counts in the
-named sales slot."""
+"""The reserve's steps (`_CLAIM`, after `_RELEASE` when the caller's hold lapsed) keep their
+guarantees: they seek by index (not reading every held reservation or held unit), a
+caller's reserve and cancel of their own lapsed hold never deadlock, nothing is oversold,
+and each sale counts in the named sales slot."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.check import CHECKS, run_checks, violations
 from app.core.security import Role
-from app.promos.reservations import _CLAIM
+from app.promos.reservations import _CLAIM, _RELEASE
 from app.promos.rules import SALES_SLOTS
 from tests.conftest import MakeUser
 from tests.helpers import ApiUser
@@ -31,44 +31,67 @@ def _nodes(plan: dict[str, Any]) -> list[dict[str, Any]]:
     return [plan, *(n for child in plan.get("Plans", []) for n in _nodes(child))]
 
 
-def _step(plan: dict[str, Any], name: str) -> dict[str, Any]:
-    """The plan of the sub-statement `WITH name AS (...)`."""
-    return next(n for n in _nodes(plan) if n.get("Subplan Name") == f"CTE {name}")
-
-
-async def test_retiring_lapsed_holds_reads_by_key_not_every_held_reservation(
-    client: httpx.AsyncClient, admin: ApiUser, user: ApiUser, conn: AsyncConnection
-) -> None:
-    """5,000 lapsed holds on another promo are not read when a caller's own lapsed hold is
-    retired: the steps that free and retire look reservations up by index."""
-    lat, lng = random_point()
-    crowded = await create_promo(client, admin, at=(lat, lng), quantity=5000)
+async def _crowd(conn: AsyncConnection, promo_id: str, n: int, expires_in_s: int) -> None:
+    """`n` new users each holding one unit of the promo, every hold expiring `expires_in_s`
+    seconds from now (negative: lapsed), as reserve would have left them."""
     await conn.execute(
         text(
             """
             WITH people AS (
                 INSERT INTO users (email, role)
                 SELECT 'crowd-' || gen_random_uuid() || '@example.com', 'user'
-                FROM generate_series(1, 5000)
+                FROM generate_series(1, :n)
                 RETURNING id
             ),
             pairs AS (
                 SELECT u.id AS unit_id, p.id AS user_id
                 FROM (SELECT id, row_number() OVER () AS n FROM promo_units
-                      WHERE promo_id = :promo) u
+                      WHERE promo_id = :promo AND state = 'free') u
                 JOIN (SELECT id, row_number() OVER () AS n FROM people) p USING (n)
             ),
             holds AS (
                 INSERT INTO reservations (promo_id, user_id, unit_id, expires_at)
-                SELECT :promo, user_id, unit_id, now() - interval '1 minute' FROM pairs
+                SELECT :promo, user_id, unit_id, now() + :expires_in * interval '1 second'
+                FROM pairs
                 RETURNING id, unit_id
             )
             UPDATE promo_units u SET state = 'held', reservation_id = holds.id
             FROM holds WHERE u.id = holds.unit_id
             """
         ),
-        {"promo": crowded["id"]},
+        {"promo": promo_id, "n": n, "expires_in": expires_in_s},
     )
+
+
+async def _explain(conn: AsyncConnection, sql: str, *args: Any) -> dict[str, Any]:
+    """EXPLAIN ANALYZE runs the statement; the test's transaction is rolled back afterwards."""
+    driver = (await conn.get_raw_connection()).driver_connection
+    raw = await driver.fetchval(f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {sql}", *args)
+    plan: dict[str, Any] = (json.loads(raw) if isinstance(raw, str) else raw)[0]["Plan"]
+    return plan
+
+
+def _buffers(plan: dict[str, Any]) -> int:
+    return int(plan.get("Shared Hit Blocks", 0) + plan.get("Shared Read Blocks", 0))
+
+
+def _seq_scans(plan: dict[str, Any]) -> list[str]:
+    """Sequential scans of the tables that grow with holds (the small ones may be scanned)."""
+    return [
+        n["Relation Name"]
+        for n in _nodes(plan)
+        if n["Node Type"] == "Seq Scan" and n["Relation Name"] in ("reservations", "promo_units")
+    ]
+
+
+async def test_releasing_a_callers_lapsed_hold_reads_by_key_not_every_held_reservation(
+    client: httpx.AsyncClient, admin: ApiUser, user: ApiUser, conn: AsyncConnection
+) -> None:
+    """5,000 lapsed holds on another promo are not read when a caller's own lapsed hold is
+    released and a unit claimed: each step looks reservations up by index."""
+    lat, lng = random_point()
+    crowded = await create_promo(client, admin, at=(lat, lng), quantity=5000)
+    await _crowd(conn, crowded["id"], 5000, -60)
     await conn.execute(text("ANALYZE reservations, promo_units"))
 
     promo = await create_promo(client, admin, at=(lat, lng), quantity=3)
@@ -80,26 +103,68 @@ async def test_retiring_lapsed_holds_reads_by_key_not_every_held_reservation(
         {"id": first.json()["id"]},
     )
 
-    # EXPLAIN ANALYZE runs the statement; the test's transaction is rolled back afterwards.
-    driver = (await conn.get_raw_connection()).driver_connection
-    raw = await driver.fetchval(
-        f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {_CLAIM}", uuid.UUID(promo["id"]), user.id
-    )
-    plan = (json.loads(raw) if isinstance(raw, str) else raw)[0]["Plan"]
-    retired = await driver.fetchval(
-        "SELECT status FROM reservations WHERE id = $1", uuid.UUID(first.json()["id"])
+    promo_id = uuid.UUID(promo["id"])
+    judged = await _explain(conn, _CLAIM, promo_id, user.id, 60)
+    released = await _explain(conn, _RELEASE, promo_id, user.id)
+    retired = await conn.scalar(
+        text("SELECT status FROM reservations WHERE id = :id"), {"id": first.json()["id"]}
     )
     assert retired == "expired"
-    for name in ("freed", "retired"):
-        step = _step(plan, name)
+    claimed = await _explain(conn, _CLAIM, promo_id, user.id, 60)
+    held = await conn.scalar(
+        text(
+            "SELECT count(*) FROM reservations r JOIN promo_units u ON u.reservation_id = r.id"
+            " WHERE r.promo_id = :id AND r.status = 'held' AND u.state = 'held'"
+        ),
+        {"id": promo["id"]},
+    )
+    assert held == 1
+    for name, plan in (("judge", judged), ("release", released), ("claim", claimed)):
         scans = [
             n["Node Type"]
-            for n in _nodes(step)
+            for n in _nodes(plan)
             if n.get("Relation Name") == "reservations" and n["Node Type"] == "Seq Scan"
         ]
         assert not scans, f"{name} scans reservations: {scans}"
-        touched = step.get("Shared Hit Blocks", 0) + step.get("Shared Read Blocks", 0)
-        assert touched < 60, f"{name} touched {touched} buffers"
+        assert _buffers(plan) < 100, f"{name} touched {_buffers(plan)} buffers"
+
+
+async def test_a_reserves_reads_do_not_grow_with_held_units_of_its_promo_or_of_others(
+    client: httpx.AsyncClient, admin: ApiUser, user: ApiUser, conn: AsyncConnection
+) -> None:
+    """A reserve that takes over a lapsed unit (none free) among 2,000 lapsed holds, and
+    one that finds every unit held by a live hold, while another promo has 1,500 older
+    lapsed holds and 1,500 live ones: each is one statement that seeks, whatever the held
+    rows (measured: under 100 buffers each; the shape before read every held unit of the
+    promo, or of every promo: thousands)."""
+    lat, lng = random_point()
+    await place(client, user, lat, lng)
+    elsewhere = await create_promo(client, admin, at=(lat, lng), quantity=3000)
+    await _crowd(conn, elsewhere["id"], 1500, -120)  # lapsed before this promo's
+    await _crowd(conn, elsewhere["id"], 1500, 3600)
+    lapsed = await create_promo(client, admin, at=(lat, lng), quantity=2000)
+    await _crowd(conn, lapsed["id"], 2000, -60)
+    full = await create_promo(client, admin, at=(lat, lng), quantity=2000)
+    await _crowd(conn, full["id"], 2000, 3600)
+    await conn.execute(text("ANALYZE reservations, promo_units"))
+
+    taken_over = await _explain(conn, _CLAIM, uuid.UUID(lapsed["id"]), user.id, 60)
+    states = dict(
+        (
+            await conn.execute(
+                text(
+                    "SELECT status, count(*) FROM reservations WHERE promo_id = :id GROUP BY status"
+                ),
+                {"id": lapsed["id"]},
+            )
+        ).all()
+    )
+    assert states == {"held": 2000, "expired": 1}  # one hold took over one lapsed unit
+    sold_out = await _explain(conn, _CLAIM, uuid.UUID(full["id"]), user.id, 60)
+    for name, plan, bound in (("lapsed unit", taken_over, 150), ("sold out", sold_out, 100)):
+        assert not _seq_scans(plan), f"{name}: {_seq_scans(plan)}"
+        steps = {n.get("Subplan Name", n["Node Type"]): _buffers(n) for n in _nodes(plan)}
+        assert _buffers(plan) < bound, f"{name} touched {_buffers(plan)} buffers: {steps}"
 
 
 async def _placed_users(app: FastAPI, n: int, lat: float, lng: float) -> list[ApiUser]:

@@ -1,0 +1,138 @@
+"""What `make bench`'s profiles share: the service and the reference app side by side on
+one database, a `wrk` run against either and its result, and the `VACUUM` before each run."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import re
+import statistics
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import asyncpg
+
+from bench.common import ROOT, free_port, process, service
+
+LUA = ROOT / "bench" / "lua"
+
+
+@dataclass
+class Run:
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    statuses: dict[int, int] = field(default_factory=dict)
+    socket_errors: int = 0
+
+    def errors(self, expected: set[int]) -> int:
+        return self.socket_errors + sum(n for s, n in self.statuses.items() if s not in expected)
+
+    @classmethod
+    def combined(cls, runs: list[Run]) -> Run:
+        """Rounds of equal length as one: median req/s and p50, the worst p99."""
+        statuses: dict[int, int] = {}
+        for run in runs:
+            for code, n in run.statuses.items():
+                statuses[code] = statuses.get(code, 0) + n
+        return cls(
+            rps=statistics.median(r.rps for r in runs),
+            p50_ms=statistics.median(r.p50_ms for r in runs),
+            p99_ms=max(r.p99_ms for r in runs),
+            statuses=statuses,
+            socket_errors=sum(r.socket_errors for r in runs),
+        )
+
+
+_ROUND = iter(range(1, 10_000))
+
+
+async def vacuum(url: str) -> None:
+    """Before every run: neither app inherits the dead rows of the run before it, nor a
+    checkpoint falling due in the middle of its run."""
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(
+            "VACUUM (ANALYZE) codes, redemption_history, promos, promo_units, promo_sales,"
+            " reservations"
+        )
+        await conn.execute("CHECKPOINT")
+    finally:
+        await conn.close()
+
+
+def wrk(port: int, script: str, connections: int, seconds: int, env: dict[str, str]) -> Run:
+    # A run that names its own round keeps it; lock+redeem takes the next one.
+    env = {"BENCH_ROUND": str(next(_ROUND) if "lock" in script else 1), **env}
+    out = subprocess.run(
+        [
+            "wrk",
+            f"-t{connections}",
+            f"-c{connections}",
+            f"-d{seconds}s",
+            "--timeout",
+            "5s",
+            "-s",
+            str(LUA / script),
+            f"http://127.0.0.1:{port}",
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=seconds + 60,
+        check=True,
+    ).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    lat = re.search(r"LATENCY p50=([\d.]+) p99=([\d.]+)", out)
+    statuses_line = re.search(r"STATUSES (\S*)", out)
+    statuses = {}
+    if statuses_line and statuses_line.group(1):
+        for part in statuses_line.group(1).split(","):
+            code, count = part.split("=")
+            statuses[int(code)] = int(count)
+    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    return Run(
+        rps=rps,
+        p50_ms=float(lat.group(1)) if lat else 0.0,
+        p99_ms=float(lat.group(2)) if lat else 0.0,
+        statuses=statuses,
+        socket_errors=sum(int(g) for g in sock.groups()) if sock else 0,
+    )
+
+
+@contextlib.contextmanager
+def both_apps(url: str, args: argparse.Namespace) -> Iterator[tuple[int, int]]:
+    """The reference app and the service on `url`, with the same worker count and pool size;
+    yields their ports (reference, service)."""
+    svc_port, ref_port = free_port(), free_port()
+    ref_env = {"REF_DATABASE_URL": url, "REF_POOL_SIZE": str(args.pool)}
+    ref_args = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "bench.reference_app:app",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(ref_port),
+        "--workers",
+        str(args.workers),
+        "--loop",
+        "uvloop",
+        "--http",
+        "httptools",
+        "--no-access-log",
+        "--log-level",
+        "warning",
+    ]
+    svc_env = {"DB_POOL_SIZE": str(args.pool), "DB_MAX_OVERFLOW": "0"}
+    with service(url, svc_port, args.workers, svc_env), process(ref_args, ref_port, ref_env):
+        yield ref_port, svc_port
+
+
+def load_average() -> str:
+    """The box's 1, 5 and 15 minute load averages (other work competes for the cores)."""
+    return " / ".join(f"{x:.2f}" for x in os.getloadavg())
