@@ -135,8 +135,8 @@ async def test_a_reserves_reads_do_not_grow_with_held_units_of_its_promo_or_of_o
     """A reserve that takes over a lapsed unit (none free) among 2,000 lapsed holds, and
     one that finds every unit held by a live hold, while another promo has 1,500 older
     lapsed holds and 1,500 live ones: each is one statement that seeks, whatever the held
-    rows (measured: under 100 buffers each; the shape before read every held unit of the
-    promo, or of every promo: thousands)."""
+    rows (measured: about 40 to 100 buffers each, held under 150; the shape before read
+    every held unit of the promo, or of every promo: thousands)."""
     lat, lng = random_point()
     await place(client, user, lat, lng)
     elsewhere = await create_promo(client, admin, at=(lat, lng), quantity=3000)
@@ -161,7 +161,7 @@ async def test_a_reserves_reads_do_not_grow_with_held_units_of_its_promo_or_of_o
     )
     assert states == {"held": 2000, "expired": 1}  # one hold took over one lapsed unit
     sold_out = await _explain(conn, _CLAIM, uuid.UUID(full["id"]), user.id, 60)
-    for name, plan, bound in (("lapsed unit", taken_over, 150), ("sold out", sold_out, 100)):
+    for name, plan, bound in (("lapsed unit", taken_over, 150), ("sold out", sold_out, 150)):
         assert not _seq_scans(plan), f"{name}: {_seq_scans(plan)}"
         steps = {n.get("Subplan Name", n["Node Type"]): _buffers(n) for n in _nodes(plan)}
         assert _buffers(plan) < bound, f"{name} touched {_buffers(plan)} buffers: {steps}"
