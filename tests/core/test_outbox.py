@@ -20,6 +20,7 @@ from app.core import outbox
 from app.core.db import libpq_url
 from app.core.settings import Settings
 from app.promos import events
+from tests.helpers import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 APP = ROOT / "app"
@@ -99,12 +100,12 @@ async def _waiting_on_advisory_lock(pg: asyncpg.Connection, pid: int) -> bool:
 
 async def _until_waiting(pg: asyncpg.Connection, pid: int, task: asyncio.Task[Any]) -> None:
     """Poll pg_locks until the backend waits on an advisory lock (the task must not finish)."""
-    for _ in range(400):
-        if await _waiting_on_advisory_lock(pg, pid):
-            return
+
+    async def waiting() -> bool:
         assert not task.done(), "the second transaction did not wait for the key's lock"
-        await asyncio.sleep(0.025)
-    raise AssertionError(f"backend {pid} never waited on the key's lock")
+        return await _waiting_on_advisory_lock(pg, pid)
+
+    await wait_for(waiting, timeout=10, what=f"backend {pid} waiting on the key's lock")
 
 
 async def _pid(session: AsyncSession) -> int:

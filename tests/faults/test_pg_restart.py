@@ -29,7 +29,7 @@ from tests.helpers import wait_for
 CLIENTS = 20
 STEADY = 6  # clients that never pause
 LOAD_S = 8.0
-RESTART_AT_S = 2.5
+WARM_OKS = 200  # answered requests before the restart: the load is under way
 RECOVERY_S = 10.0
 # Answers a client may see while the database is away; all carry Retry-After.
 AWAY = {(503, "unavailable"), (409, "busy")}
@@ -126,7 +126,7 @@ async def test_postgres_restart_mid_load(cluster: Cluster, pg: asyncpg.Connectio
         ]
         # Most clients pause around the restart, so pooled connections sit idle when the
         # database goes away; the others keep requests in flight through it.
-        await asyncio.sleep(RESTART_AT_S)
+        await wait_for(lambda: tally.ok >= WARM_OKS, timeout=30, what="the load under way")
         lull.go.clear()
         await wait_for(
             lambda: lull.waiting == CLIENTS - STEADY,
@@ -138,7 +138,11 @@ async def test_postgres_restart_mid_load(cluster: Cluster, pg: asyncpg.Connectio
         took = await asyncio.to_thread(cluster.restart)
         restarted = time.monotonic()
         seen_restart = (tally.unknown - before[0], tally.definite - before[1])
-        await asyncio.sleep(0.3)  # the steady clients meet the new server first
+        # The steady clients meet the new server first: one of them is answered by it.
+        oks_at_restart = tally.ok
+        await wait_for(
+            lambda: tally.ok > oks_at_restart, timeout=RECOVERY_S, what="an ok after the restart"
+        )
         lull.go.set()
         seen = await asyncio.gather(*clients)
 

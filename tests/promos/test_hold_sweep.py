@@ -20,7 +20,7 @@ from app.core.security import Role
 from app.notifications.worker import Worker, WorkerConfig
 from app.promos.reservations import retire_lapsed_holds
 from tests.conftest import MakeUser
-from tests.helpers import ApiUser
+from tests.helpers import ApiUser, wait_for
 from tests.promos.support import create_promo, place, random_point, reserve
 
 _PROMO_TABLES = {"promos", "promo_units", "promo_sales", "reservations"}
@@ -109,18 +109,17 @@ async def test_the_worker_retires_lapsed_holds_on_its_own(
         config = WorkerConfig(database_url=url, direct_url=url, poll_seconds=0.2)
         worker = Worker(replace(config, statement_cache_size=settings.statement_cache_size))
         running = asyncio.create_task(worker.run())
+        hold = uuid.UUID(held.json()["id"])
+
+        async def expired() -> bool:
+            status = await pg.fetchval("SELECT status FROM reservations WHERE id = $1", hold)
+            return bool(status == "expired")
+
         try:
-            for _ in range(300):  # polls the row, up to 30 s
-                status = await pg.fetchval(
-                    "SELECT status FROM reservations WHERE id = $1", uuid.UUID(held.json()["id"])
-                )
-                if status == "expired":
-                    break
-                await asyncio.sleep(0.1)
+            await wait_for(expired, timeout=30, what="the worker retired the lapsed hold")
         finally:
             worker.stop()
             await asyncio.wait_for(running, timeout=30)
-        assert status == "expired"
         assert await _states(pg, promo["id"]) == ({"expired": 1}, {"free": 2})
     finally:
         await pg.close()
