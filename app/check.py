@@ -128,14 +128,8 @@ CHECKS: tuple[Check, ...] = (
     Check(
         "book_counts_match_codes",
         "the counts a book's stats read equal its codes, state by state",
-        """
-        WITH counted AS (
-            SELECT book_id,
-                   count(*) FILTER (WHERE status = 'unassigned') AS unassigned,
-                   count(*) FILTER (WHERE status IN ('assigned', 'locked')) AS held,
-                   count(*) FILTER (WHERE status = 'redeemed') AS redeemed
-            FROM codes GROUP BY book_id
-        ),
+        f"""
+        WITH counted AS ({books.CODES_BY_STORED_STATE}),
         kept AS (
             SELECT book_id, sum(unassigned) AS unassigned, sum(held) AS held,
                    sum(redeemed) AS redeemed

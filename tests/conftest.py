@@ -28,7 +28,7 @@ from app.core.security import Role
 from app.core.settings import Settings
 from app.core.transaction import Acquire
 from app.main import create_app
-from tests.helpers import ApiUser, started
+from tests.helpers import ApiUser, run_sql, started
 
 # The fault-injection suite restarts servers and kills processes: it is collected only by
 # `make test-faults` (RUN_FAULTS=1), never by the everyday `make test`.
@@ -69,6 +69,19 @@ def database_url() -> Iterator[str]:
         upgrade_to_head(base)
         yield base
         server.cleanup()
+
+
+@pytest.fixture
+def blank_database(database_url: str) -> Iterator[str]:
+    """An empty database of its own on the test server (a test migrates it), dropped
+    afterwards."""
+    server = libpq_url(database_url)
+    name = f"cf_blank_{uuid.uuid4().hex[:8]}"
+    run_sql(server, f'CREATE DATABASE "{name}"')
+    try:
+        yield _with_database(server, name)
+    finally:
+        run_sql(server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def _direct_url(database_url: str) -> str | None:

@@ -149,3 +149,16 @@ async def wait_for_lock_waiters(
         enough, timeout=timeout, every=0.01, what=f"{n} session(s) waiting for a lock"
     )
     return found
+
+
+def run_sql(url: str, sql: str, *args: object) -> list[Any]:
+    """Run one statement on its own connection, from synchronous code (migration tests)."""
+
+    async def go() -> list[Any]:
+        conn = await asyncpg.connect(url, statement_cache_size=0)
+        try:
+            return list(await conn.fetch(sql, *args))
+        finally:
+            await conn.close()
+
+    return asyncio.run(go())

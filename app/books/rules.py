@@ -38,3 +38,14 @@ def open_to(lock_id: str) -> str:
     """The code may be locked or redeemed by a caller presenting `lock_id` (a SQL
     parameter): it reads as assigned, or it is locked with that very lock."""
     return f"({READS_ASSIGNED} OR (c.status = 'locked' AND c.lock_id = {lock_id}))"
+
+
+# Every book's codes counted by stored state, as `book_code_counts` keeps them (a lapsed lock
+# is still `held` there): what the checker compares the counters with, and a recount.
+CODES_BY_STORED_STATE = """
+SELECT book_id,
+       count(*) FILTER (WHERE status = 'unassigned') AS unassigned,
+       count(*) FILTER (WHERE status IN ('assigned', 'locked')) AS held,
+       count(*) FILTER (WHERE status = 'redeemed') AS redeemed
+FROM codes GROUP BY book_id
+"""

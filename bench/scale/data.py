@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import asyncpg
 
+from app.books import rules as books_rules
+
 
 @dataclass(frozen=True)
 class Scale:
@@ -480,14 +482,8 @@ async def _housekeeping(conn: asyncpg.Connection, s: Scale) -> None:
 
 # The triggers that keep `book_code_counts` did not fire under the replica role: count once,
 # into slot 0 of each book's 16, as the migration that created them did.
-_RECOUNT = """
-WITH counted AS (
-    SELECT book_id,
-           count(*) FILTER (WHERE status = 'unassigned') AS unassigned,
-           count(*) FILTER (WHERE status IN ('assigned', 'locked')) AS held,
-           count(*) FILTER (WHERE status = 'redeemed') AS redeemed
-    FROM codes GROUP BY book_id
-)
+_RECOUNT = f"""
+WITH counted AS ({books_rules.CODES_BY_STORED_STATE})
 INSERT INTO book_code_counts (book_id, slot, unassigned, held, redeemed)
 SELECT b.id, s.slot, CASE WHEN s.slot = 0 THEN coalesce(c.unassigned, 0) ELSE 0 END,
        CASE WHEN s.slot = 0 THEN coalesce(c.held, 0) ELSE 0 END,

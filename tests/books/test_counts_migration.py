@@ -4,43 +4,13 @@ already sold out); from then on the triggers keep the counts; downgrading remove
 from __future__ import annotations
 
 import asyncio
-import uuid
-from collections.abc import Iterator
-from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
-import pytest
 from alembic import command
 
 from app.check import CHECKS, run_checks, violations
-from app.core.db import libpq_url
 from app.core.migrations import alembic_config
-from app.core.settings import Settings
-
-
-def _run(url: str, sql: str, *args: object) -> list[Any]:
-    async def go() -> list[Any]:
-        conn = await asyncpg.connect(url, statement_cache_size=0)
-        try:
-            return list(await conn.fetch(sql, *args))
-        finally:
-            await conn.close()
-
-    return asyncio.run(go())
-
-
-@pytest.fixture
-def blank_database(settings: Settings) -> Iterator[str]:
-    server = libpq_url(settings.database_url or "")
-    name = f"cf_counts_mig_{uuid.uuid4().hex[:8]}"
-    _run(server, f'CREATE DATABASE "{name}"')
-    parts = urlsplit(server)
-    try:
-        yield urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, parts.fragment))
-    finally:
-        _run(server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
+from tests.helpers import run_sql
 
 _SEED = """
 WITH u AS (INSERT INTO users (email) VALUES ('mig@example.com') RETURNING id),
@@ -112,30 +82,30 @@ def test_existing_codes_are_counted_and_sold_out_promos_marked(blank_database: s
     url = blank_database
     config = alembic_config(url)
     command.upgrade(config, "0008")
-    _run(url, _SEED)
-    _run(url, _SOLD_OUT_PROMO)
-    _run(url, _SELL)
-    expected = [tuple(r) for r in _run(url, _BY_STATE)]
+    run_sql(url, _SEED)
+    run_sql(url, _SOLD_OUT_PROMO)
+    run_sql(url, _SELL)
+    expected = [tuple(r) for r in run_sql(url, _BY_STATE)]
     assert sum(r[1] + r[2] + r[3] for r in expected) == 17
 
     command.upgrade(config, "0009")
-    kept = _run(url, _KEPT)
+    kept = run_sql(url, _KEPT)
     assert [tuple(r)[:4] for r in kept] == expected
     assert {r["slots"] for r in kept} == {16}
-    marks = _run(url, "SELECT title, sold_out FROM promos ORDER BY title")
+    marks = run_sql(url, "SELECT title, sold_out FROM promos ORDER BY title")
     assert [tuple(r) for r in marks] == [("open", False), ("sold out", True)]
     assert _checks(url) == []
     # From here the triggers count.
-    _run(url, "UPDATE codes SET status = 'unassigned', user_id = NULL, redemptions = 0")
-    _run(url, "DELETE FROM codes WHERE code LIKE 'B-%'")
+    run_sql(url, "UPDATE codes SET status = 'unassigned', user_id = NULL, redemptions = 0")
+    run_sql(url, "DELETE FROM codes WHERE code LIKE 'B-%'")
     assert _checks(url) == []
 
     command.downgrade(config, "0008")
-    gone = _run(
+    gone = run_sql(
         url,
         "SELECT to_regclass('book_code_counts') IS NULL AS table_gone, NOT EXISTS ("
         " SELECT 1 FROM pg_attribute WHERE attrelid = 'promos'::regclass"
         " AND attname = 'sold_out' AND NOT attisdropped) AS column_gone",
     )
     assert tuple(gone[0]) == (True, True)
-    _run(url, "INSERT INTO books (name) VALUES ('after downgrade')")  # no trigger left behind
+    run_sql(url, "INSERT INTO books (name) VALUES ('after downgrade')")  # no trigger left behind

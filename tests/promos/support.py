@@ -9,7 +9,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
+from fastapi import FastAPI
+from sqlalchemy import text
 
+from app.core.security import Role
 from tests.helpers import ApiUser
 
 EARTH_RADIUS_M = 6378168.0  # the sphere earthdistance's earth() uses
@@ -101,3 +104,20 @@ async def reserve(client: httpx.AsyncClient, user: ApiUser, promo_id: str) -> ht
 
 def uid() -> str:
     return str(uuid.uuid4())
+
+
+async def placed_users(app: FastAPI, n: int, lat: float, lng: float) -> list[ApiUser]:
+    """`n` committed users placed at (lat, lng), in one statement, with tokens."""
+    async with app.state.db.engine.begin() as conn:
+        rows = (
+            await conn.execute(
+                text(
+                    "INSERT INTO users (email, role, lat, lng, location_updated_at)"
+                    " SELECT 'placed-' || gen_random_uuid() || '@example.com', 'user', :lat, :lng,"
+                    " now() FROM generate_series(1, :n) RETURNING id, email"
+                ),
+                {"n": n, "lat": lat, "lng": lng},
+            )
+        ).all()
+    tokens = app.state.tokens
+    return [ApiUser(i, e, Role.user, tokens.issue(i, Role.user)) for i, e in rows]

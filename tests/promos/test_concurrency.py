@@ -19,24 +19,7 @@ from app.check import CHECKS, run_checks, violations
 from app.core.security import Role
 from tests.conftest import MakeUser
 from tests.helpers import ApiUser, wait_for, wait_for_lock_waiters
-from tests.promos.support import create_promo, random_point, reserve
-
-
-async def _users(app: FastAPI, n: int, lat: float, lng: float) -> list[ApiUser]:
-    """`n` committed users placed at (lat, lng), in one statement."""
-    async with app.state.db.engine.begin() as conn:
-        ids = (
-            await conn.execute(
-                text(
-                    "INSERT INTO users (email, role, lat, lng, location_updated_at)"
-                    " SELECT 'load-' || gen_random_uuid() || '@example.com', 'user', :lat, :lng,"
-                    " now() FROM generate_series(1, :n) RETURNING id, email"
-                ),
-                {"n": n, "lat": lat, "lng": lng},
-            )
-        ).all()
-    tokens = app.state.tokens
-    return [ApiUser(i, e, Role.user, tokens.issue(i, Role.user)) for i, e in ids]
+from tests.promos.support import create_promo, placed_users, random_point, reserve
 
 
 async def _sql(app: FastAPI, sql: str, **params: Any) -> list[Any]:
@@ -141,7 +124,7 @@ async def test_a_unit_locked_by_an_unfinished_claim_is_not_sold_out(
     answer `sold-out` (the unit was never taken); it retries and gets the unit."""
     lat, lng = random_point()
     promo = await create_promo(live_client, live_admin, at=(lat, lng), quantity=1)
-    [user] = await _users(app, 1, lat, lng)
+    [user] = await placed_users(app, 1, lat, lng)
     async with app.state.db.engine.connect() as conn:
         claim = await conn.begin()
         await conn.execute(
@@ -166,7 +149,7 @@ async def test_300_users_race_for_10_units(
 ) -> None:
     lat, lng = random_point()
     promo = await create_promo(live_client, live_admin, at=(lat, lng), quantity=10)
-    users = await _users(app, 300, lat, lng)
+    users = await placed_users(app, 300, lat, lng)
     responses = await asyncio.gather(*(reserve(live_client, u, promo["id"]) for u in users))
     statuses = Counter(r.status_code for r in responses)
     assert statuses == {201: 10, 409: 290}, statuses
@@ -205,7 +188,7 @@ async def test_purchase_waits_for_a_promo_cancel_in_flight(
     sold after a cancel has committed, whatever the purchase's snapshot saw."""
     lat, lng = random_point()
     promo = await create_promo(live_client, live_admin, at=(lat, lng), quantity=2)
-    [user] = await _users(app, 1, lat, lng)
+    [user] = await placed_users(app, 1, lat, lng)
     rid = (await reserve(live_client, user, promo["id"])).json()["id"]
     async with app.state.db.engine.connect() as conn:
         cancel = await conn.begin()
@@ -230,7 +213,7 @@ async def test_lapsed_holds_return_their_units_under_load(
 ) -> None:
     lat, lng = random_point()
     promo = await create_promo(live_client, live_admin, at=(lat, lng), quantity=10)
-    first = await _users(app, 10, lat, lng)
+    first = await placed_users(app, 10, lat, lng)
     held = await asyncio.gather(*(reserve(live_client, u, promo["id"]) for u in first))
     assert [r.status_code for r in held] == [201] * 10
     await _sql(
@@ -239,7 +222,7 @@ async def test_lapsed_holds_return_their_units_under_load(
         id=promo["id"],
     )
     # Newcomers and the lapsed holders themselves race for the ten returned units.
-    second = await _users(app, 40, lat, lng)
+    second = await placed_users(app, 40, lat, lng)
     retry = await asyncio.gather(*(reserve(live_client, u, promo["id"]) for u in second + first))
     assert Counter(r.status_code for r in retry) == {201: 10, 409: 40}
     statuses = await _sql(
@@ -263,7 +246,7 @@ async def test_purchase_racing_expiry_never_sells_a_unit_twice(
 ) -> None:
     lat, lng = random_point()
     promo = await create_promo(live_client, live_admin, at=(lat, lng), quantity=20)
-    holders = await _users(app, 20, lat, lng)
+    holders = await placed_users(app, 20, lat, lng)
     held = await asyncio.gather(*(reserve(live_client, u, promo["id"]) for u in holders))
     assert [r.status_code for r in held] == [201] * 20
     # Every hold lapses a moment from now; holders buy and newcomers grab lapsed units
@@ -274,7 +257,7 @@ async def test_purchase_racing_expiry_never_sells_a_unit_twice(
         " WHERE promo_id = :id",
         id=promo["id"],
     )
-    newcomers = await _users(app, 40, lat, lng)
+    newcomers = await placed_users(app, 40, lat, lng)
 
     async def buy(user: ApiUser, rid: str, delay: float) -> httpx.Response:
         await asyncio.sleep(delay)
@@ -314,7 +297,7 @@ async def test_one_user_never_holds_two_live_reservations(
 ) -> None:
     lat, lng = random_point()
     promo = await create_promo(live_client, live_admin, at=(lat, lng), quantity=5, max_per_user=2)
-    (user,) = await _users(app, 1, lat, lng)
+    (user,) = await placed_users(app, 1, lat, lng)
     burst = await asyncio.gather(*(reserve(live_client, user, promo["id"]) for _ in range(20)))
     assert Counter(r.status_code for r in burst) == {201: 1, 200: 19}
     assert len({r.json()["id"] for r in burst}) == 1
@@ -339,7 +322,7 @@ async def test_concurrent_double_purchase_and_cancel_of_one_reservation(
 ) -> None:
     lat, lng = random_point()
     promo = await create_promo(live_client, live_admin, at=(lat, lng), quantity=1)
-    (user,) = await _users(app, 1, lat, lng)
+    (user,) = await placed_users(app, 1, lat, lng)
     rid = (await reserve(live_client, user, promo["id"])).json()["id"]
     calls = [
         live_client.post(f"/api/v1/reservations/{rid}/{action}", headers=user.headers)

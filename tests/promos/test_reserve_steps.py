@@ -22,7 +22,7 @@ from app.promos.reservations import _CLAIM, _RELEASE
 from app.promos.rules import SALES_SLOTS
 from tests.conftest import MakeUser
 from tests.helpers import ApiUser
-from tests.promos.support import create_promo, place, random_point, reserve
+from tests.promos.support import create_promo, place, placed_users, random_point, reserve
 
 _PROMO_TABLES = {"promos", "promo_units", "promo_sales", "reservations"}
 
@@ -167,22 +167,6 @@ async def test_a_reserves_reads_do_not_grow_with_held_units_of_its_promo_or_of_o
         assert _buffers(plan) < bound, f"{name} touched {_buffers(plan)} buffers: {steps}"
 
 
-async def _placed_users(app: FastAPI, n: int, lat: float, lng: float) -> list[ApiUser]:
-    """`n` committed users at (lat, lng)."""
-    async with app.state.db.engine.begin() as db:
-        rows = (
-            await db.execute(
-                text(
-                    "INSERT INTO users (email, role, lat, lng, location_updated_at)"
-                    " SELECT 'steps-' || gen_random_uuid() || '@example.com', 'user', :lat, :lng,"
-                    " now() FROM generate_series(1, :n) RETURNING id, email"
-                ),
-                {"n": n, "lat": lat, "lng": lng},
-            )
-        ).all()
-    return [ApiUser(i, e, Role.user, app.state.tokens.issue(i, Role.user)) for i, e in rows]
-
-
 async def _promo_violations(app: FastAPI) -> list[str]:
     checks = tuple(c for c in CHECKS if _PROMO_TABLES & set(c.tables))
     async with app.state.db.engine.connect() as db:
@@ -200,8 +184,8 @@ async def test_lapsed_holders_reserving_and_cancelling_at_once_never_deadlock_or
     admin = await make_live_user(Role.admin)
     lat, lng = random_point()
     promo = await create_promo(live_client, admin, at=(lat, lng), quantity=12)
-    holders = await _placed_users(app, 12, lat, lng)
-    newcomers = await _placed_users(app, 24, lat, lng)
+    holders = await placed_users(app, 12, lat, lng)
+    newcomers = await placed_users(app, 24, lat, lng)
     held = await asyncio.gather(*(reserve(live_client, u, promo["id"]) for u in holders))
     assert [r.status_code for r in held] == [201] * 12
     async with app.state.db.engine.begin() as db:
@@ -261,7 +245,7 @@ async def test_a_sale_counts_in_its_units_slot_of_the_declared_number(
     admin = await make_live_user(Role.admin)
     lat, lng = random_point()
     promo = await create_promo(live_client, admin, at=(lat, lng), quantity=SALES_SLOTS + 3)
-    buyers = await _placed_users(app, SALES_SLOTS + 3, lat, lng)
+    buyers = await placed_users(app, SALES_SLOTS + 3, lat, lng)
     for buyer in buyers:
         rid = (await reserve(live_client, buyer, promo["id"])).json()["id"]
         bought = await live_client.post(
