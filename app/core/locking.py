@@ -37,7 +37,7 @@ T = TypeVar("T")
 
 # Pauses between retries of a claim that met only rows other requests are claiming
 # (SKIP LOCKED): 1 ms doubling to 32 ms, about 1 s in all, each jittered.
-_CLAIM_RETRY_DELAYS = [0.001 * min(2**i, 32) for i in range(40)]
+CLAIM_RETRY_DELAYS = [0.001 * min(2**i, 32) for i in range(40)]
 
 
 async def retry_skipped_claims(
@@ -48,7 +48,7 @@ async def retry_skipped_claims(
     locked by a concurrent claim that may yet roll back, so pause briefly and run it again
     (a new statement, a new snapshot). Never a blocking `FOR UPDATE` instead: waiting
     scanners keep locks on rows that failed their recheck and can deadlock."""
-    for delay in _CLAIM_RETRY_DELAYS:
+    for delay in CLAIM_RETRY_DELAYS:
         result = await attempt()
         if settled(result):
             return result

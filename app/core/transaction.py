@@ -4,6 +4,12 @@ connection, for the routes written in SQL (the hot paths). No ORM session wraps 
 repeat answers the stored response), and commits when the block ends — before the response
 is sent — or rolls back on any error. `await tx.remember(...)` stores the response in that
 same transaction, so it exists exactly when the effect does.
+
+`async with tx.one_statement() as conn:` is for a block that runs exactly one statement
+(a plpgsql call that does the whole request): without an `Idempotency-Key`, that statement
+runs in its own implicit transaction, which saves the BEGIN and COMMIT round trips; with a
+key (its record and the effect must commit together) or with per-transaction timeouts
+(behind PgBouncer) the block is a transaction as usual.
 """
 
 from __future__ import annotations
@@ -36,7 +42,15 @@ _UNREACHABLE = (
 class Transaction:
     """One transaction on one pooled connection; see the module docstring."""
 
-    __slots__ = ("_acquire", "_acquired", "_db", "_request_hash", "_xact", "idempotency")
+    __slots__ = (
+        "_acquire",
+        "_acquired",
+        "_db",
+        "_one_statement",
+        "_request_hash",
+        "_xact",
+        "idempotency",
+    )
 
     def __init__(
         self, acquire: Acquire, db: Database, idempotency: IdempotencyKey, request_hash: str
@@ -47,6 +61,12 @@ class Transaction:
         self._request_hash = request_hash
         self._acquired: AbstractAsyncContextManager[asyncpg.Connection] | None = None
         self._xact: Any = None
+        self._one_statement = False
+
+    def one_statement(self) -> Transaction:
+        """This transaction, for a block that runs one statement (see the module docstring)."""
+        self._one_statement = True
+        return self
 
     async def __aenter__(self) -> asyncpg.Connection:
         acquired = self._acquire()
@@ -59,6 +79,9 @@ class Transaction:
         except _UNREACHABLE as exc:
             raise Unavailable("No database connection is available; retry shortly.") from exc
         self._acquired = acquired
+        db = self._db
+        if self._one_statement and self.idempotency.key is None and not db.timeouts_per_transaction:
+            return conn
         xact = conn.transaction()
         try:
             await xact.__aenter__()
@@ -74,7 +97,6 @@ class Transaction:
             raise
         self._xact = xact
         try:
-            db = self._db
             if db.timeouts_per_transaction:
                 await conn.execute(
                     _TIMEOUTS, f"{db.lock_timeout_ms}ms", f"{db.statement_timeout_ms}ms"
@@ -96,7 +118,8 @@ class Transaction:
         self._acquired = self._xact = None
         assert acquired is not None
         try:
-            await xact.__aexit__(exc_type, exc, tb)
+            if xact is not None:
+                await xact.__aexit__(exc_type, exc, tb)
         finally:
             await acquired.__aexit__(exc_type, exc, tb)
 
