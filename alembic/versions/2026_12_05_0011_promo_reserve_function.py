@@ -7,7 +7,7 @@ statement gets a fresh snapshot: the function takes the lock, then runs the clai
 releasing the caller's own lapsed hold), retrying a claim that met only units other reserves
 were taking, and the call runs in its own statement's transaction when the request sent no
 Idempotency-Key. The body is the service's statements verbatim
-(`app.promos.reservations.RESERVE_FUNCTION`); tests/promos/test_reserve_function.py checks
+(`app.promos.reservations.RESERVE_FUNCTION`); tests/test_hot_functions.py checks
 that the schema's body is still that text.
 
 Revision ID: 0011

@@ -28,7 +28,8 @@ from asyncpg.pool import PoolConnectionProxy
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.db import raw_connection
-from app.core.locking import CLAIM_RETRY_DELAYS, LockNamespace, xact_lock_sql
+from app.core.locking import LockNamespace, xact_lock_sql
+from app.core.plpgsql import RETRY_PAUSES, named
 from app.core.problems import NotFound
 from app.promos import rules
 from app.promos.errors import (
@@ -295,11 +296,7 @@ LIMIT $2
 """
 
 
-def _in_function(sql: str) -> str:
-    """A statement above as the body of `promo_reserve` writes it: parameters by name."""
-    for number, name in (("$1", "p_promo"), ("$2", "p_user"), ("$3", "p_ttl")):
-        sql = sql.replace(number, name)
-    return sql.strip()
+_NAMES = ("p_promo", "p_user", "p_ttl")
 
 
 # One round trip: the lock, then the claim (after the release when the caller's own hold has
@@ -307,7 +304,7 @@ def _in_function(sql: str) -> str:
 # the claim sees the previous holder's commit. The claim runs again while claimable units
 # exist but every one met was locked by a concurrent reserve (which may yet roll back): a
 # miss changes nothing, so running it again is safe; without the retry that reserve could
-# answer a momentary `sold-out`. The pauses are `retry_skipped_claims`'s. No row: no promo.
+# answer a momentary `sold-out`. The pauses are `CLAIM_RETRY_DELAYS`. No row: no promo.
 # The schema holds the function as migration 0011 wrote it; a test checks it is this text,
 # so a change here needs a migration that replaces it.
 RESERVE_FUNCTION_BODY = f"""
@@ -317,15 +314,15 @@ DECLARE
     pause float8;
 BEGIN
     PERFORM {xact_lock_sql(LockNamespace.PROMO_USER, "p_promo::text || ':' || p_user::text")};
-    FOREACH pause IN ARRAY ARRAY[{", ".join(f"{d:g}" for d in CLAIM_RETRY_DELAYS)}, NULL] LOOP
-        {_in_function(_CLAIM)}
+    FOREACH pause IN ARRAY {RETRY_PAUSES} LOOP
+        {named(_CLAIM, _NAMES)}
         INTO c;
         IF NOT FOUND THEN
             RETURN;
         END IF;
         IF c.release_first THEN
-            {_in_function(_RELEASE)};
-            {_in_function(_CLAIM)}
+            {named(_RELEASE, _NAMES)};
+            {named(_CLAIM, _NAMES)}
             INTO c;
             -- Whoever else took the unit meanwhile retired the hold with it.
             IF c.release_first THEN
