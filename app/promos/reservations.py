@@ -312,23 +312,25 @@ RESERVE_FUNCTION_BODY = f"""
 DECLARE
     c record;
     pause float8;
+    released boolean;
 BEGIN
     PERFORM {xact_lock_sql(LockNamespace.PROMO_USER, "p_promo::text || ':' || p_user::text")};
     FOREACH pause IN ARRAY {RETRY_PAUSES} LOOP
-        {named(_CLAIM, _NAMES)}
-        INTO c;
-        IF NOT FOUND THEN
-            RETURN;
-        END IF;
-        IF c.release_first THEN
-            {named(_RELEASE, _NAMES)};
+        released := false;
+        LOOP
             {named(_CLAIM, _NAMES)}
             INTO c;
+            IF NOT FOUND THEN
+                RETURN;
+            END IF;
+            EXIT WHEN NOT c.release_first;
             -- Whoever else took the unit meanwhile retired the hold with it.
-            IF c.release_first THEN
+            IF released THEN
                 RAISE EXCEPTION 'a lapsed hold outlived release';
             END IF;
-        END IF;
+            {named(_RELEASE, _NAMES)};
+            released := true;
+        END LOOP;
         EXIT WHEN pause IS NULL OR c.hold_id IS NOT NULL OR c.claimable_left IS NOT TRUE;
         PERFORM pg_sleep(pause * (0.5 + random()));
     END LOOP;
