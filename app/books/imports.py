@@ -45,7 +45,6 @@ OPENAPI_BODY: dict[str, Any] = {
             },
             "multipart/form-data": {
                 "schema": {
-                    "title": "CodesUpload",
                     "type": "object",
                     "properties": {
                         "file": {

@@ -43,9 +43,9 @@ from couponflash_client.models import (
     BookIn,
     BookOut,
     CodeOut,
-    CodesUpload,
     GenerateIn,
     GenerateOut,
+    ImportCodesFilesBody,
     ImportOut,
     LocationIn,
     LockedCodeOut,
@@ -155,7 +155,11 @@ def main(base_url: str, admin_token: str) -> None:
 
     # a book, codes uploaded and generated
     book = ok(
-        create_book.sync_detailed(client=admin, body=BookIn(name="Contract book")), 201, BookOut
+        create_book.sync_detailed(
+            client=admin, body=BookIn(name="Contract book", max_codes_per_user=5)
+        ),
+        201,
+        BookOut,
     )
     book_id = book.id
     prefix = uuid.uuid4().hex[:8].upper()
@@ -163,7 +167,7 @@ def main(base_url: str, admin_token: str) -> None:
     upload = import_codes.sync_detailed(
         book_id,
         client=admin,
-        body=CodesUpload(
+        body=ImportCodesFilesBody(
             file=File(payload=io.BytesIO(csv), file_name="codes.csv", mime_type="text/csv")
         ),
     )
@@ -177,9 +181,7 @@ def main(base_url: str, admin_token: str) -> None:
 
     # assign: a specific code, then a random one; an Idempotency-Key replays
     mine = ok(assign_code.sync_detailed(f"{prefix}-A", client=user), 201, CodeOut)
-    taken = assign_code.sync_detailed(
-        f"{prefix}-A", client=admin, body=AssignIn(user_id=uuid.UUID(int=1))
-    )
+    taken = assign_code.sync_detailed(f"{prefix}-A", client=admin)
     problem(taken, 409, "code-unavailable")
     key = uuid.uuid4().hex
     first = assign_random_code.sync_detailed(
