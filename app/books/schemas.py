@@ -317,6 +317,8 @@ class RollbackIn(BaseModel):
 
 
 class DistributeIn(BaseModel):
+    """Exactly one of `segment_id` or `user_ids` (else 422)."""
+
     model_config = ConfigDict(
         extra="forbid",
         json_schema_extra={

@@ -190,6 +190,8 @@ _PROMO_EXAMPLE: dict[str, JsonValue] = {
 
 
 class PromoIn(_In):
+    """A promo; `ends_at` must be after `starts_at` (else 422)."""
+
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [_PROMO_EXAMPLE]})
 
     product_id: uuid.UUID
