@@ -218,7 +218,6 @@ class _Completer:
         api = path.startswith(self.contract.prefix + "/")
         write = method != "get"
         idempotent = f"{method.upper()} {path}" in self.idempotent
-        secured = bool(op.get("security"))
         body = op.get("requestBody")
         if body is not None:
             _plain_optional_body(body)
@@ -228,31 +227,7 @@ class _Completer:
         if idempotent:
             op.setdefault("parameters", []).append(dict(_IDEMPOTENCY_KEY))
 
-        slugs: dict[int, list[str]] = {}
-        for status in op["responses"]:
-            if status.isdigit() and int(status) >= 400:
-                slugs.setdefault(int(status), [])
-        shared = [500]
-        if api:
-            shared += [400, 422, 503]
-        if secured:
-            shared.append(401)
-            if write:
-                shared.append(403)  # CSRF of the console's cookie sessions, or the role
-        if api and write:
-            shared.append(409)
-        if body is not None:
-            shared.append(413)
-        for status in shared:
-            slugs.setdefault(status, [])
-        for status in slugs:
-            slugs[status] += _SHARED.get(status, ())
-        if idempotent:
-            slugs[409].append("idempotency-key-in-use")
-            slugs[422].append("idempotency-key-reused")
-        for status, extra in operation.slugs.items():
-            slugs.setdefault(status, []).extend(extra)
-
+        slugs = self.error_slugs(operation, op, api=api, write=write, idempotent=idempotent)
         responses: Schema = op["responses"]
         for status, names in sorted(slugs.items()):
             declared = responses.get(str(status), {})
@@ -267,16 +242,48 @@ class _Completer:
                 headers["WWW-Authenticate"] = _header_ref("WWW-Authenticate")
             response["headers"] = headers
             responses[str(status)] = response
-        for status, response in responses.items():
-            if not status.startswith("2"):
+        for code, success in responses.items():
+            if not code.startswith("2"):
                 continue
-            headers = response.setdefault("headers", {})
+            headers = success.setdefault("headers", {})
             headers["X-Request-ID"] = _header_ref("X-Request-ID")
-            if status == "201":
+            if code == "201":
                 headers["Location"] = _header_ref("Location")
             if idempotent:
                 headers["Idempotent-Replayed"] = _header_ref("Idempotent-Replayed")
         op["responses"] = dict(sorted(responses.items()))
+
+    @staticmethod
+    def error_slugs(
+        operation: Operation, op: Schema, *, api: bool, write: bool, idempotent: bool
+    ) -> dict[int, list[str]]:
+        """Every error status the operation can answer, with its slugs: those it declares,
+        the ones every route of its kind shares, then the table's."""
+        slugs: dict[int, list[str]] = {}
+        for status in op["responses"]:
+            if status.isdigit() and int(status) >= 400:
+                slugs.setdefault(int(status), [])
+        shared = [500]
+        if api:
+            shared += [400, 422, 503]
+        if op.get("security"):
+            shared.append(401)
+            if write:
+                shared.append(403)  # CSRF of the console's cookie sessions, or the role
+        if api and write:
+            shared.append(409)
+        if "requestBody" in op:
+            shared.append(413)
+        for status in shared:
+            slugs.setdefault(status, [])
+        for status in slugs:
+            slugs[status] += _SHARED.get(status, ())
+        if idempotent:
+            slugs[409].append("idempotency-key-in-use")
+            slugs[422].append("idempotency-key-reused")
+        for status, extra in operation.slugs.items():
+            slugs.setdefault(status, []).extend(extra)
+        return slugs
 
     def add_links(self) -> None:
         for link in self.contract.links:
