@@ -11,7 +11,12 @@ LOCKS := requirements/dev.txt requirements/runtime.txt requirements/uv.txt
 LOCK_FLAGS := --quiet --generate-hashes --python-version 3.11 \
 	--python-platform x86_64-unknown-linux-gnu --custom-compile-command 'make lock'
 
-.PHONY: install run test test-pg test-pgbouncer lint format migrate bench bench-import clean bench-notify bench-promos test-faults bench-scale bench-flash
+CLIENTS_VENV := .venv-clients
+CLIENTS_STAMP := $(CLIENTS_VENV)/.installed
+NODE_DIR := tests/contract/node
+NODE_STAMP := $(NODE_DIR)/node_modules/.installed
+
+.PHONY: install contract-tools run test test-pg test-pgbouncer lint format migrate bench bench-import clean bench-notify bench-promos test-faults bench-scale bench-flash
 
 # Installs exactly requirements/dev.txt (hash-checked; `uv pip sync` also removes anything the
 # lock does not list), then the project itself without resolving anything.
@@ -26,11 +31,26 @@ $(STAMP): pyproject.toml $(LOCKS)
 
 install: $(STAMP)
 
+# The contract test's tools, apart from the service's lock: openapi-python-client in a venv
+# of its own (requirements/clients.txt, hash-checked), and Node's openapi-typescript,
+# openapi-fetch, TypeScript and Spectral from tests/contract/node/package-lock.json.
+$(CLIENTS_STAMP): requirements/clients.txt $(STAMP)
+	@test -x $(CLIENTS_VENV)/bin/python || $(PY) -m venv $(CLIENTS_VENV)
+	$(UV) pip sync -q --python $(CLIENTS_VENV)/bin/python --require-hashes requirements/clients.txt
+	@touch $(CLIENTS_STAMP)
+
+$(NODE_STAMP): $(NODE_DIR)/package.json $(NODE_DIR)/package-lock.json
+	cd $(NODE_DIR) && npm ci --no-audit --no-fund --loglevel=error
+	@touch $(NODE_STAMP)
+
+contract-tools: $(CLIENTS_STAMP) $(NODE_STAMP)
+
 .PHONY: lock upgrade
 lock: install ## re-resolve the locks after a change to pyproject.toml (keeps other pins), then test
 	$(UV) pip compile pyproject.toml --extra dev $(LOCK_FLAGS) $(UPGRADE) -o requirements/dev.txt
 	$(UV) pip compile pyproject.toml -c requirements/dev.txt $(LOCK_FLAGS) -o requirements/runtime.txt
 	echo uv | $(UV) pip compile - -c requirements/dev.txt $(LOCK_FLAGS) -o requirements/uv.txt
+	$(UV) pip compile requirements/clients.in $(LOCK_FLAGS) $(UPGRADE) -o requirements/clients.txt
 	$(MAKE) test
 
 upgrade: ## the newest versions pyproject.toml allows, locked, installed and tested
@@ -53,12 +73,12 @@ format: install
 	$(VENV)/bin/ruff check --fix .
 
 # The console's browser tests drive Debian's Chromium: installed when missing.
-test: install lint ## lint, then the whole suite, then the hot-path and security tests with lean routes off
+test: install lint contract-tools ## lint, then the whole suite, then the hot-path and security tests with lean routes off
 	@scripts/ensure-deb.sh chromium /usr/bin/chromium
 	$(PY) -m pytest
 	LEAN_ROUTES=false $(PY) -m pytest -q -p no:randomly tests/core tests/books tests/promos tests/security
 
-test-pg: install ## the suite against the server at 127.0.0.1:5432
+test-pg: install contract-tools ## the suite against the server at 127.0.0.1:5432
 	DATABASE_URL=postgresql://postgres@127.0.0.1:5432/test $(PY) -m pytest
 
 bench-notify: install ## fan out one promo to 100,000 and 1,000,000 users; writes docs/benchmarks.md
@@ -92,4 +112,4 @@ bench-flash: install ## only the reserve-only flash crowd of `make bench` (insta
 	$(PY) -m bench.hotpaths --only reserve-flash
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(CLIENTS_VENV) $(NODE_DIR)/node_modules $(NODE_DIR)/.build .pytest_cache .mypy_cache .ruff_cache

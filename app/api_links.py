@@ -1,53 +1,50 @@
 """OpenAPI links between operations: how one answer feeds the next call. Swagger UI at
 `/docs` shows them under each response, and schema-driven load and fuzz tools follow them
-(lock → redeem with the `lock_id`, a book's codes → assign from that book, a promo listing
-→ reserve). Paths are under the API prefix; declared links name a list's first item."""
+(assign → lock, lock → redeem with the `lock_id`, a book's codes → assign from that book,
+a promo listing → reserve → purchase or cancel, a notification → mark it read). Paths are
+under the API prefix; targets are operationIds (app/api/contract.py); declared links name
+a list's first item."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
-
-from fastapi import FastAPI
-
-
-@dataclass(frozen=True)
-class Link:
-    name: str
-    source: tuple[str, str, str]  # method, path, status
-    target: tuple[str, str]  # method, path
-    parameters: dict[str, str]
-    body: dict[str, str] | None = None
-
+from app.core.openapi_contract import Link
 
 LINKS = (
     *(
         Link(
             name,
             ("post", "/codes/{code}/lock", "200"),
-            ("post", f"/codes/{{code}}/{action}"),
+            target,
             {"code": "$response.body#/code"},
             {"lock_id": "$response.body#/lock_id"},
         )
-        for name, action in (("Redeem", "redeem"), ("Unlock", "unlock"), ("Validate", "validate"))
+        for name, target in (
+            ("Redeem", "redeemCode"),
+            ("Unlock", "unlockCode"),
+            ("Validate", "validateCode"),
+        )
+    ),
+    *(
+        Link("Lock", ("post", source, "201"), "lockCode", {"code": "$response.body#/code"})
+        for source in ("/codes/{code}/assign", "/books/{book_id}/assign")
     ),
     Link(
         "AssignFromTheFirstBook",
         ("get", "/me/codes", "200"),
-        ("post", "/books/{book_id}/assign"),
+        "assignRandomCode",
         {"book_id": "$response.body#/items/0/book_id"},
     ),
     Link(
         "AssignFromThisBook",
         ("get", "/codes/{code}", "200"),
-        ("post", "/books/{book_id}/assign"),
+        "assignRandomCode",
         {"book_id": "$response.body#/book_id"},
     ),
     *(
         Link(
             "AssignFromThisBook",
             ("post", source, "201"),
-            ("post", "/books/{book_id}/assign"),
+            "assignRandomCode",
             {"book_id": "$request.path.book_id"},
         )
         for source in ("/books/{book_id}/codes", "/books/{book_id}/codes/generate")
@@ -55,41 +52,29 @@ LINKS = (
     Link(
         "ReserveTheNearest",
         ("get", "/me/promos", "200"),
-        ("post", "/promos/{promo_id}/reserve"),
+        "reservePromo",
         {"promo_id": "$response.body#/0/id"},
     ),
     Link(
         "ReserveTheFirst",
         ("get", "/promos/running", "200"),
-        ("post", "/promos/{promo_id}/reserve"),
+        "reservePromo",
         {"promo_id": "$response.body#/items/0/id"},
     ),
+    *(
+        Link(
+            name,
+            ("post", "/promos/{promo_id}/reserve", status),
+            target,
+            {"reservation_id": "$response.body#/id"},
+        )
+        for status in ("200", "201")
+        for name, target in (("Purchase", "purchaseReservation"), ("Cancel", "cancelReservation"))
+    ),
+    Link(
+        "MarkTheFirstRead",
+        ("get", "/me/notifications", "200"),
+        "markNotificationRead",
+        {"notification_id": "$response.body#/items/0/id"},
+    ),
 )
-
-
-def _ref(prefix: str, method: str, path: str) -> str:
-    pointer = f"{prefix}{path}".replace("~", "~0").replace("/", "~1")
-    return f"#/paths/{pointer}/{method}"
-
-
-def install_links(app: FastAPI, prefix: str) -> None:
-    """Add `LINKS` to the app's OpenAPI document when it is first generated."""
-    generate = app.openapi
-
-    def openapi() -> dict[str, Any]:
-        fresh = app.openapi_schema is None
-        schema = generate()
-        if fresh:
-            for link in LINKS:
-                method, path, status = link.source
-                response = schema["paths"][f"{prefix}{path}"][method]["responses"][status]
-                definition: dict[str, Any] = {
-                    "operationRef": _ref(prefix, *link.target),
-                    "parameters": link.parameters,
-                }
-                if link.body is not None:
-                    definition["requestBody"] = link.body
-                response.setdefault("links", {})[link.name] = definition
-        return schema
-
-    app.openapi = openapi  # type: ignore[method-assign]

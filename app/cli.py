@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import sys
 from typing import Annotated, Any
 
@@ -38,6 +39,18 @@ async def _ensure_admin(settings: Settings, url: str, email: str, password: str)
         await db.dispose()
 
 
+def _exit_on_sigterm() -> None:
+    """uvicorn answers SIGTERM with a graceful shutdown, then raises the signal again with
+    the handler it found. Left to the default action, that kills the process on the spot,
+    skipping `atexit`, where the embedded PostgreSQL is stopped: it would outlive the
+    service. With this handler instead, it exits normally (status 143, as for SIGTERM)."""
+
+    def leave(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, leave)
+
+
 @cli.command()
 def serve(
     host: Annotated[str | None, typer.Option(help="Bind address (HOST)")] = None,
@@ -48,6 +61,7 @@ def serve(
     import uvicorn
 
     settings = Settings()
+    _exit_on_sigterm()
     server, url = resolve_database(settings)
     _migrate(url)
     if settings.admin_email and settings.admin_password:

@@ -11,9 +11,9 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from starlette.middleware import Middleware
 
+from app.api.contract import contract
 from app.api.health import router as health_router
 from app.api.services import STATE_KEY, Services
-from app.api_links import install_links
 from app.auth.external import ExternalUsers
 from app.auth.router import router as auth_router
 from app.books.codes_router import router as codes_router
@@ -27,6 +27,7 @@ from app.core.logging import configure_logging
 from app.core.metrics import POOL
 from app.core.middleware import RequestContextMiddleware
 from app.core.migrations import head_revisions
+from app.core.openapi_contract import install_contract
 from app.core.problems import install_problem_handlers
 from app.core.ratelimit import RateLimits
 from app.core.security import TokenService
@@ -160,5 +161,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(router, prefix=API_PREFIX)
     app.include_router(health_router)
     app.include_router(console_router)
-    install_links(app, API_PREFIX)
+    install_contract(app, contract(API_PREFIX))
     return app

@@ -10,7 +10,9 @@ Checked:
 - runtime.txt (the image) pins the same versions as dev.txt (what the tests ran) and
   uv.txt the same uv;
 - each requirement in pyproject.toml is locked at a version it allows, so a bound changed
-  without `make lock` is caught here.
+  without `make lock` is caught here;
+- clients.txt (the contract test's generator, in its own venv) pins, with hashes, a version
+  each requirement of clients.in allows.
 """
 
 from __future__ import annotations
@@ -121,11 +123,18 @@ def unsatisfied(label: str, wanted: list[Requirement], pins: dict[str, str]) -> 
     return problems
 
 
+def clients_in() -> list[Requirement]:
+    """The requirements clients.txt is compiled from."""
+    lines = (LOCKS / "clients.in").read_text().splitlines()
+    return [Requirement(line) for line in lines if line.strip() and not line.startswith("#")]
+
+
 def main() -> int:
     problems: list[str] = []
     dev = read_lock(LOCKS / "dev.txt", problems)
     runtime = read_lock(LOCKS / "runtime.txt", problems)
     tool = read_lock(LOCKS / "uv.txt", problems)
+    clients = read_lock(LOCKS / "clients.txt", problems)
 
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
     project, runtime_reqs, extra_reqs = declared(pyproject)
@@ -133,6 +142,7 @@ def main() -> int:
     problems += unsatisfied("runtime.txt", runtime_reqs, runtime)
     problems += same_pins("runtime.txt", runtime, dev)
     problems += same_pins("uv.txt", tool, dev)
+    problems += unsatisfied("clients.txt", clients_in(), clients)
 
     here = installed(problems)
     if project not in here:

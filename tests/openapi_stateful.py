@@ -281,7 +281,7 @@ def _prefer_declared(raw: dict[str, Any]) -> None:
             for response in operation.get("responses", {}).values():
                 links = response.get("links", {})
                 declared = {
-                    link.get("operationRef")
+                    link.get("operationId") or link.get("operationRef")
                     for link in links.values()
                     if not link.get("x-schemathesis", {}).get("is_inferred")
                 }
@@ -289,7 +289,7 @@ def _prefer_declared(raw: dict[str, Any]) -> None:
                     name
                     for name, link in links.items()
                     if link.get("x-schemathesis", {}).get("is_inferred")
-                    and link.get("operationRef") in declared
+                    and (link.get("operationId") or link.get("operationRef")) in declared
                 ]:
                     del links[name]
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, Field
 
 from app.api.deps import AppServices
 from app.core.metrics import REGISTRY
@@ -14,17 +17,30 @@ from app.core.problems import problem_response
 router = APIRouter(tags=["operations"])
 
 
+class HealthOut(BaseModel):
+    status: Literal["ok"]
+
+
+class ReadyOut(BaseModel):
+    status: Literal["ready"]
+    migrations: list[str] = Field(max_length=16, description="The revisions at head.")
+
+
 @router.get("/healthz", summary="The process is up")
-async def healthz() -> dict[str, str]:
-    return {"status": "ok"}
+async def healthz() -> HealthOut:
+    """Liveness: the process answers. It does not look at the database."""
+    return HealthOut(status="ok")
 
 
 @router.get(
     "/readyz",
     summary="Database reachable and migrations at head",
-    responses={503: {"description": "Not ready (`unavailable`)"}},
+    response_model=ReadyOut,
+    responses={503: {"description": "Not ready"}},
 )
 async def readyz(request: Request, services: AppServices) -> Response:
+    """Readiness: the database answers and its migrations are at head; else 503 with
+    `Retry-After`."""
     db, heads = services.db, services.migration_heads
     try:
         async with db.engine.connect() as conn:
@@ -50,6 +66,19 @@ async def readyz(request: Request, services: AppServices) -> Response:
     return JSONResponse({"status": "ready", "migrations": sorted(current)})
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    response_class=Response,
+    responses={
+        200: {
+            "description": "Prometheus text format 0.0.4.",
+            "content": {
+                CONTENT_TYPE_LATEST: {"schema": {"type": "string", "maxLength": 16_777_216}}
+            },
+        }
+    },
+)
 async def metrics() -> Response:
+    """Prometheus text exposition of the request, pool, outbox and domain metrics."""
     return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)

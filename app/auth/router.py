@@ -5,8 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request, Response, status
-from fastapi.security import OAuth2PasswordRequestForm
+from fastapi import APIRouter, Form, Request, Response, status
 
 from app.api.deps import AdminUser, CurrentUser, RateLimit, Session, Tokens
 from app.auth import service
@@ -16,6 +15,7 @@ from app.auth.schemas import (
     ProfileOut,
     RegisterIn,
     RoleIn,
+    TokenForm,
     TokenOut,
     UserOut,
 )
@@ -45,7 +45,7 @@ async def register(
 
 @router.post("/auth/token", response_model=TokenOut, responses=problems(400, 401, 422, 429, 503))
 async def token(
-    form: Annotated[OAuth2PasswordRequestForm, Depends()],
+    form: Annotated[TokenForm, Form()],
     session: Session,
     tokens: Tokens,
     request: Request,
@@ -61,6 +61,7 @@ async def token(
 
 @router.get("/auth/me", response_model=ProfileOut, responses=problems(*AUTH, 404))
 async def me(user: CurrentUser, session: Session) -> ProfileOut:
+    """The caller's account and profile."""
     return ProfileOut.model_validate(await service.get_user(session, user.id))
 
 
@@ -92,6 +93,7 @@ async def put_profile(body: ProfileIn, user: CurrentUser, session: Session) -> P
 async def list_users(
     admin: AdminUser, session: Session, limit: Limit = 50, cursor: Cursor = None
 ) -> Page[ProfileOut]:
+    """Accounts, keyset-paginated by id."""
     users = await service.list_users(session, limit + 1, uuid_cursor(cursor))
     page = users[:limit]
     next_cursor = encode_cursor(page[-1].id) if len(users) > limit else None
@@ -107,6 +109,7 @@ async def list_users(
     tags=["users"],
 )
 async def get_user(user_id: uuid.UUID, admin: AdminUser, session: Session) -> ProfileOut:
+    """One account with its profile."""
     return ProfileOut.model_validate(await service.get_user(session, user_id))
 
 

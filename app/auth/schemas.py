@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import uuid
 from datetime import date, datetime
-from typing import Annotated
+from typing import Annotated, Literal
 from zoneinfo import available_timezones
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, EmailStr, Field, StringConstraints
+from pydantic.json_schema import SkipJsonSchema
 
 from app.core.geo import Lat, Lng
 from app.core.security import Role
@@ -25,7 +26,19 @@ def _known_zone(value: str) -> str:
     return value
 
 
-TimeZoneName = Annotated[str, AfterValidator(_known_zone)]
+TimeZoneName = Annotated[str, StringConstraints(max_length=64), AfterValidator(_known_zone)]
+
+
+class TokenForm(BaseModel):
+    """The OAuth2 password grant (RFC 6749, section 4.3) as a form: `username` is the email.
+    Bounded and free of NUL, like every text that reaches the database."""
+
+    grant_type: Literal["password"] | SkipJsonSchema[None] = None
+    username: Annotated[str, StringConstraints(max_length=320), NoNul]
+    password: Annotated[str, StringConstraints(max_length=1024)]
+    scope: Annotated[str, StringConstraints(max_length=1024)] = ""
+    client_id: Annotated[str, StringConstraints(max_length=256)] | SkipJsonSchema[None] = None
+    client_secret: Annotated[str, StringConstraints(max_length=256)] | SkipJsonSchema[None] = None
 
 
 class RegisterIn(BaseModel):

@@ -39,13 +39,20 @@ OPENAPI_BODY: dict[str, Any] = {
         "required": True,
         "content": {
             "text/csv": {
-                "schema": {"type": "string"},
+                # MAX_UPLOAD_BYTES (default 256 MiB); a larger upload is 413.
+                "schema": {"type": "string", "maxLength": 256 * 1_048_576},
                 "example": "code\nSUMMER-2345-ABCD\nSUMMER-2346-ABCE\n",
             },
             "multipart/form-data": {
                 "schema": {
                     "type": "object",
-                    "properties": {"file": {"type": "string", "format": "binary"}},
+                    "properties": {
+                        "file": {
+                            "type": "string",
+                            "format": "binary",
+                            "maxLength": 256 * 1_048_576,
+                        }
+                    },
                     "required": ["file"],
                 }
             },

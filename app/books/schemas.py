@@ -5,16 +5,19 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 from pydantic import (
     AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
+    GetJsonSchemaHandler,
     StringConstraints,
     model_validator,
 )
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema
 
 from app.books.rules import CODE_MAX_LENGTH
 from app.books.types import (
@@ -26,6 +29,7 @@ from app.books.types import (
     Timestamp,
     storable,
 )
+from app.core.openapi import without_null
 
 
 class BookStatus(StrEnum):
@@ -112,9 +116,24 @@ class BookPatch(BaseModel):
     expires_at: Timestamp | None = None
     metadata: Metadata | None = None
 
+    _NOT_NULL: ClassVar[tuple[str, ...]] = (
+        "name",
+        "status",
+        "max_redemptions_per_code",
+        "lock_ttl_seconds",
+    )
+
+    @classmethod
+    def __get_pydantic_json_schema__(
+        cls, core_schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        schema = handler.resolve_ref_schema(handler(core_schema))
+        without_null(schema, cls._NOT_NULL)
+        return schema
+
     @model_validator(mode="after")
     def _not_null(self) -> BookPatch:
-        for field in ("name", "status", "max_redemptions_per_code", "lock_ttl_seconds"):
+        for field in self._NOT_NULL:
             if field in self.model_fields_set and getattr(self, field) is None:
                 raise ValueError(f"{field} cannot be null")
         _check_window(self.starts_at, self.expires_at)
@@ -298,6 +317,8 @@ class RollbackIn(BaseModel):
 
 
 class DistributeIn(BaseModel):
+    """Exactly one of `segment_id` or `user_ids` (else 422)."""
+
     model_config = ConfigDict(
         extra="forbid",
         json_schema_extra={

@@ -106,7 +106,9 @@ _STREAM_RESPONSES: dict[int | str, dict[str, Any]] = {
                     "ready": {
                         "data": {
                             "type": "object",
-                            "properties": {"after": {"type": "integer", "minimum": 0}},
+                            "properties": {
+                                "after": {"type": "integer", "format": "int64", "minimum": 0}
+                            },
                             "required": ["after"],
                         }
                     },
@@ -140,6 +142,8 @@ async def stream_my_notifications(
         str | None,
         Header(
             alias="Last-Event-ID",
+            # documented, not enforced: a longer id is ignored like any other non-number
+            json_schema_extra={"maxLength": 64},
             description=(
                 "The `id` of the last `notification` event received: the stream first"
                 " replays the caller's notifications after it. Anything but a whole number"

@@ -42,6 +42,7 @@ async def create_store(
 async def list_stores(
     admin: AdminUser, session: Session, limit: Limit = 50, cursor: Cursor = None
 ) -> Page[StoreOut]:
+    """Stores, keyset-paginated by id."""
     stores = await catalog.list_stores(session, limit + 1, uuid_cursor(cursor))
     page, next_cursor = page_by_id(stores, limit)
     return Page[StoreOut](items=[StoreOut.model_validate(s) for s in page], next_cursor=next_cursor)
@@ -54,6 +55,7 @@ async def list_stores(
     tags=["stores"],
 )
 async def get_store(store_id: uuid.UUID, admin: AdminUser, session: Session) -> StoreOut:
+    """One store."""
     return StoreOut.model_validate(await catalog.get_store(session, store_id))
 
 
@@ -112,6 +114,7 @@ async def list_products(
     cursor: Cursor = None,
     store_id: uuid.UUID | None = None,
 ) -> Page[ProductOut]:
+    """Products, keyset-paginated by id."""
     products = await catalog.list_products(session, limit + 1, uuid_cursor(cursor), store_id)
     page, next_cursor = page_by_id(products, limit)
     return Page[ProductOut](
@@ -126,6 +129,7 @@ async def list_products(
     tags=["products"],
 )
 async def get_product(product_id: uuid.UUID, admin: AdminUser, session: Session) -> ProductOut:
+    """One product."""
     return ProductOut.model_validate(await catalog.get_product(session, product_id))
 
 
@@ -138,6 +142,7 @@ async def get_product(product_id: uuid.UUID, admin: AdminUser, session: Session)
 async def patch_product(
     product_id: uuid.UUID, body: ProductPatch, admin: AdminUser, session: Session
 ) -> ProductOut:
+    """Change any field of a product; absent fields are unchanged."""
     return ProductOut.model_validate(
         await catalog.update_product(session, product_id, body.changes())
     )

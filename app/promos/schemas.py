@@ -16,19 +16,23 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    GetJsonSchemaHandler,
     JsonValue,
     StrictBool,
     StringConstraints,
     model_validator,
 )
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema
 
 from app.core.geo import Lat, Lng
+from app.core.openapi import without_null
 
 _NO_NUL = r"^[^\x00]*$"
 Name = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=_NO_NUL)]
 Address = Annotated[str, StringConstraints(max_length=500, pattern=_NO_NUL)]
 Cents = Annotated[int, Field(strict=True, ge=0, le=2_000_000_000)]
-Currency = Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")]
+Currency = Annotated[str, StringConstraints(min_length=3, max_length=3, pattern=r"^[A-Z]{3}$")]
 Quantity = Annotated[int, Field(strict=True, ge=1, le=100_000)]
 MaxPerUser = Annotated[int, Field(strict=True, ge=1, le=10_000)]
 RadiusM = Annotated[int, Field(strict=True, ge=1, le=1_000_000)]
@@ -61,6 +65,14 @@ class _Patch(_In):
     """A partial update: absent fields stay; `null` only where the column is nullable."""
 
     nullable: ClassVar[frozenset[str]] = frozenset()
+
+    @classmethod
+    def __get_pydantic_json_schema__(
+        cls, core_schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        schema = handler.resolve_ref_schema(handler(core_schema))
+        without_null(schema, set(cls.model_fields) - cls.nullable)
+        return schema
 
     @model_validator(mode="after")
     def _no_null_for_required(self) -> Self:
@@ -178,6 +190,8 @@ _PROMO_EXAMPLE: dict[str, JsonValue] = {
 
 
 class PromoIn(_In):
+    """A promo; `ends_at` must be after `starts_at` (else 422)."""
+
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [_PROMO_EXAMPLE]})
 
     product_id: uuid.UUID

@@ -39,6 +39,7 @@ async def create_segment(
 async def list_segments(
     admin: AdminUser, session: Session, limit: Limit = 50, cursor: Cursor = None
 ) -> Page[SegmentOut]:
+    """Segments, keyset-paginated by id."""
     rows = await service.list_page(session, limit + 1, uuid_cursor(cursor))
     page = rows[:limit]
     return Page[SegmentOut](
@@ -49,6 +50,7 @@ async def list_segments(
 
 @router.get("/{segment_id}", response_model=SegmentOut, responses=ERRORS)
 async def get_segment(segment_id: uuid.UUID, admin: AdminUser, session: Session) -> SegmentOut:
+    """One segment."""
     return SegmentOut.model_validate(await service.get(session, segment_id))
 
 
@@ -56,12 +58,14 @@ async def get_segment(segment_id: uuid.UUID, admin: AdminUser, session: Session)
 async def patch_segment(
     segment_id: uuid.UUID, body: SegmentPatch, admin: AdminUser, session: Session
 ) -> SegmentOut:
+    """Rename a segment or change its rules; absent fields are unchanged."""
     segment = await service.update(session, segment_id, body.name, body.rules)
     return SegmentOut.model_validate(segment)
 
 
 @router.delete("/{segment_id}", status_code=status.HTTP_204_NO_CONTENT, responses=ERRORS)
 async def delete_segment(segment_id: uuid.UUID, admin: AdminUser, session: Session) -> Response:
+    """Delete a segment and its memberships; promos stop targeting it."""
     await service.remove(session, segment_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
@@ -82,6 +86,7 @@ async def add_members(
 async def remove_member(
     segment_id: uuid.UUID, user_id: uuid.UUID, admin: AdminUser, session: Session
 ) -> Response:
+    """Take a user out of a static segment; 404 if they are not in it."""
     await service.remove_member(session, segment_id, user_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 

@@ -39,6 +39,8 @@ class Rules(BaseModel):
 
 
 class SegmentIn(BaseModel):
+    """A `rule` segment needs at least one rule; a `static` one takes no rules (else 422)."""
+
     model_config = ConfigDict(
         extra="forbid",
         json_schema_extra={
