@@ -10,7 +10,7 @@ upload leaves nothing. The worker's side is `import_runner.py`.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator
 from datetime import datetime
 from typing import Any
 
@@ -107,26 +107,38 @@ async def receive_upload(
 ) -> ImportJobOut:
     """Store the uploaded CSV as a job; the caller's transaction commits it whole or not."""
     async with upload_chunks(request) as chunks:
-        conn = await raw_connection(session)
-        await _book_exists(conn, book_id)
-        # The upload is one COPY statement, as long as the client takes to send it.
-        await conn.execute("SELECT set_config('statement_timeout', '900s', true)")
-        job_id: uuid.UUID = await conn.fetchval(
-            "INSERT INTO import_jobs (book_id, actor_id, kind) VALUES ($1, $2, 'csv') RETURNING id",
-            book_id,
-            actor_id,
-        )
-        staging = staging_name(job_id)
-        await conn.execute(
-            f"CREATE UNLOGGED TABLE {staging}"
-            " (line bigint GENERATED ALWAYS AS IDENTITY, raw text) WITH (autovacuum_enabled = off)"
-        )
-        feed = CopyFeed()
-        status = await conn.copy_to_table(
-            staging, source=copy_source(feed, chunks), columns=["raw"], format="text"
-        )
+        return await store_upload(session, book_id, actor_id, chunks, idem)
+
+
+async def store_upload(
+    session: AsyncSession,
+    book_id: uuid.UUID,
+    actor_id: uuid.UUID | None,
+    chunks: AsyncIterable[bytes],
+    idem: Idempotency | None = None,
+) -> ImportJobOut:
+    """Store a CSV given as byte chunks as a job, in the caller's transaction."""
+    conn = await raw_connection(session)
+    await _book_exists(conn, book_id)
+    # The upload is one COPY statement, as long as the client takes to send it.
+    await conn.execute("SELECT set_config('statement_timeout', '900s', true)")
+    job_id: uuid.UUID = await conn.fetchval(
+        "INSERT INTO import_jobs (book_id, actor_id, kind) VALUES ($1, $2, 'csv') RETURNING id",
+        book_id,
+        actor_id,
+    )
+    staging = staging_name(job_id)
+    await conn.execute(
+        f"CREATE UNLOGGED TABLE {staging}"
+        " (line bigint GENERATED ALWAYS AS IDENTITY, raw text) WITH (autovacuum_enabled = off)"
+    )
+    feed = CopyFeed()
+    status = await conn.copy_to_table(
+        staging, source=copy_source(feed, chunks), columns=["raw"], format="text"
+    )
     sha256 = feed.sha256.hexdigest()
-    await idem.begin(sha256)
+    if idem is not None:
+        await idem.begin(sha256)
     row = await conn.fetchrow(
         f"""
         UPDATE import_jobs SET staging = $2, received_bytes = $3, lines_total = $4,
