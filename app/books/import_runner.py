@@ -106,7 +106,7 @@ class _Side:
         row = await self.fetchrow(
             f"""
             UPDATE import_jobs SET state = $2, updated_at = now(),
-                started_at = CASE WHEN $3 THEN now() ELSE started_at END
+                started_at = CASE WHEN $3 THEN clock_timestamp() ELSE started_at END
                 {
                 ", lines_done = 0, inserted = 0, duplicates_in_file = 0, already_present = 0"
                 if reset
@@ -403,7 +403,8 @@ async def _finish(work: Conn, side: _Side, job: asyncpg.Record, totals: _Totals)
         raise _Stop(Outcome.LOST, "lease lost")
     done = await work.fetchval(
         """
-        UPDATE import_jobs SET state = 'done', finished_at = now(), updated_at = now(),
+        UPDATE import_jobs SET state = 'done', finished_at = clock_timestamp(),
+            updated_at = clock_timestamp(),
             lines_done = lines_total, inserted = $2, duplicates_in_file = $3,
             already_present = $4, detail = NULL
         WHERE id = $1 AND state = 'inserting' RETURNING true
