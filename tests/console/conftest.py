@@ -114,6 +114,17 @@ class Accounts:
 
 
 @pytest.fixture(scope="package")
+def import_worker(settings: Settings) -> Iterator[None]:
+    """A real worker process (`python -m app worker`) to run the console's import jobs."""
+    from bench.common import stop
+    from tests.notifications.conftest import spawn_worker
+
+    proc = spawn_worker(settings)
+    yield
+    stop(proc, 20)
+
+
+@pytest.fixture(scope="package")
 def accounts(settings: Settings) -> Accounts:
     return Accounts(settings.database_url or "")
 
