@@ -113,9 +113,10 @@ class Accounts:
         return run_async(run())
 
 
-@pytest.fixture(scope="package")
+@pytest.fixture
 def import_worker(settings: Settings) -> Iterator[None]:
-    """A real worker process (`python -m app worker`) to run the console's import jobs."""
+    """A real worker process (`python -m app worker`) to run the console's import jobs,
+    for one test only: other tests leave outbox jobs of their own as they are."""
     from bench.common import stop
     from tests.notifications.conftest import spawn_worker
 
