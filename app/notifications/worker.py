@@ -1,8 +1,9 @@
 """The notifications worker: runs the outbox jobs of notifications, a promo's fan-out
 (`promo.started`, scheduled by promos) and webhook delivery (`webhook.deliver`, queued by the
 fan-out). The outbox itself (`app/core/outbox.py`) is generic; this loop lives here because
-every topic it runs is notification work (docs/decisions.md). On every poll it also retires
-a bounded batch of lapsed promo holds (`promos.reservations.retire_lapsed_holds`).
+most topics it runs are notification work (docs/decisions.md). It also runs the books'
+import jobs (`books.import`: `app/books/import_runner.py`), and on every poll retires a
+bounded batch of lapsed promo holds (`promos.reservations.retire_lapsed_holds`).
 
 Any number of workers may run (`python -m app worker`, or inside the API process unless
 `RUN_WORKER=false`). Jobs are claimed with `FOR UPDATE SKIP LOCKED`; a worker sleeps until a
@@ -10,8 +11,8 @@ NOTIFY on `outbox`, the next scheduled `run_at`, or the polling interval, whiche
 Every connection of a worker carries `application_name = "couponflash-worker <id>"`, so a
 worker that died (SIGKILL, lost host) is noticed as soon as its connections are gone and
 its running jobs go back to `pending`; a lease on `locked_at` covers what that cannot see.
-On shutdown the worker stops claiming, lets jobs finish for a grace period (a fan-out stops
-at its next batch boundary), and hands back whatever is still unfinished.
+On shutdown the worker stops claiming, lets jobs finish for a grace period (a fan-out or an
+import job stops at its next batch boundary), and hands back whatever is still unfinished.
 """
 
 from __future__ import annotations
