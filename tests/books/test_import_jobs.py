@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import subprocess
 import uuid
@@ -463,3 +464,45 @@ async def test_retention_deletes_finished_jobs_and_their_staging(
     # A job finished recently, or not finished, stays.
     assert (await finished(live_client, admin_live, running["id"]))["state"] == "done"
     assert await import_runner.purge_finished(pg, 3600, 10) == 0
+
+
+async def test_worker_stopped_mid_insert_hands_the_job_back_with_nothing_stored(
+    live_client: httpx.AsyncClient,
+    admin_live: ApiUser,
+    pg: asyncpg.Connection,
+    book: dict[str, Any],
+    workers: Spawn,
+) -> None:
+    job = await start(live_client, admin_live, book["id"], csv_of(unique_codes(BIG)))
+    first = workers()
+    await mid_insert(pg, job["id"])
+    first.send_signal(signal.SIGTERM)  # graceful: the job stops at its next batch
+    assert await asyncio.to_thread(first.wait, 30) == 0
+    assert (await job_state(live_client, admin_live, job["id"]))["state"] == "received"
+    assert await codes_in(pg, book["id"]) == 0
+    outbox_job = await pg.fetchrow(
+        "SELECT status, attempts FROM outbox WHERE topic = 'books.import' AND key = $1", job["id"]
+    )
+    assert outbox_job is not None and dict(outbox_job) == {"status": "pending", "attempts": 0}
+    workers()
+    assert (await finished(live_client, admin_live, job["id"]))["state"] == "done"
+    assert await codes_in(pg, book["id"]) == BIG
+
+
+async def test_multipart_upload_is_stored_as_a_job(
+    client: httpx.AsyncClient, admin: ApiUser
+) -> None:
+    book = await make_book(client, admin)
+    resp = await client.post(
+        f"{API}/books/{book['id']}/imports",
+        files={"file": ("codes.csv", b"code\nM-1\nM-2\n", "text/csv")},
+        headers=admin.headers,
+    )
+    assert resp.status_code == 202, resp.text
+    assert (resp.json()["state"], resp.json()["lines_total"]) == ("received", 3)
+    missing = await client.post(
+        f"{API}/books/{book['id']}/imports",
+        files={"other": ("codes.csv", b"M-1\n", "text/csv")},
+        headers=admin.headers,
+    )
+    assert_problem(missing, 422, "validation-error")
