@@ -87,8 +87,9 @@ bench-notify: install ## fan out one promo to 100,000 and 1,000,000 users; write
 bench-promos: install ## GET /me/promos latency and reserve+purchase throughput; writes docs/benchmarks.md
 	$(PY) bench/promos.py
 
-bench-import: install ## stream a 1,000,000-line CSV through the API; writes docs/benchmarks.md
+bench-import: install ## a 1,000,000-line CSV through the API, then a 10,000,000-line import job with assigns on the book; writes docs/benchmarks.md
 	$(PY) bench/import_codes.py
+	$(PY) bench/import_jobs.py
 
 test-pgbouncer: install ## the suite through PgBouncer (transaction mode) to 127.0.0.1:5432
 	scripts/test-pgbouncer.sh

@@ -18,6 +18,7 @@ from app.auth.external import ExternalUsers
 from app.auth.router import router as auth_router
 from app.books.codes_router import router as codes_router
 from app.books.history_router import router as history_router
+from app.books.imports_router import router as imports_router
 from app.books.router import router as books_router
 from app.console.router import router as console_router
 from app.core.db import Database
@@ -50,6 +51,7 @@ API_ROUTERS = (
     reservations_router,
     books_router,
     history_router,
+    imports_router,
     promos_router,
     auth_router,
     segments_router,

@@ -49,6 +49,12 @@ OPERATIONS = {
     "GET /books/{book_id}/codes": Operation("listBookCodes"),
     "GET /books/{book_id}/codes.csv": Operation("exportCodes"),
     "POST /books/{book_id}/distribute": Operation("distributeCodes", {409: (_INACTIVE,)}),
+    # import jobs
+    "POST /books/{book_id}/imports": Operation("startImport"),
+    "GET /books/{book_id}/imports": Operation("listImports"),
+    "GET /imports/{import_id}": Operation("getImport"),
+    "GET /imports/{import_id}/errors.csv": Operation("exportImportErrors"),
+    "DELETE /imports/{import_id}": Operation("cancelImport", {409: ("import-finished",)}),
     # promos, their catalogue and reservations
     "POST /promos/{promo_id}/reserve": Operation(
         "reservePromo",
@@ -121,6 +127,7 @@ TAGS = (
     ("me", "The caller's own codes, promos, reservations and profile."),
     ("users", "Accounts (admin)."),
     ("books", "Coupon books and their codes (admin)."),
+    ("imports", "Large code imports and generations run as background jobs (admin)."),
     ("codes", "Assign, lock, unlock, redeem, validate and roll back codes."),
     ("history", "The append-only audit of code transitions."),
     ("segments", "Audiences for promos and distribution (admin)."),

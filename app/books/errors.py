@@ -51,3 +51,9 @@ class InvalidCsv(ProblemError):
     """Import rejected; `errors: [{line, code, reason}]` (first 100), nothing stored."""
 
     status, slug, title = 422, "invalid-csv", "Invalid CSV"
+
+
+class ImportFinished(ProblemError):
+    """Cancel of an import job that already ended (done or failed)."""
+
+    status, slug, title = 409, "import-finished", "Import finished"

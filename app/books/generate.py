@@ -7,8 +7,11 @@ import io
 import math
 import os
 import uuid
+from collections.abc import Awaitable, Callable
 
 import anyio
+import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.books.rules import CODE_MAX_LENGTH
@@ -96,16 +99,35 @@ ON CONFLICT (code) DO NOTHING
 
 async def generate(session: AsyncSession, book_id: uuid.UUID, body: GenerateIn) -> int:
     """Insert `count` new globally unique codes into the book; all or nothing."""
+    slots = checked_slots(body)
+    conn = await raw_connection(session)
+    await conn.execute("SELECT set_config('statement_timeout', '600s', true)")
+    return await generate_into(conn, book_id, slots, body.count)
+
+
+def checked_slots(body: GenerateIn) -> list[Slot]:
+    """The pattern's slots; 422 when it cannot make `count` distinct codes."""
     slots = slots_for(body)
     if capacity(slots) < body.count:
         raise _invalid("pattern", f"it can make at most {capacity(slots)} distinct codes")
-    conn = await raw_connection(session)
-    await conn.execute("SELECT set_config('statement_timeout', '600s', true)")
+    return slots
+
+
+async def generate_into(
+    conn: asyncpg.Connection | PoolConnectionProxy,
+    book_id: uuid.UUID,
+    slots: list[Slot],
+    count: int,
+    after_round: Callable[[int], Awaitable[None]] | None = None,
+) -> int:
+    """Insert `count` new codes drawn from `slots`, in the caller's transaction, a round of
+    at most one batch at a time; `after_round(inserted so far)` runs after each round (it
+    may raise to stop)."""
     await conn.execute("CREATE TEMP TABLE IF NOT EXISTS generated_codes (code text) ON COMMIT DROP")
     room = capacity(slots)
     inserted, fruitless, shortfalls = 0, 0, 0
-    while inserted < body.count:
-        missing = body.count - inserted
+    while inserted < count:
+        missing = count - inserted
         n = draws(missing, room, shortfalls)
         data = await anyio.to_thread.run_sync(make_batch, slots, n)
         await conn.execute("TRUNCATE generated_codes")
@@ -119,5 +141,7 @@ async def generate(session: AsyncSession, book_id: uuid.UUID, body: GenerateIn) 
         fruitless = 0 if added else fruitless + (n == draws(missing, room, _MAX_SHORTFALLS))
         if fruitless >= _MAX_FRUITLESS_ROUNDS:
             raise _invalid("pattern", "too few unused codes are left in this pattern")
+        if after_round is not None:
+            await after_round(inserted)
     await conn.execute("TRUNCATE generated_codes")
     return inserted

@@ -12,6 +12,7 @@ import hashlib
 import re
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import asyncpg
@@ -139,22 +140,24 @@ async def copy_source(feed: CopyFeed, chunks: AsyncIterable[bytes]) -> AsyncIter
 
 # --- SQL ---------------------------------------------------------------------------------
 
-_TRIMMED = "btrim(raw, E' \\t')"
-_DATA_LINE = f"{_TRIMMED} <> '' AND NOT (line = 1 AND lower({_TRIMMED}) = 'code')"
+TRIMMED = "btrim(raw, E' \\t')"
+DATA_LINE = f"{TRIMMED} <> '' AND NOT (line = 1 AND lower({TRIMMED}) = 'code')"
 
-_INVALID = f"""
+# Every invalid data line of a staging table (`{table}`), with why.
+INVALID_SELECT = f"""
 SELECT line, left(t, 100) AS code,
        CASE WHEN length(t) > {CODE_MAX_LENGTH} THEN 'longer than {CODE_MAX_LENGTH} characters'
             ELSE 'invalid characters (allowed: A-Z a-z 0-9 - _)' END AS reason
-FROM (SELECT line, {_TRIMMED} AS t FROM import_lines WHERE {_DATA_LINE}) AS s
+FROM (SELECT line, {TRIMMED} AS t FROM {{table}} WHERE {DATA_LINE}) AS s
 WHERE t !~ '^[A-Za-z0-9_-]+$' OR length(t) > {CODE_MAX_LENGTH}
-ORDER BY line LIMIT {MAX_REPORTED}
 """
+
+_INVALID = INVALID_SELECT.format(table="import_lines") + f"ORDER BY line LIMIT {MAX_REPORTED}"
 
 _DISTINCT = f"""
 CREATE TEMP TABLE import_codes ON COMMIT DROP AS
-SELECT upper({_TRIMMED}) AS code, min(line) AS line, count(*) AS n
-FROM import_lines WHERE {_DATA_LINE}
+SELECT upper({TRIMMED}) AS code, min(line) AS line, count(*) AS n
+FROM import_lines WHERE {DATA_LINE}
 GROUP BY 1
 """
 
@@ -293,17 +296,14 @@ async def _upload_chunks(upload: UploadFile) -> AsyncIterator[bytes]:
         yield chunk
 
 
-async def import_request(
-    session: AsyncSession,
-    request: Request,
-    book_id: uuid.UUID,
-    actor_id: uuid.UUID,
-    idem: Idempotency,
-) -> ImportOut:
-    """The HTTP upload: a CSV body or a multipart form with a `file` field."""
+@asynccontextmanager
+async def upload_chunks(request: Request) -> AsyncIterator[AsyncIterable[bytes]]:
+    """The uploaded file as byte chunks: a CSV body, or the `file` field of a multipart form;
+    415 for anything else."""
     media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media_type in CSV_TYPES:
-        return await import_chunks(session, book_id, actor_id, request.stream(), idem)
+        yield request.stream()
+        return
     if media_type != "multipart/form-data":
         raise UnsupportedMediaType(
             "Send the codes as text/csv, or as multipart/form-data with a `file` field."
@@ -315,4 +315,16 @@ async def import_request(
                 "The multipart form needs a `file` field.",
                 errors=[{"loc": ["body", "file"], "msg": "Field required"}],
             )
-        return await import_chunks(session, book_id, actor_id, _upload_chunks(upload), idem)
+        yield _upload_chunks(upload)
+
+
+async def import_request(
+    session: AsyncSession,
+    request: Request,
+    book_id: uuid.UUID,
+    actor_id: uuid.UUID,
+    idem: Idempotency,
+) -> ImportOut:
+    """The HTTP upload: a CSV body or a multipart form with a `file` field."""
+    async with upload_chunks(request) as chunks:
+        return await import_chunks(session, book_id, actor_id, chunks, idem)

@@ -9,11 +9,15 @@ import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response, status
-from fastapi.responses import StreamingResponse
+from fastapi.encoders import jsonable_encoder
+from fastapi.responses import JSONResponse, StreamingResponse
 
 from app.api.deps import AdminUser, Idempotent, IdempotentUpload, Session
-from app.books import assign, export, generate, imports, service
+from app.books import assign, export, generate, import_jobs, imports, service
+from app.books.import_schemas import ImportJobOut
+from app.books.imports_router import job_location
 from app.books.schemas import (
+    GENERATE_SYNC_MAX,
     BookIn,
     BookOut,
     BookPatch,
@@ -117,7 +121,14 @@ async def import_codes(
     "/books/{book_id}/codes/generate",
     status_code=status.HTTP_201_CREATED,
     response_model=GenerateOut,
-    responses=problems(*ADMIN, 404, 409),
+    responses={
+        202: {
+            "model": ImportJobOut,
+            "description": "Accepted as a background job (`async: true`, or more than"
+            f" {GENERATE_SYNC_MAX:,} codes); `Location` names the job.",
+        },
+        **problems(*ADMIN, 404, 409),
+    },
 )
 async def generate_codes(
     book_id: uuid.UUID,
@@ -126,10 +137,22 @@ async def generate_codes(
     session: Session,
     response: Response,
     idem: Idempotent,
-) -> GenerateOut:
+) -> GenerateOut | JSONResponse:
     """Generate `count` globally unique codes from a pattern (`#` digit 2-9, `?` letter,
-    `*` either, other characters literal) or a prefix and length; no 0/O or 1/I/L."""
+    `*` either, other characters literal) or a prefix and length; no 0/O or 1/I/L.
+    Up to 1,000,000 codes answer 201 when done; with `async: true` or more codes (up to
+    10,000,000) the generation is a background job: 202 and `Location: /imports/{id}`."""
     await service.get_book(session, book_id)
+    if body.as_job:
+        generate.checked_slots(body)  # a pattern too small is 422 now, not a failed job
+        job = await import_jobs.start_generation(session, book_id, admin.id, body)
+        response.headers["Location"] = location = job_location(job.id)
+        await idem.remember(status.HTTP_202_ACCEPTED, job)
+        return JSONResponse(
+            jsonable_encoder(job),
+            status_code=status.HTTP_202_ACCEPTED,
+            headers={"Location": location},
+        )
     inserted = await generate.generate(session, book_id, body)
     out = GenerateOut(inserted=inserted)
     response.headers["Location"] = f"/api/v1/books/{book_id}/codes"

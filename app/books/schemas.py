@@ -376,6 +376,9 @@ class ImportOut(BaseModel):
     already_present: int
 
 
+# Generations up to GENERATE_SYNC_MAX codes may answer in the request; larger ones are jobs.
+GENERATE_SYNC_MAX = 1_000_000
+GENERATE_MAX = 10_000_000
 CodePattern = Annotated[str, StringConstraints(min_length=1, max_length=CODE_MAX_LENGTH)]
 # At least one generated character follows the prefix.
 CodePrefix = Annotated[
@@ -387,14 +390,32 @@ class GenerateIn(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
         json_schema_extra={
-            "examples": [{"count": 1000, "pattern": "SUMMER-####-????"}, {"count": 50, "length": 8}]
+            "examples": [
+                {"count": 1000, "pattern": "SUMMER-####-????"},
+                {"count": 50, "length": 8},
+                {"count": 5_000_000, "prefix": "BIG-", "length": 10, "async": True},
+            ]
         },
+        populate_by_name=True,
     )
 
-    count: Annotated[int, Field(strict=True, ge=1, le=1_000_000)]
+    count: Annotated[int, Field(strict=True, ge=1, le=GENERATE_MAX)]
     pattern: CodePattern | None = None
     prefix: CodePrefix | None = None
     length: Annotated[int, Field(strict=True, ge=1, le=CODE_MAX_LENGTH)] = 10
+    # Above GENERATE_SYNC_MAX codes a generation always runs as a job.
+    run_async: Annotated[
+        bool,
+        Field(
+            strict=True,
+            alias="async",
+            description=f"Run as a background job (202); always so above {GENERATE_SYNC_MAX:,}.",
+        ),
+    ] = False
+
+    @property
+    def as_job(self) -> bool:
+        return self.run_async or self.count > GENERATE_SYNC_MAX
 
 
 class GenerateOut(BaseModel):

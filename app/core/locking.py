@@ -16,6 +16,7 @@ class LockNamespace(IntEnum):
     PROMO_USER = 3  # promo max_per_user (reserve)
     IDEMPOTENCY = 4  # one in-flight request per (user, route, key)
     OUTBOX = 5  # a keyed outbox job (topic, key): scheduling, cancelling, settling
+    IMPORT_BOOK = 6  # one import job of a book validating or inserting at a time
 
 
 def xact_lock_sql(namespace: LockNamespace, key_sql: str, *, shared: bool = False) -> str:

@@ -135,8 +135,9 @@ def _route_template(scope: Scope) -> str:
     return str(template) if template else "<unmatched>"
 
 
-# Only the CSV upload route takes the larger limit, whatever Content-Type a client claims.
-_UPLOAD_PATHS = ("/codes",)
+# Only the CSV upload routes (synchronous and as a job) take the larger limit, whatever
+# Content-Type a client claims.
+_UPLOAD_PATHS = ("/codes", "/imports")
 _UPLOAD_TYPES = (b"text/csv", b"text/plain", b"multipart/form-data", b"application/octet-stream")
 
 

@@ -183,6 +183,17 @@ async def complete(conn: Conn, job_id: int, worker_id: str) -> bool:
     return status.endswith(" 1")
 
 
+async def renew(conn: Conn, job_id: int, worker_id: str) -> bool:
+    """Extend the lease of a long job this worker runs; False when it is no longer ours."""
+    status = await conn.execute(
+        "UPDATE outbox SET locked_at = now() WHERE id = $1 AND status = 'running'"
+        " AND locked_by = $2",
+        job_id,
+        worker_id,
+    )
+    return status.endswith(" 1")
+
+
 async def fail(conn: Conn, job: Job, worker_id: str, error: str, retry_in_s: float) -> bool:
     """Record a failed attempt: back to `pending` after `retry_in_s`, or `dead` when the
     attempts are used up. Returns True when the job became a dead letter."""

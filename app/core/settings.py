@@ -36,6 +36,8 @@ class NotificationSettings(BaseSettings):
     notify_backoff_max_s: float = Field(default=600.0, gt=0)
     notify_sse_heartbeat_s: float = Field(default=15.0, gt=0)
     outbox_keep_done_hours: float = Field(default=72.0, gt=0)
+    import_batch_size: int = Field(default=100_000, ge=100, le=1_000_000)
+    import_keep_hours: float = Field(default=72.0, gt=0)
 
 
 class Settings(BaseSettings):

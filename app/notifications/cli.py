@@ -20,7 +20,7 @@ def worker(
         int | None, typer.Option(help="Serve Prometheus /metrics on this port")
     ] = None,
 ) -> None:
-    """Run the notifications worker (promo fan-out, webhook delivery) until SIGTERM or SIGINT."""
+    """Run the worker (promo fan-out, webhook delivery, code imports) until SIGTERM or SIGINT."""
     from app.core.logging import configure_logging
     from app.core.settings import Environment, Settings
     from app.notifications.worker import WorkerConfig, run_until_signalled

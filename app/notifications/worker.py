@@ -1,8 +1,9 @@
 """The notifications worker: runs the outbox jobs of notifications, a promo's fan-out
 (`promo.started`, scheduled by promos) and webhook delivery (`webhook.deliver`, queued by the
 fan-out). The outbox itself (`app/core/outbox.py`) is generic; this loop lives here because
-every topic it runs is notification work (docs/decisions.md). On every poll it also retires
-a bounded batch of lapsed promo holds (`promos.reservations.retire_lapsed_holds`).
+most topics it runs are notification work (docs/decisions.md). It also runs the books'
+import jobs (`books.import`: `app/books/import_runner.py`), and on every poll retires a
+bounded batch of lapsed promo holds (`promos.reservations.retire_lapsed_holds`).
 
 Any number of workers may run (`python -m app worker`, or inside the API process unless
 `RUN_WORKER=false`). Jobs are claimed with `FOR UPDATE SKIP LOCKED`; a worker sleeps until a
@@ -10,8 +11,8 @@ NOTIFY on `outbox`, the next scheduled `run_at`, or the polling interval, whiche
 Every connection of a worker carries `application_name = "couponflash-worker <id>"`, so a
 worker that died (SIGKILL, lost host) is noticed as soon as its connections are gone and
 its running jobs go back to `pending`; a lease on `locked_at` covers what that cannot see.
-On shutdown the worker stops claiming, lets jobs finish for a grace period (a fan-out stops
-at its next batch boundary), and hands back whatever is still unfinished.
+On shutdown the worker stops claiming, lets jobs finish for a grace period (a fan-out or an
+import job stops at its next batch boundary), and hands back whatever is still unfinished.
 """
 
 from __future__ import annotations
@@ -21,14 +22,17 @@ import contextlib
 import os
 import secrets
 import socket
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
 import structlog
 
+from app.books import import_jobs, import_runner
 from app.core import idempotency, outbox
 from app.core.db import libpq_url
 from app.core.outbox import Job
@@ -56,6 +60,8 @@ _PURGE_EVERY_S = 600.0
 _MARK_SOLD_OUT_EVERY_S = 10.0
 # Lapsed promo holds retired per poll at most: one short statement, by index.
 _HOLDS_PER_SWEEP = 1000
+# Finished import jobs deleted per housekeeping round, each with its staging table.
+_IMPORTS_PER_PURGE = 50
 
 
 @dataclass(frozen=True)
@@ -74,6 +80,8 @@ class WorkerConfig:
     backoff_base_s: float = 2.0
     backoff_max_s: float = 600.0
     keep_done_hours: float = 72.0
+    import_batch_size: int = 100_000
+    import_keep_hours: float = 72.0
     idempotency_ttl_hours: int = 24
     purge_batch: int = 5000
     statement_cache_size: int = 1024
@@ -101,6 +109,8 @@ class WorkerConfig:
             backoff_base_s=tuning.notify_backoff_base_s,
             backoff_max_s=tuning.notify_backoff_max_s,
             keep_done_hours=tuning.outbox_keep_done_hours,
+            import_batch_size=tuning.import_batch_size,
+            import_keep_hours=tuning.import_keep_hours,
             idempotency_ttl_hours=settings.idempotency_ttl_hours,
             statement_cache_size=settings.statement_cache_size,
         )
@@ -125,6 +135,7 @@ class Worker:
         self._handlers: dict[str, Callable[[Job], Awaitable[None]]] = {
             PROMO_STARTED: self._fanout,
             WEBHOOK_DELIVER: self._deliver,
+            import_jobs.TOPIC: self._import,
         }
 
     @property
@@ -327,6 +338,31 @@ class Worker:
         if count:
             await self._webhook.post(job, body)
 
+    async def _import(self, job: Job) -> None:
+        assert self._pool is not None
+        import_id = uuid.UUID(str(job.payload["import_id"]))
+        try:
+            outcome = await import_runner.run(
+                self._pool,
+                import_id,
+                job.id,
+                self.id,
+                batch_size=self.config.import_batch_size,
+                stopping=self._stopping,
+            )
+        except Exception as exc:
+            if job.attempts >= job.max_attempts:  # no attempt left: the job ends here
+                await self._finish(
+                    import_runner.mark_failed, import_id, f"{type(exc).__name__}: {exc}"
+                )
+            raise
+        if outcome is import_runner.Outcome.BUSY:
+            raise NotYet(datetime.now(UTC) + timedelta(seconds=import_runner.BUSY_RETRY_S))
+        if outcome is import_runner.Outcome.RELEASED:
+            raise Released()
+        if outcome is import_runner.Outcome.LOST:
+            raise LostLease()
+
     # Wake-ups ----------------------------------------------------------------------------
 
     def _on_notify(self, *_: object) -> None:
@@ -377,9 +413,13 @@ async def purge(conn: outbox.Conn, cfg: WorkerConfig) -> bool:
             conn, cfg.keep_done_hours * 3600, cfg.purge_batch
         ),
     }
-    if any(counts.values()):
-        log.info("housekeeping_purged", **counts)
-    return any(n >= cfg.purge_batch for n in counts.values())
+    # Each import job may drop a staging table: fewer per round.
+    jobs = await import_runner.purge_finished(
+        conn, cfg.import_keep_hours * 3600, _IMPORTS_PER_PURGE
+    )
+    if any(counts.values()) or jobs:
+        log.info("housekeeping_purged", import_jobs=jobs, **counts)
+    return jobs >= _IMPORTS_PER_PURGE or any(n >= cfg.purge_batch for n in counts.values())
 
 
 WORKER_STATE_KEY = "outbox_worker"  # the in-process worker, in the lifespan's state

@@ -113,6 +113,18 @@ class Accounts:
         return run_async(run())
 
 
+@pytest.fixture
+def import_worker(settings: Settings) -> Iterator[None]:
+    """A real worker process (`python -m app worker`) to run the console's import jobs,
+    for one test only: other tests leave outbox jobs of their own as they are."""
+    from bench.common import stop
+    from tests.notifications.conftest import spawn_worker
+
+    proc = spawn_worker(settings)
+    yield
+    stop(proc, 20)
+
+
 @pytest.fixture(scope="package")
 def accounts(settings: Settings) -> Accounts:
     return Accounts(settings.database_url or "")

@@ -29,7 +29,7 @@ def _stat(page: Page, key: str) -> Locator:
 
 
 def test_admin_runs_a_book_and_users_claim_lock_and_redeem(
-    server: LiveServer, accounts: Accounts, new_page: Callable[..., Page]
+    server: LiveServer, accounts: Accounts, new_page: Callable[..., Page], import_worker: None
 ) -> None:
     admin = accounts.create("admin")
     members = [accounts.create("user") for _ in range(3)]
@@ -74,11 +74,16 @@ def test_admin_runs_a_book_and_users_claim_lock_and_redeem(
         {"offline": False, "latency": 0, "downloadThroughput": -1, "uploadThroughput": 1_000_000},
     )
     _upload(page, "codes.csv", _csv([*codes, codes[0]]))
+    # The file is stored (202), then the page follows the import job to its end.
     result = page.locator("#upload-result")
     expect(result.get_by_role("status")).to_have_text(
-        f"{BIG_CSV_LINES} codes added.", timeout=60_000
+        f"{BIG_CSV_LINES:,} codes added.", timeout=60_000
     )
-    expect(result.get_by_role("table")).to_contain_text(str(BIG_CSV_LINES + 1))
+    expect(page.locator("#job-label")).to_have_text("Import done.")
+    expect(page.locator("#job-bar")).to_have_attribute("value", "100")
+    expect(page.locator("#job-cancel")).to_be_hidden()
+    # Lines of the file (header and the repeated code included), inserted, duplicates.
+    expect(result.get_by_role("table")).to_contain_text(f"{BIG_CSV_LINES + 2:,}")
     expect(page.locator("#upload-bar")).to_have_attribute("value", "100")
     seen = page.evaluate("window.seenProgress")
     assert any(0 < v < 100 for v in seen), seen
@@ -92,9 +97,18 @@ def test_admin_runs_a_book_and_users_claim_lock_and_redeem(
     # A bad file is refused, with the offending line shown in a table.
     _upload(page, "bad.csv", b"code\nGOOD-1\nnot a code!\n")
     errors = page.locator("#upload-result")
-    expect(errors.get_by_role("alert")).to_be_visible()
+    expect(errors.get_by_role("alert")).to_be_visible(timeout=30_000)
     row = errors.get_by_role("row").filter(has_text="not a code!")
     expect(row.get_by_role("cell").first).to_have_text("3")
+    report = errors.get_by_role("link", name=re.compile("Download the error report"))
+    href = report.get_attribute("href")
+    assert href is not None
+    got = page.request.get(f"{server.url}{href}")
+    assert got.status == 200
+    assert got.text().splitlines() == [
+        "line,code,reason",
+        "3,not a code!,invalid characters (allowed: A-Z a-z 0-9 - _)",
+    ]
     page.locator("#upload-result").screenshot(path=str(SCREENSHOTS / "admin-upload-errors.png"))
 
     # A static segment with three members.

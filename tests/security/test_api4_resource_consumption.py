@@ -202,7 +202,7 @@ async def test_generate_refuses_counts_over_the_bound(
     client: httpx.AsyncClient, admin: ApiUser
 ) -> None:
     book = await make_book(client, admin)
-    for count in (1_000_001, 10**12, -1, 0):
+    for count in (10_000_001, 10**12, -1, 0):
         resp = await client.post(
             f"{API}/books/{book['id']}/codes/generate", json={"count": count}, headers=admin.headers
         )

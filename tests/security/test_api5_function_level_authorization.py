@@ -14,7 +14,7 @@ from tests.helpers import ApiUser, assert_problem
 from tests.security.support import API, Endpoint, admin_endpoints, authenticated_endpoints
 
 # The admin routes of /work/shared/API.md (books, codes rollback, history, users, segments,
-# stores, products, promos, dead letters).
+# stores, products, promos, dead letters, import jobs).
 CONTRACT_ADMIN_ROUTES = {
     "GET /users",
     "GET /users/{user_id}",
@@ -28,6 +28,11 @@ CONTRACT_ADMIN_ROUTES = {
     "GET /books/{book_id}/codes",
     "GET /books/{book_id}/codes.csv",
     "POST /books/{book_id}/distribute",
+    "POST /books/{book_id}/imports",
+    "GET /books/{book_id}/imports",
+    "GET /imports/{import_id}",
+    "GET /imports/{import_id}/errors.csv",
+    "DELETE /imports/{import_id}",
     "POST /codes/{code}/rollback",
     "GET /history",
     "POST /segments",
@@ -106,7 +111,7 @@ async def _call(
     client: httpx.AsyncClient, endpoint: Endpoint, headers: dict[str, str]
 ) -> httpx.Response:
     name = _name(endpoint)
-    if name == "POST /books/{book_id}/codes":
+    if name in ("POST /books/{book_id}/codes", "POST /books/{book_id}/imports"):
         return await client.post(
             endpoint.url(),
             content=b"ESCALATED-1\n",

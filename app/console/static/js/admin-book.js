@@ -1,4 +1,5 @@
-// /admin/books/{id}: live stats, status, CSV upload with progress, generate, distribute,
+// /admin/books/{id}: live stats, status, CSV upload as an import job with progress and cancel,
+// generate, distribute,
 // code search with history, the codes table and the settings form.
 import {
   $,
@@ -99,7 +100,8 @@ onSubmit($("#edit-form"), async (data) => {
   flash("Settings saved.");
 });
 
-// ---- upload: the browser streams the file; XHR reports upload progress ----
+// ---- upload: the browser streams the file (XHR reports upload progress); the service
+// stores it and answers 202 with an import job, which this page then follows ----
 
 function uploadFile(file) {
   const wrap = $("#upload-progress");
@@ -108,12 +110,13 @@ function uploadFile(file) {
   const result = $("#upload-result");
   const button = $("#upload-form button[type=submit]");
   result.replaceChildren();
+  $("#job").hidden = true;
   wrap.hidden = false;
   bar.value = 0;
   label.textContent = "Starting upload…";
   button.disabled = true;
   const xhr = new XMLHttpRequest();
-  xhr.open("POST", `${API}${base}/codes`);
+  xhr.open("POST", `${API}${base}/imports`);
   xhr.setRequestHeader("Content-Type", "text/csv");
   xhr.setRequestHeader("Accept", "application/json");
   xhr.setRequestHeader("X-CSRF-Token", cookie("cf_csrf"));
@@ -125,23 +128,13 @@ function uploadFile(file) {
   });
   xhr.upload.addEventListener("load", () => {
     bar.value = 100;
-    label.textContent = "Uploaded. Checking and storing the codes…";
+    label.textContent = "Uploaded. Storing the file…";
   });
   xhr.addEventListener("load", async () => {
     button.disabled = false;
-    if (xhr.status === 201 || xhr.status === 200) {
-      const r = JSON.parse(xhr.responseText);
-      label.textContent = "Done.";
-      result.replaceChildren(
-        el("p", { class: "ok", role: "status" }, `${r.inserted} codes added.`),
-        table(
-          ["Received", "Inserted", "Duplicates in file", "Already in book"],
-          [[r.received, r.inserted, r.duplicates_in_file, r.already_present]],
-          "Upload result",
-        ),
-      );
-      refresh();
-      loadCodes(null);
+    if (xhr.status === 202) {
+      label.textContent = "File stored.";
+      watchJob(JSON.parse(xhr.responseText));
     } else {
       if (xhr.status === 401) location.assign("/login?next=" + encodeURIComponent(location.pathname));
       label.textContent = "Upload refused.";
@@ -162,6 +155,89 @@ $("#upload-form").addEventListener("submit", (event) => {
   if (file) uploadFile(file);
 });
 
+// ---- the import job: progress from GET /imports/{id}, cancel, the error report ----
+
+const FINISHED = new Set(["done", "failed", "cancelled"]);
+const STATE_TEXT = {
+  received: "Waiting for a worker",
+  queued: "Waiting for another import of this book to finish",
+  validating: "Checking the file",
+  inserting: "Storing the codes",
+};
+let watching = null;
+
+function renderJob(job) {
+  const n = (v) => Number(v).toLocaleString();
+  $("#job").hidden = false;
+  $("#job-bar").value = Math.round(job.progress * 100);
+  const what = job.kind === "generate" ? "codes" : "lines";
+  $("#job-label").textContent = FINISHED.has(job.state)
+    ? `Import ${job.state}.`
+    : `${STATE_TEXT[job.state] || job.state}: ${Math.round(job.progress * 100)}% (${n(job.lines_done)} of ${n(job.lines_total)} ${what})`;
+  $("#job-cancel").hidden = FINISHED.has(job.state);
+  $("#job-cancel").dataset.jobId = job.id;
+  const result = $("#upload-result");
+  if (job.state === "done") {
+    result.replaceChildren(
+      el("p", { class: "ok", role: "status" }, `${n(job.inserted)} codes added.`),
+      table(
+        ["Lines", "Inserted", "Duplicates in file", "Already in book"],
+        [[n(job.lines_total), n(job.inserted), n(job.duplicates_in_file), n(job.already_present)]],
+        "Import result",
+      ),
+    );
+  } else if (job.state === "failed") {
+    showProblem(result, new ApiError(422, { detail: job.detail, errors: job.errors }));
+    if (job.error_count) {
+      result.append(
+        el(
+          "p",
+          {},
+          el("a", { href: `${API}/imports/${job.id}/errors.csv`, download: "", id: "job-errors" },
+            `Download the error report (${n(job.error_count)} lines, CSV)`),
+        ),
+      );
+    }
+  } else if (job.state === "cancelled") {
+    result.replaceChildren(el("p", { class: "muted", role: "status" }, "Import cancelled; nothing stored."));
+  } else {
+    result.replaceChildren();
+  }
+}
+
+function watchJob(job) {
+  clearInterval(watching);
+  renderJob(job);
+  if (FINISHED.has(job.state)) return;
+  watching = setInterval(async () => {
+    try {
+      const now = await api("GET", `/imports/${job.id}`);
+      renderJob(now);
+      if (FINISHED.has(now.state)) {
+        clearInterval(watching);
+        if (now.state === "done") {
+          refresh();
+          loadCodes(null);
+        }
+      }
+    } catch (err) {
+      showProblem($("#upload-result"), err);
+    }
+  }, 1000);
+}
+
+$("#job-cancel").addEventListener("click", async (event) => {
+  const button = event.currentTarget;
+  button.disabled = true;
+  try {
+    renderJob(await api("DELETE", `/imports/${button.dataset.jobId}`));
+  } catch (err) {
+    showProblem($("#upload-result"), err);
+  } finally {
+    button.disabled = false;
+  }
+});
+
 // ---- generate ----
 
 onSubmit($("#generate-form"), async (data) => {
@@ -173,6 +249,12 @@ onSubmit($("#generate-form"), async (data) => {
   if (prefix) body.prefix = prefix;
   if (length) body.length = Number.parseInt(length, 10);
   const r = await api("POST", `${base}/codes/generate`, body);
+  if (r.state) {
+    // Above a million codes the generation is an import job: follow it like an upload.
+    $("#generate-result").replaceChildren(el("p", { class: "ok" }, "Generation started; see its progress under Upload codes."));
+    watchJob(r);
+    return;
+  }
   $("#generate-result").replaceChildren(el("p", { class: "ok" }, `${r.inserted} codes generated.`));
   refresh();
   loadCodes(null);
