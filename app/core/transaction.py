@@ -4,11 +4,20 @@ connection, for the routes written in SQL (the hot paths). No ORM session wraps 
 repeat answers the stored response), and commits when the block ends — before the response
 is sent — or rolls back on any error. `await tx.remember(...)` stores the response in that
 same transaction, so it exists exactly when the effect does.
+
+Failover: a connection lost while COMMIT is in flight is answered `OutcomeUnknown` (503,
+`outcome: unknown`), never success nor a definite failure; the statement timeout is switched
+off for the COMMIT itself (in the same message, no extra round trip), because a COMMIT
+cancelled while it waits for the synchronous standby is kept on the primary without being
+replicated. A connection that turns out read-only (a demoted primary, a standby behind a
+stale address) is closed, and the rest of the pool with it, so the pool reconnects to the
+new primary.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from types import TracebackType
@@ -18,25 +27,51 @@ import asyncpg
 
 from app.core.db import Database
 from app.core.idempotency import IdempotencyKey
-from app.core.problems import Unavailable
+from app.core.problems import (
+    OutcomeUnknown,
+    Unavailable,
+    sqlstate_of,
+    wrong_server,
+)
 
 Acquired = AbstractAsyncContextManager[asyncpg.Connection]
 Acquire = Callable[[], Acquired]
 
 _TIMEOUTS = "SELECT set_config('lock_timeout', $1, true), set_config('statement_timeout', $2, true)"
+# One simple-query message: the COMMIT runs with no statement timeout (see the docstring).
+_COMMIT = "SET LOCAL statement_timeout = 0; COMMIT"
+# SQLSTATE classes a failed COMMIT answers with when the server rolled back for certain:
+# serialization or deadlock (40), a deferred constraint (23).
+_ROLLED_BACK = ("40", "23")
 # Failing to get or start a connection: the server is away or every connection is busy.
 _UNREACHABLE = (
     OSError,
     asyncio.TimeoutError,
     asyncpg.InterfaceError,
     asyncpg.PostgresConnectionError,
+    asyncpg.TargetServerAttributeNotMatched,
 )
+
+
+def _close(conn: asyncpg.Connection) -> None:
+    """Close a connection for good, so the pool replaces it; one the pool already let go
+    when the server dropped it refuses every call, and needs nothing more."""
+    with contextlib.suppress(asyncpg.InterfaceError):
+        conn.terminate()
 
 
 class Transaction:
     """One transaction on one pooled connection; see the module docstring."""
 
-    __slots__ = ("_acquire", "_acquired", "_db", "_request_hash", "_xact", "idempotency")
+    __slots__ = (
+        "_acquire",
+        "_acquired",
+        "_conn",
+        "_db",
+        "_request_hash",
+        "_savepoint",
+        "idempotency",
+    )
 
     def __init__(
         self, acquire: Acquire, db: Database, idempotency: IdempotencyKey, request_hash: str
@@ -46,7 +81,9 @@ class Transaction:
         self.idempotency = idempotency
         self._request_hash = request_hash
         self._acquired: AbstractAsyncContextManager[asyncpg.Connection] | None = None
-        self._xact: Any = None
+        self._conn: asyncpg.Connection | None = None
+        # A connection lent already inside a transaction (a test's) nests as a savepoint.
+        self._savepoint: Any = None
 
     async def __aenter__(self) -> asyncpg.Connection:
         acquired = self._acquire()
@@ -58,21 +95,23 @@ class Transaction:
                 conn = await acquired.__aenter__()
         except _UNREACHABLE as exc:
             raise Unavailable("No database connection is available; retry shortly.") from exc
-        self._acquired = acquired
-        xact = conn.transaction()
+        savepoint = conn.transaction() if conn.is_in_transaction() else None
         try:
-            await xact.__aenter__()
+            if savepoint is None:
+                await conn.execute("BEGIN")
+            else:
+                await savepoint.start()
         except BaseException as exc:
             # Anything but a server error or a cancel means the connection is broken (one the
             # server dropped while it sat in the pool, say): close it, so the pool replaces it.
             broken = not isinstance(exc, asyncpg.PostgresError | asyncio.CancelledError)
             if broken:
-                conn.terminate()
+                _close(conn)
             await acquired.__aexit__(type(exc), exc, exc.__traceback__)
             if broken:
                 raise Unavailable("The database connection was lost; retry shortly.") from exc
             raise
-        self._xact = xact
+        self._acquired, self._conn, self._savepoint = acquired, conn, savepoint
         try:
             db = self._db
             if db.timeouts_per_transaction:
@@ -92,13 +131,50 @@ class Transaction:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        acquired, xact = self._acquired, self._xact
-        self._acquired = self._xact = None
-        assert acquired is not None
+        acquired, conn, savepoint = self._acquired, self._conn, self._savepoint
+        self._acquired = self._conn = self._savepoint = None
+        assert acquired is not None and conn is not None
         try:
-            await xact.__aexit__(exc_type, exc, tb)
+            if savepoint is not None:
+                await savepoint.__aexit__(exc_type, exc, tb)
+            elif exc is None:
+                await self._commit(conn)
+            else:
+                await self._rollback(conn, exc)
         finally:
             await acquired.__aexit__(exc_type, exc, tb)
+
+    async def _commit(self, conn: asyncpg.Connection) -> None:
+        try:
+            await conn.execute(_COMMIT)
+        except asyncpg.PostgresError as exc:
+            if (sqlstate_of(exc) or "").startswith(_ROLLED_BACK):
+                raise  # the server rolled back: a definite failure, mapped as any other
+            _close(conn)
+            raise OutcomeUnknown() from exc
+        except asyncio.CancelledError:
+            _close(conn)
+            raise
+        except Exception as exc:
+            # The connection died with the COMMIT in flight: it may have committed or not.
+            _close(conn)
+            raise OutcomeUnknown() from exc
+
+    async def _rollback(self, conn: asyncpg.Connection, exc: BaseException) -> None:
+        if wrong_server(exc):
+            # This server cannot take writes (any more): neither can the pool's other
+            # connections to it. Close them all; the next ones go to the new primary.
+            _close(conn)
+            if self._db.pool is not None:
+                await self._db.pool.expire_connections()
+            return
+        try:
+            await conn.execute("ROLLBACK")
+        except asyncio.CancelledError:
+            _close(conn)
+            raise
+        except Exception:
+            _close(conn)  # lost meanwhile: the request's own error is the answer
 
     async def remember(
         self, conn: asyncpg.Connection, status_code: int, payload: Any, location: str | None = None
