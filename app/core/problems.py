@@ -200,6 +200,13 @@ def wrong_server(exc: BaseException) -> bool:
     return False
 
 
+def _protocol_broken(exc: BaseException) -> bool:
+    """asyncpg's connection state left mid-operation: seen when the server crashed (every
+    backend ends with 57P02) while the connection was in use or idle in the pool. The
+    connection is unusable and is closed; nothing was committed on it."""
+    return isinstance(exc, asyncpg.InternalClientError) and "another operation" in str(exc)
+
+
 def _driver_connection_lost(exc: BaseException) -> bool:
     """An asyncpg interface error about a connection that is gone (the server restarted or
     dropped it), including one raised while cleaning up after the loss, e.g. ending the
@@ -234,6 +241,8 @@ def problem_for_database_error(exc: BaseException) -> ProblemError | None:
         return Unavailable("All database connections are busy; retry shortly.")
     if isinstance(exc, InterfaceError | ConnectionError | OSError):
         return Unavailable("The database is unreachable; retry shortly.")
+    if _protocol_broken(exc):
+        return Unavailable("The database connection was lost; retry shortly.")
     if _driver_connection_lost(exc):
         return Unavailable("The database connection was lost; retry shortly.")
     if isinstance(exc, DBAPIError) and exc.connection_invalidated:

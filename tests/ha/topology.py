@@ -294,7 +294,7 @@ defaults
     timeout connect 2s
     timeout client 30m
     timeout server 30m
-    timeout check 1s
+    timeout check 3s
 
 # The primary: the one node whose Patroni answers 200 on /primary. When that changes, the
 # old primary's sessions are cut at once, so no client keeps writing to a demoted server.
@@ -314,13 +314,44 @@ listen api
     balance roundrobin
     option httpchk GET /healthz
     timeout server 60s
+    errorfile 503 {topo.root}/503.http
+    errorfile 502 {topo.root}/unknown.http
+    errorfile 504 {topo.root}/unknown.http
     retries 3
     option redispatch 1
     retry-on conn-failure empty-response response-timeout
     http-response set-header X-Served-By %s
-    default-server inter 500ms fastinter 250ms fall 2 rise 2
+    default-server inter 500ms fastinter 250ms fall 3 rise 2
 {api_servers}
 """
+
+
+# The load balancer's own answers, in the service's contract: no instance to send the request
+# to is a plain 503 (nothing was done); an instance that died or hung while it had the request
+# (502/504, after the retries above) is a 503 `outcome: unknown`, settled by the same key.
+_LB_ERRORS = {
+    "503.http": {"detail": "No API instance is available; retry shortly."},
+    "unknown.http": {
+        "detail": "The API instance handling the request was lost; it may or may not have"
+        " been applied. Retry with the same Idempotency-Key.",
+        "outcome": "unknown",
+    },
+}
+
+
+def _http_problem(extra: dict[str, str]) -> bytes:
+    body = json.dumps(
+        {"type": "/problems/unavailable", "title": "Service Unavailable", "status": 503, **extra}
+    ).encode()
+    head = (
+        "HTTP/1.1 503 Service Unavailable\r\n"
+        "Content-Type: application/problem+json\r\n"
+        "Retry-After: 2\r\n"
+        "Cache-Control: no-store\r\n"
+        "Connection: close\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
 
 
 def build(api_instances: int = 2) -> Topology:
@@ -351,6 +382,8 @@ def build(api_instances: int = 2) -> Topology:
         node.proc.env = {"PATH": f"{PG_BIN}:/usr/bin:/bin", "HOME": str(node.home)}
         node.proc.user = PG_USER if os.getuid() == 0 else None
     (root / "haproxy.cfg").write_text(_haproxy_config(topo))
+    for name, body in _LB_ERRORS.items():
+        (root / name).write_bytes(_http_problem(body))
     return topo
 
 
