@@ -7,7 +7,6 @@ violation. Everything it starts is stopped, and its data deleted, however it end
 from __future__ import annotations
 
 import asyncio
-import itertools
 import os
 import random
 import signal
@@ -15,6 +14,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -57,39 +57,50 @@ POLL_S = 0.25
 
 @dataclass
 class PrimaryWatch:
-    """Every node asked `pg_is_in_recovery()` every 250 ms on a connection of its own."""
+    """Every node asked `pg_is_in_recovery()` every 250 ms on a connection of its own, and
+    every 250 ms the nodes counted that last said they are a primary. A node that does not
+    answer in time keeps its last answer (so a slow old primary still counts); one that
+    refuses connections or drops them cannot take writes and counts as not primary."""
 
     nodes: list[Node]
     samples: int = 0
     two_primaries: int = 0
-    _conns: dict[str, asyncpg.Connection | None] = field(default_factory=dict)
+    state: dict[str, bool] = field(default_factory=dict)
 
-    async def _writable(self, node: Node) -> bool:
-        conn = self._conns.get(node.name)
-        try:
-            if conn is None or conn.is_closed():
-                conn = await asyncpg.connect(node.url.rsplit("/", 1)[0] + "/postgres", timeout=0.2)
-                self._conns[node.name] = conn
-            return not await conn.fetchval("SELECT pg_is_in_recovery()", timeout=0.2)
-        except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
-            if conn is not None:
-                conn.terminate()
-            self._conns[node.name] = None
-            return False
+    async def _probe(self, node: Node) -> None:
+        url = node.url.rsplit("/", 1)[0] + "/postgres"
+        conn: asyncpg.Connection | None = None
+        while True:
+            tick = time.monotonic()
+            try:
+                if conn is None or conn.is_closed():
+                    conn = await asyncpg.connect(url, timeout=1)
+                self.state[node.name] = not await conn.fetchval(
+                    "SELECT pg_is_in_recovery()", timeout=1
+                )
+            except TimeoutError:
+                if conn is not None:
+                    conn.terminate()
+                conn = None  # no answer yet: the last one stands
+            except Exception:  # refused, reset, starting up, shutting down
+                if conn is not None:
+                    conn.terminate()
+                conn = None
+                self.state[node.name] = False
+            await asyncio.sleep(max(0.0, POLL_S - (time.monotonic() - tick)))
 
     async def run(self) -> None:
-        while True:
-            started = time.monotonic()
-            writable = await asyncio.gather(*(self._writable(n) for n in self.nodes))
-            self.samples += 1
-            if sum(writable) > 1:
-                self.two_primaries += 1
-            await asyncio.sleep(max(0.0, POLL_S - (time.monotonic() - started)))
-
-    async def close(self) -> None:
-        for conn in self._conns.values():
-            if conn is not None:
-                conn.terminate()
+        probes = [asyncio.create_task(self._probe(n)) for n in self.nodes]
+        try:
+            while True:
+                await asyncio.sleep(POLL_S)
+                self.samples += 1
+                if sum(self.state.values()) > 1:
+                    self.two_primaries += 1
+        finally:
+            for probe in probes:
+                probe.cancel()
+            await asyncio.gather(*probes, return_exceptions=True)
 
 
 # Faults ------------------------------------------------------------------------------------
@@ -257,16 +268,22 @@ class Faults:
 
 
 def _outage(outcomes: list[Outcome], per_path: bool) -> float:
-    """The longest time with no write acknowledged within the window: on each way to the
-    database (api1 through HAProxy, api2 with the multi-host URL) when `per_path`, the worst
-    of the two; else as the clients saw it (an API instance killed: the other one serves)."""
-    paths = {o.served_by for o in outcomes} - {None} if per_path else {None}
+    """How long writes failed: from the start of the first write refused (503) or left
+    unknown to the first acknowledgment after the last one, intermittent successes in
+    between included. On each way to the database (api1 through HAProxy, api2 with the
+    multi-host URL) when `per_path`, the worst of the two; else as the clients saw it (an
+    API instance killed: the other one serves)."""
+    paths = ({o.served_by for o in outcomes} - {None}) if per_path else {None}
     worst = 0.0
     for path in paths:
-        ends = sorted(
-            o.ended for o in outcomes if o.kind == "ok" and (path is None or o.served_by == path)
-        )
-        worst = max(worst, max((b - a for a, b in itertools.pairwise(ends)), default=0.0))
+        mine = [o for o in outcomes if path is None or o.served_by in (path, None)]
+        failed = [o for o in mine if o.status == 503 or o.kind == "unknown"]
+        if not failed:
+            continue
+        first = min(o.started for o in failed)
+        last = max(o.ended for o in failed)
+        back = [o.ended for o in mine if o.kind == "ok" and o.started >= last]
+        worst = max(worst, (min(back) if back else last) - first)
     return worst
 
 
@@ -376,8 +393,10 @@ async def run(topo: Topology) -> int:
                 per_path = name not in ("kill -9 api",)
                 run_ = Run(name, window, _outage(window, per_path), rejoin, note)
                 runs.append(run_)
+                by_path = Counter(o.served_by or "lb" for o in window if o.status == 503)
                 print(
                     f"[ha] {name}: {note}; requests {len(window)},"
+                    f" 503 by instance {dict(sorted(by_path.items()))},"
                     f" outage {run_.outage_s:.2f} s,"
                     f" rejoin {'-' if rejoin is None else f'{rejoin:.1f} s'},"
                     f" lost {len(ledger.lost)}, duplicated {len(ledger.duplicated)},"
@@ -393,7 +412,7 @@ async def run(topo: Topology) -> int:
             if watcher.done():
                 watcher.result()  # the poller must not have died: raise what killed it
             watcher.cancel()
-            await watch.close()
+            await asyncio.gather(watcher, return_exceptions=True)
         ledger = await reconcile(_leader(topo).url, load)
 
     unhandled = [
