@@ -213,10 +213,8 @@ async def raw_connection(session: AsyncSession) -> asyncpg.Connection:
 
 
 async def commit(session: AsyncSession) -> None:
-    """Commit the request's ORM transaction with the COMMIT out of the statement timeout's
-    reach (a COMMIT cancelled while it waits for the synchronous standby stays committed on
-    the primary, unreplicated); a connection lost during COMMIT is `OutcomeUnknown`."""
-    await session.execute(_NO_TIMEOUT)
+    """Commit the request's ORM transaction; a connection lost during COMMIT is
+    `OutcomeUnknown` (it may or may not have committed)."""
     try:
         await session.commit()
     except DBAPIError as exc:
@@ -225,6 +223,3 @@ async def commit(session: AsyncSession) -> None:
         raise OutcomeUnknown() from exc
     except (OSError, asyncpg.InterfaceError) as exc:
         raise OutcomeUnknown() from exc
-
-
-_NO_TIMEOUT = text("SET LOCAL statement_timeout = 0")

@@ -6,12 +6,12 @@ is sent — or rolls back on any error. `await tx.remember(...)` stores the resp
 same transaction, so it exists exactly when the effect does.
 
 Failover: a connection lost while COMMIT is in flight is answered `OutcomeUnknown` (503,
-`outcome: unknown`), never success nor a definite failure; the statement timeout is switched
-off for the COMMIT itself (in the same message, no extra round trip), because a COMMIT
-cancelled while it waits for the synchronous standby is kept on the primary without being
-replicated. A connection that turns out read-only (a demoted primary, a standby behind a
-stale address) is closed, and the rest of the pool with it, so the pool reconnects to the
-new primary.
+`outcome: unknown`), never success nor a definite failure. Nothing here puts a timeout on
+COMMIT (PostgreSQL's statement timeout ends before the commit work, so it cannot cancel a
+COMMIT waiting for the synchronous standby either): a cancelled wait would leave the commit
+on the primary without replicating it. A connection that turns out read-only (a demoted
+primary, a standby behind a stale address) is closed, and the rest of the pool with it, so
+the pool reconnects to the new primary.
 """
 
 from __future__ import annotations
@@ -38,8 +38,6 @@ Acquired = AbstractAsyncContextManager[asyncpg.Connection]
 Acquire = Callable[[], Acquired]
 
 _TIMEOUTS = "SELECT set_config('lock_timeout', $1, true), set_config('statement_timeout', $2, true)"
-# One simple-query message: the COMMIT runs with no statement timeout (see the docstring).
-_COMMIT = "SET LOCAL statement_timeout = 0; COMMIT"
 # SQLSTATE classes a failed COMMIT answers with when the server rolled back for certain:
 # serialization or deadlock (40), a deferred constraint (23).
 _ROLLED_BACK = ("40", "23")
@@ -63,15 +61,7 @@ def _close(conn: asyncpg.Connection) -> None:
 class Transaction:
     """One transaction on one pooled connection; see the module docstring."""
 
-    __slots__ = (
-        "_acquire",
-        "_acquired",
-        "_conn",
-        "_db",
-        "_request_hash",
-        "_savepoint",
-        "idempotency",
-    )
+    __slots__ = ("_acquire", "_acquired", "_conn", "_db", "_request_hash", "_xact", "idempotency")
 
     def __init__(
         self, acquire: Acquire, db: Database, idempotency: IdempotencyKey, request_hash: str
@@ -82,8 +72,7 @@ class Transaction:
         self._request_hash = request_hash
         self._acquired: AbstractAsyncContextManager[asyncpg.Connection] | None = None
         self._conn: asyncpg.Connection | None = None
-        # A connection lent already inside a transaction (a test's) nests as a savepoint.
-        self._savepoint: Any = None
+        self._xact: Any = None
 
     async def __aenter__(self) -> asyncpg.Connection:
         acquired = self._acquire()
@@ -95,12 +84,9 @@ class Transaction:
                 conn = await acquired.__aenter__()
         except _UNREACHABLE as exc:
             raise Unavailable("No database connection is available; retry shortly.") from exc
-        savepoint = conn.transaction() if conn.is_in_transaction() else None
+        xact = conn.transaction()
         try:
-            if savepoint is None:
-                await conn.execute("BEGIN")
-            else:
-                await savepoint.start()
+            await xact.__aenter__()
         except BaseException as exc:
             # Anything but a server error or a cancel means the connection is broken (one the
             # server dropped while it sat in the pool, say): close it, so the pool replaces it.
@@ -111,7 +97,7 @@ class Transaction:
             if broken:
                 raise Unavailable("The database connection was lost; retry shortly.") from exc
             raise
-        self._acquired, self._conn, self._savepoint = acquired, conn, savepoint
+        self._acquired, self._conn, self._xact = acquired, conn, xact
         try:
             db = self._db
             if db.timeouts_per_transaction:
@@ -131,22 +117,32 @@ class Transaction:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        acquired, conn, savepoint = self._acquired, self._conn, self._savepoint
-        self._acquired = self._conn = self._savepoint = None
+        acquired, conn, xact = self._acquired, self._conn, self._xact
+        self._acquired = self._conn = self._xact = None
         assert acquired is not None and conn is not None
         try:
-            if savepoint is not None:
-                await savepoint.__aexit__(exc_type, exc, tb)
-            elif exc is None:
-                await self._commit(conn)
+            if exc is None:
+                await self._commit(conn, xact)
+            elif wrong_server(exc):
+                # This server cannot take writes (any more): neither can the pool's other
+                # connections to it. Close them all; the next ones go to the new primary.
+                _close(conn)
+                if self._db.pool is not None:
+                    await self._db.pool.expire_connections()
             else:
-                await self._rollback(conn, exc)
+                try:
+                    await xact.__aexit__(exc_type, exc, tb)  # rolls back
+                except asyncio.CancelledError:
+                    _close(conn)
+                    raise
+                except Exception:
+                    _close(conn)  # lost meanwhile: the request's own error is the answer
         finally:
             await acquired.__aexit__(exc_type, exc, tb)
 
-    async def _commit(self, conn: asyncpg.Connection) -> None:
+    async def _commit(self, conn: asyncpg.Connection, xact: Any) -> None:
         try:
-            await conn.execute(_COMMIT)
+            await xact.__aexit__(None, None, None)
         except asyncpg.PostgresError as exc:
             if (sqlstate_of(exc) or "").startswith(_ROLLED_BACK):
                 raise  # the server rolled back: a definite failure, mapped as any other
@@ -159,22 +155,6 @@ class Transaction:
             # The connection died with the COMMIT in flight: it may have committed or not.
             _close(conn)
             raise OutcomeUnknown() from exc
-
-    async def _rollback(self, conn: asyncpg.Connection, exc: BaseException) -> None:
-        if wrong_server(exc):
-            # This server cannot take writes (any more): neither can the pool's other
-            # connections to it. Close them all; the next ones go to the new primary.
-            _close(conn)
-            if self._db.pool is not None:
-                await self._db.pool.expire_connections()
-            return
-        try:
-            await conn.execute("ROLLBACK")
-        except asyncio.CancelledError:
-            _close(conn)
-            raise
-        except Exception:
-            _close(conn)  # lost meanwhile: the request's own error is the answer
 
     async def remember(
         self, conn: asyncpg.Connection, status_code: int, payload: Any, location: str | None = None

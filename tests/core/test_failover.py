@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import asyncpg
 import httpx
@@ -27,11 +28,20 @@ from tests.helpers import assert_problem, run_sql, started
 API = "/api/v1"
 
 
-def _url(base: str, *, netloc: str | None = None, db: str | None = None, query: str = "") -> str:
+def _url(
+    base: str, *, netloc: str | None = None, db: str | None = None, query: str | None = None
+) -> str:
     parts = urlsplit(libpq_url(base))
+    path = f"/{db}" if db else parts.path
     return urlunsplit(
-        ("postgresql", netloc or parts.netloc, f"/{db}" if db else parts.path, query, "")
+        ("postgresql", netloc or parts.netloc, path, parts.query if query is None else query, "")
     )
+
+
+def _tcp(url: str, port: int) -> str:
+    """`url` reaching the server through a relay listening on 127.0.0.1:`port`."""
+    userinfo = urlsplit(url).netloc.rpartition("@")[0]
+    return _url(url, netloc=f"{userinfo}@127.0.0.1:{port}", query="")
 
 
 @pytest.fixture(scope="module")
@@ -162,13 +172,18 @@ async def test_writes_to_a_read_only_server_are_503_and_the_pools_reconnect(
 async def test_multi_host_url_skips_hosts_down_and_refuses_read_only_ones(
     settings: Settings, seeded: Seeded
 ) -> None:
-    parts = urlsplit(seeded.url)
-    userinfo = parts.netloc.rpartition("@")[0]
-    with contextlib.closing(__import__("socket").socket()) as sock:
+    userinfo = urlsplit(seeded.url).netloc.rpartition("@")[0]
+    with contextlib.closing(socket.socket()) as sock:
         sock.bind(("127.0.0.1", 0))
         down = f"127.0.0.1:{sock.getsockname()[1]}"  # bound, never listening: refused
-    hosts = f"{userinfo}@{down},{parts.hostname}:{parts.port}"
-    url = _url(seeded.url, netloc=hosts, query="target_session_attrs=read-write")
+        async with Relay(seeded.url) as relay:
+            hosts = f"{userinfo}@{down},127.0.0.1:{relay.listen_port}"
+            url = _url(seeded.url, netloc=hosts, query="target_session_attrs=read-write")
+            await _multi_host(settings, seeded, url)
+    assert await seeded.held() == 2
+
+
+async def _multi_host(settings: Settings, seeded: Seeded, url: str) -> None:
     async with served(settings, url) as (http, tokens):
         user, admin = _headers(tokens, seeded.user), _headers(tokens, seeded.admin, Role.admin)
         assign = f"{API}/books/{seeded.book}/assign"
@@ -189,23 +204,26 @@ async def test_multi_host_url_skips_hosts_down_and_refuses_read_only_ones(
             await _read_only(seeded.url, False)
         assert (await http.post(assign, json={}, headers=user)).status_code == 201
         assert (await http.get("/readyz")).status_code == 200
-    assert await seeded.held() == 2
 
 
-class CommitCutter:
-    """A TCP proxy to PostgreSQL that, when armed, loses the connection of the next COMMIT:
-    `after=True` passes the COMMIT on and drops the server's answer (it committed, the
-    service cannot know); `after=False` drops the COMMIT itself (nothing committed)."""
+class Relay:
+    """A TCP relay on 127.0.0.1 to the server of `url` (TCP or Unix socket) that, when armed,
+    loses the connection of the next COMMIT: `after=True` passes the COMMIT on and drops
+    the server's answer (it committed, the service cannot know); `after=False` drops the
+    COMMIT itself (nothing committed)."""
 
-    def __init__(self, host: str, port: int) -> None:
-        self.host, self.port = host, port
+    def __init__(self, url: str) -> None:
+        parts = urlsplit(url)
+        socket_dir = dict(parse_qsl(parts.query)).get("host")
+        self.host, self.port = parts.hostname, parts.port or 5432
+        self.unix = f"{socket_dir}/.s.PGSQL.{self.port}" if self.host is None else None
         self.listen_port = 0
         self.armed: bool | None = None
         self.cuts = 0
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def __aenter__(self) -> CommitCutter:
+    async def __aenter__(self) -> Relay:
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
         self.listen_port = self._server.sockets[0].getsockname()[1]
         return self
@@ -221,7 +239,10 @@ class CommitCutter:
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)
-        up_reader, up_writer = await asyncio.open_connection(self.host, self.port)
+        if self.unix is not None:
+            up_reader, up_writer = await asyncio.open_unix_connection(self.unix)
+        else:
+            up_reader, up_writer = await asyncio.open_connection(self.host, self.port)
         cut = asyncio.Event()
         drop_answer = asyncio.Event()
 
@@ -262,41 +283,71 @@ class CommitCutter:
 async def test_connection_lost_during_commit_is_unknown_and_the_key_settles_it(
     settings: Settings, seeded: Seeded, after: bool
 ) -> None:
-    parts = urlsplit(seeded.url)
-    assert parts.hostname is not None and parts.port is not None
-    async with CommitCutter(parts.hostname, parts.port) as proxy:
-        userinfo = parts.netloc.rpartition("@")[0]
-        url = _url(seeded.url, netloc=f"{userinfo}@127.0.0.1:{proxy.listen_port}")
-        async with served(settings, url) as (http, tokens):
-            key = uuid.uuid4().hex
-            headers = _headers(tokens, seeded.user, key=key)
-            assign = f"{API}/books/{seeded.book}/assign"
-            proxy.armed = after
-            first = await http.post(assign, json={}, headers=headers)
-            assert proxy.cuts == 1
-            body = _unavailable(first)
-            assert body["outcome"] == "unknown", body
-            assert await seeded.held() == (1 if after else 0)
+    async with (
+        Relay(seeded.url) as proxy,
+        served(settings, _tcp(seeded.url, proxy.listen_port)) as (http, tokens),
+    ):
+        key = uuid.uuid4().hex
+        headers = _headers(tokens, seeded.user, key=key)
+        assign = f"{API}/books/{seeded.book}/assign"
+        proxy.armed = after
+        first = await http.post(assign, json={}, headers=headers)
+        assert proxy.cuts == 1
+        body = _unavailable(first)
+        assert body["outcome"] == "unknown", body
+        assert await seeded.held() == (1 if after else 0)
 
-            retried = await http.post(assign, json={}, headers=headers)
-            assert retried.status_code == 201, retried.text
-            assert retried.headers.get("idempotent-replayed") == ("true" if after else None)
-            again = await http.post(assign, json={}, headers=headers)
-            assert again.status_code == 201 and again.json() == retried.json()
-            assert again.headers.get("idempotent-replayed") == "true"
-            assert await seeded.held() == 1
+        retried = await http.post(assign, json={}, headers=headers)
+        assert retried.status_code == 201, retried.text
+        assert retried.headers.get("idempotent-replayed") == ("true" if after else None)
+        again = await http.post(assign, json={}, headers=headers)
+        assert again.status_code == 201 and again.json() == retried.json()
+        assert again.headers.get("idempotent-replayed") == "true"
+        assert await seeded.held() == 1
 
-            # The ORM path (an admin creating a book) answers the same way.
-            name = f"unknown-{key}"
-            admin = _headers(tokens, seeded.admin, Role.admin, key=key)
-            proxy.armed = after
-            created = await http.post(f"{API}/books", json={"name": name}, headers=admin)
-            assert _unavailable(created)["outcome"] == "unknown"
-            retried = await http.post(f"{API}/books", json={"name": name}, headers=admin)
-            assert retried.status_code == 201, retried.text
-            assert retried.headers.get("idempotent-replayed") == ("true" if after else None)
+        # The ORM path (an admin creating a book) answers the same way.
+        name = f"unknown-{key}"
+        admin = _headers(tokens, seeded.admin, Role.admin, key=key)
+        proxy.armed = after
+        created = await http.post(f"{API}/books", json={"name": name}, headers=admin)
+        assert _unavailable(created)["outcome"] == "unknown"
+        retried = await http.post(f"{API}/books", json={"name": name}, headers=admin)
+        assert retried.status_code == 201, retried.text
+        assert retried.headers.get("idempotent-replayed") == ("true" if after else None)
     conn = await asyncpg.connect(seeded.url)
     try:
         assert await conn.fetchval("SELECT count(*) FROM books WHERE name = $1", name) == 1
     finally:
+        await conn.close()
+
+
+async def test_statement_timeout_never_cancels_a_commit(settings: Settings, seeded: Seeded) -> None:
+    """A COMMIT that takes longer than the service's statement timeout (deferred triggers
+    that sleep at commit, as a COMMIT waiting for a synchronous standby does) completes: no
+    timeout of the service's, the server's statement timeout it sets or one of its own,
+    cancels a COMMIT, which would leave it on the primary unreplicated."""
+    conn = await asyncpg.connect(seeded.url)
+    try:
+        await conn.execute(
+            "CREATE FUNCTION slow_commit() RETURNS trigger LANGUAGE plpgsql AS"
+            " $$ BEGIN PERFORM pg_sleep(0.4); RETURN NULL; END $$;"
+            " CREATE CONSTRAINT TRIGGER slow_commit AFTER UPDATE ON codes"
+            " DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION slow_commit();"
+            " CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT ON books"
+            " DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION slow_commit();"
+        )
+        quick = settings.model_copy(update={"db_statement_timeout_ms": 150})
+        async with served(quick, seeded.url) as (http, tokens):
+            user = _headers(tokens, seeded.user)
+            assigned = await http.post(f"{API}/books/{seeded.book}/assign", json={}, headers=user)
+            assert assigned.status_code == 201, assigned.text
+            admin = _headers(tokens, seeded.admin, Role.admin)
+            created = await http.post(f"{API}/books", json={"name": "slow"}, headers=admin)
+            assert created.status_code == 201, created.text
+        assert await seeded.held() == 1
+    finally:
+        await conn.execute(
+            "DROP TRIGGER slow_commit ON codes; DROP TRIGGER slow_commit ON books;"
+            " DROP FUNCTION slow_commit()"
+        )
         await conn.close()

@@ -22,6 +22,7 @@ import asyncpg
 import httpx
 
 from tests.faults.harness import (
+    User,
     announce,
     random_place,
     seed_book,
@@ -29,7 +30,7 @@ from tests.faults.harness import (
     seed_promo,
     seed_users,
 )
-from tests.ha.load import Load, Outcome, reconcile
+from tests.ha.load import Load, Outcome, Stream, reconcile
 from tests.ha.topology import (
     HA_VENV,
     PG_USER,
@@ -48,6 +49,7 @@ REPEATS = 2
 STEADY_OKS = 60  # acknowledged writes after a resume before the fault is injected
 AFTER_OKS = 40  # ... and after recovery before the window closes
 FANOUT_AUDIENCE = 20_000
+SSE_PER_AUDIENCE = 3
 BUDGET_S = 43.8 * 60  # 99.9 % of a 730-hour month
 POLL_S = 0.25
 
@@ -144,10 +146,24 @@ async def _rejoined(topo: Topology, old: Node, t0: float) -> float | None:
     return time.monotonic() - t0
 
 
+@dataclass
+class Audience:
+    """Users at one place, far from everyone else's, for one fan-out."""
+
+    place: tuple[float, float]
+    users: list[User]
+
+
 class Faults:
-    def __init__(self, topo: Topology, admin_pg: Callable[[], Awaitable[asyncpg.Connection]]):
+    def __init__(
+        self,
+        topo: Topology,
+        admin_pg: Callable[[], Awaitable[asyncpg.Connection]],
+        audiences: list[Audience],
+    ):
         self.topo = topo
         self.connect = admin_pg
+        self.audiences = list(audiences)
         self.api_turn = 0
 
     async def switchover(self) -> tuple[float | None, str]:
@@ -210,9 +226,9 @@ class Faults:
     async def kill_worker(self) -> tuple[float | None, str]:
         conn = await self.connect()
         try:
-            place = random_place()
-            audience = await seed_users(conn, FANOUT_AUDIENCE, at=place)
-            promo = await seed_promo(conn, 10, at=place, radius_m=5000)
+            target = self.audiences.pop(0)
+            audience = target.users
+            promo = await seed_promo(conn, 10, at=target.place, radius_m=5000)
             await announce(conn, promo)
             victim = row = None
             deadline = time.monotonic() + 60
@@ -287,6 +303,74 @@ def _outage(outcomes: list[Outcome], per_path: bool) -> float:
     return worst
 
 
+async def _commit_latency(url: str, n: int = 400) -> str:
+    """p50/p99 of a one-row write's COMMIT with synchronous_commit on (the quorum standby
+    confirms) and local (the primary's disk only), on the primary, nothing else running."""
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute("CREATE TABLE IF NOT EXISTS ha_commit_probe (n int)")
+        figures = []
+        for mode in ("on", "local"):
+            await conn.execute(f"SET synchronous_commit = {mode}")
+            took = []
+            for i in range(n):
+                t = time.perf_counter()
+                await conn.execute("INSERT INTO ha_commit_probe VALUES ($1)", i)
+                took.append((time.perf_counter() - t) * 1000)
+            took.sort()
+            figures.append(f"{mode}: p50 {took[n // 2]:.2f} ms, p99 {took[int(n * 0.99)]:.2f} ms")
+        await conn.execute("DROP TABLE ha_commit_probe")
+        return "; ".join(figures)
+    finally:
+        await conn.close()
+
+
+async def _drained(streams: list[Stream], topo: Topology, timeout: float = 30) -> None:
+    """Give the streams time to deliver what the inboxes hold (a stream cut by the last
+    fault may still be reconnecting)."""
+    conn = await asyncpg.connect(_leader(topo).url)
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            counts = await conn.fetch(
+                "SELECT user_id, count(*) AS n FROM notifications"
+                " WHERE user_id = ANY($1::uuid[]) GROUP BY user_id",
+                [st.user.id for st in streams],
+            )
+            held = {r["user_id"]: r["n"] for r in counts}
+            if all(len(st.ids) >= held.get(st.user.id, 0) for st in streams):
+                return
+            await asyncio.sleep(0.25)
+    finally:
+        await conn.close()
+
+
+async def _streams_match_inboxes(url: str, streams: list[Stream]) -> list[str]:
+    """Every stream received exactly its user's inbox: nothing missed, nothing twice."""
+    conn = await asyncpg.connect(url)
+    try:
+        bad = []
+        for st in streams:
+            inbox = [
+                r["id"]
+                for r in await conn.fetch(
+                    "SELECT id FROM notifications WHERE user_id = $1 ORDER BY id", st.user.id
+                )
+            ]
+            if sorted(st.ids) != inbox:
+                bad.append(f"sse {st.user.id}: received {st.ids}, inbox {inbox}")
+        print(
+            f"[ha] sse: {len(streams)} streams, {sum(st.connects for st in streams)} connects"
+            f" (each cut one reconnects with Last-Event-ID),"
+            f" {sum(len(st.ids) for st in streams)} notifications received,"
+            f" {len(bad)} streams differing from their inbox",
+            flush=True,
+        )
+        return bad
+    finally:
+        await conn.close()
+
+
 def _app_check(url: str) -> None:
     env = {**os.environ, "DATABASE_URL": url}
     done = subprocess.run(
@@ -346,6 +430,10 @@ async def run(topo: Topology) -> int:
     book = await seed_book(pg, 100_000)
     held_by_id = await seed_held_codes(pg, users[PER_KIND : 2 * PER_KIND], uses=10_000_000)
     promo = await seed_promo(pg, 50_000)
+    audiences = []
+    for _ in range(REPEATS):
+        place = random_place()
+        audiences.append(Audience(place, await seed_users(pg, FANOUT_AUDIENCE, at=place)))
     await pg.close()
     held = {i: held_by_id[users[i].id] for i in range(PER_KIND, 2 * PER_KIND)}
 
@@ -360,7 +448,7 @@ async def run(topo: Topology) -> int:
 
     watch = PrimaryWatch(topo.nodes)
     watcher = asyncio.create_task(watch.run())
-    faults = Faults(topo, connect)
+    faults = Faults(topo, connect, audiences)
     schedule: list[tuple[str, Callable[[], Awaitable[tuple[float | None, str]]]]] = [
         ("switchover", faults.switchover),
         ("kill -9 postgres", faults.kill_postgres),
@@ -373,9 +461,17 @@ async def run(topo: Topology) -> int:
         schedule = [(n, f) for n, f in schedule if n in only.split(",")]
     runs: list[Run] = []
     failures: list[str] = []
-    async with httpx.AsyncClient(base_url=topo.api_base, timeout=30) as http:
+    async with (
+        httpx.AsyncClient(base_url=topo.api_base, timeout=30) as http,
+        httpx.AsyncClient(base_url=topo.api_base, timeout=httpx.Timeout(30, read=20)) as sse,
+    ):
         load = Load(http, users, book, held, promo)
         clients = load.start(PER_KIND)
+        # Users of every fan-out to come follow their live stream from now on, through
+        # every fault; at the end each must have received exactly its inbox.
+        streams = [Stream(u) for a in audiences for u in a.users[:SSE_PER_AUDIENCE]]
+        stop_streams = asyncio.Event()
+        followers = [asyncio.create_task(st.follow(sse, stop_streams)) for st in streams]
         try:
             for name, inject in schedule:
                 mark = len(load.outcomes)
@@ -409,12 +505,20 @@ async def run(topo: Topology) -> int:
         finally:
             load.stop()
             await asyncio.gather(*clients, return_exceptions=True)
+            await _drained(streams, topo)
+            stop_streams.set()
+            for follower in followers:
+                follower.cancel()
+            await asyncio.gather(*followers, return_exceptions=True)
             if watcher.done():
                 watcher.result()  # the poller must not have died: raise what killed it
             watcher.cancel()
             await asyncio.gather(watcher, return_exceptions=True)
         ledger = await reconcile(_leader(topo).url, load)
 
+    sse_bad = await _streams_match_inboxes(_leader(topo).url, streams)
+    latency = await _commit_latency(_leader(topo).url)
+    print(f"[ha] one-row write, synchronous_commit {latency}", flush=True)
     unhandled = [
         line
         for n in topo.procs
@@ -434,7 +538,7 @@ async def run(topo: Topology) -> int:
         f" {_served(load, 'api2')}; {time.monotonic() - started:.0f} s in all",
         flush=True,
     )
-    for line in failures + load.bad[:10]:
+    for line in failures + sse_bad + load.bad[:10]:
         print(f"[ha] FAIL {line}", flush=True)
     print(
         f"ha: faults {len(runs)}, acknowledged {ledger.acknowledged},"
@@ -443,7 +547,7 @@ async def run(topo: Topology) -> int:
         f" non-503 5xx {five_xx}",
         flush=True,
     )
-    ok = not (failures or ledger.lost or ledger.duplicated or two_ms or five_xx)
+    ok = not (failures or sse_bad or ledger.lost or ledger.duplicated or two_ms or five_xx)
     return 0 if ok and len(runs) == len(schedule) else 1
 
 

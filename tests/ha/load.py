@@ -7,6 +7,7 @@ clients were told."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 from collections import Counter
@@ -262,3 +263,51 @@ async def reconcile(url: str, load: Load) -> Ledger:
     finally:
         await conn.close()
     return ledger
+
+
+@dataclass
+class Stream:
+    """One user's live notification stream (SSE), kept open through every fault: whenever
+    it is cut it reconnects with `Last-Event-ID`, as a browser's EventSource does."""
+
+    user: User
+    ids: list[int] = field(default_factory=list)
+    connects: int = 0
+    after: int | None = None
+
+    async def follow(self, http: httpx.AsyncClient, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            headers = dict(self.user.headers)
+            if self.after is not None:
+                headers["Last-Event-ID"] = str(self.after)
+            try:
+                async with http.stream(
+                    "GET", f"{API}/me/notifications/stream", headers=headers
+                ) as response:
+                    if response.status_code != 200:
+                        await asyncio.sleep(0.5)
+                        continue
+                    self.connects += 1
+                    await self._read(response, stop)
+            except httpx.HTTPError:
+                pass
+            await asyncio.sleep(0.2)
+
+    async def _read(self, response: httpx.Response, stop: asyncio.Event) -> None:
+        event, data, ident = "", "", ""
+        async for line in response.aiter_lines():
+            if stop.is_set():
+                return
+            if line.startswith("event:"):
+                event = line[6:].strip()
+            elif line.startswith("data:"):
+                data = line[5:].strip()
+            elif line.startswith("id:"):
+                ident = line[3:].strip()
+            elif not line:
+                if event == "ready" and self.after is None:
+                    self.after = int(json.loads(data)["after"])
+                elif event == "notification":
+                    self.ids.append(int(ident))
+                    self.after = int(ident)
+                event, data, ident = "", "", ""
