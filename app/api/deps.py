@@ -5,6 +5,7 @@ start-up. Lean routes (app/core/lean.py) resolve these same functions, in the sa
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import uuid
 from collections.abc import AsyncIterator
@@ -161,7 +162,9 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
         try:
             yield session
         except BaseException:
-            await session.rollback()
+            # The request's own error is the answer, even if the connection is gone too.
+            with contextlib.suppress(Exception):
+                await session.rollback()
             raise
         await commit(session)
 
