@@ -7,6 +7,7 @@ violation. Everything it starts is stopped, and its data deleted, however it end
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import signal
@@ -126,9 +127,13 @@ async def _until(what: str, check: Callable[[], bool], timeout: float) -> float:
     return time.monotonic() - started
 
 
-def _leader(topo: Topology) -> Node:
-    leader = topo.leader()
-    assert leader is not None, "no leader"
+def _leader(topo: Topology, timeout: float = 60) -> Node:
+    """The running leader, waited for (Patroni's view lags a crash by up to a loop)."""
+    deadline = time.monotonic() + timeout
+    while (leader := topo.leader()) is None:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no running leader for {timeout:.0f} s")
+        time.sleep(POLL_S)
     return leader
 
 
@@ -199,6 +204,9 @@ class Faults:
         assert pid is not None
         t0 = time.monotonic()
         os.kill(pid, signal.SIGKILL)
+        # The cluster's view in etcd says "running" until Patroni's next loop: wait for the
+        # crash to show before waiting for the recovery.
+        await _until("the crash seen", lambda: old.rest("/primary")[0] != 200, 30)
         rejoin = await _rejoined(self.topo, old, t0)
         return rejoin, f"{old.name} postmaster {pid}; leader {_leader(self.topo).name}"
 
@@ -505,7 +513,8 @@ async def run(topo: Topology) -> int:
         finally:
             load.stop()
             await asyncio.gather(*clients, return_exceptions=True)
-            await _drained(streams, topo)
+            with contextlib.suppress(Exception):  # never hide what ended the run
+                await _drained(streams, topo)
             stop_streams.set()
             for follower in followers:
                 follower.cancel()
