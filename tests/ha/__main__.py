@@ -204,9 +204,16 @@ class Faults:
         assert pid is not None
         t0 = time.monotonic()
         os.kill(pid, signal.SIGKILL)
-        # The cluster's view in etcd says "running" until Patroni's next loop: wait for the
-        # crash to show before waiting for the recovery.
-        await _until("the crash seen", lambda: old.rest("/primary")[0] != 200, 30)
+        # The cluster's view (and /primary, from Patroni's cached role) says "running" until
+        # Patroni's next loop: wait for a new postmaster (or a new leader) first.
+        await _until(
+            "postgres restarted or replaced",
+            lambda: (
+                old.postmaster_pid() not in (None, pid)
+                or (self.topo.leader() or old).name != old.name
+            ),
+            60,
+        )
         rejoin = await _rejoined(self.topo, old, t0)
         return rejoin, f"{old.name} postmaster {pid}; leader {_leader(self.topo).name}"
 
@@ -544,7 +551,8 @@ async def run(topo: Topology) -> int:
     print(
         f"[ha] {watch.samples} primary polls; {len(load.outcomes)} requests;"
         f" ok via api1 (HAProxy) {_served(load, 'api1')}, via api2 (multi-host URL)"
-        f" {_served(load, 'api2')}; {time.monotonic() - started:.0f} s in all",
+        f" {_served(load, 'api2')}; {time.monotonic() - started:.0f} s in all;"
+        f" load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs",
         flush=True,
     )
     for line in failures + sse_bad + load.bad[:10]:
