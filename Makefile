@@ -103,7 +103,7 @@ $(HA_STAMP): requirements/ha.txt | $(STAMP)
 	@touch $(HA_STAMP)
 
 # Debian's PostgreSQL 15 server binaries, etcd and HAProxy, installed when missing; Patroni
-# from requirements/ha.txt. Not part of `make test` (about 4 minutes; docs/ha.md).
+# from requirements/ha.txt. Not part of `make test` (3½–6 minutes; docs/ha.md).
 test-ha: install $(HA_STAMP) ## failover under load: 3 PostgreSQL under Patroni, etcd, HAProxy, 2 API instances, 2 workers
 	@scripts/ensure-deb.sh postgresql-15 /usr/lib/postgresql/15/bin/postgres etcd-server etcd haproxy haproxy
 	$(PY) -m tests.ha
