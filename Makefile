@@ -57,7 +57,9 @@ format: install
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
+# The console's browser tests drive Debian's Chromium: installed when missing.
 test: install lint ## lint, then the whole suite, then the hot-path and security tests with lean routes off
+	@scripts/ensure-deb.sh chromium /usr/bin/chromium
 	$(PY) -m pytest
 	LEAN_ROUTES=false $(PY) -m pytest -q -p no:randomly tests/core tests/books tests/promos tests/security
 

@@ -23,7 +23,7 @@ from app.core.security import Role, TokenService
 from bench.common import SECRET, machine, write_section
 from bench.load import LUA, Run, both_apps, load_average, vacuum, wrk
 
-PROMOS = 1_000  # per app
+PROMOS = 2_500  # per app
 # Units per promo: more than the holds one promo gets in a whole run (each connection
 # walks every promo at most once per run), so every reserve claims a free unit.
 UNITS = 400

@@ -8,7 +8,9 @@ Run: REF_DATABASE_URL=postgresql://… uvicorn bench.reference_app:app --workers
 
 from __future__ import annotations
 
+import asyncio
 import os
+import random
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -21,10 +23,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from app.books.assign import LOCK_BOOK_USER, _claim_random
+from app.books.assign import _ASSIGN_RANDOM, LOCK_BOOK_USER
 from app.books.redeem import _LOCK as LOCK_CODE
 from app.books.redeem import _LOCK_HOLDER, _REDEEM
 from app.core.db import keep_session
+from app.core.locking import CLAIM_RETRY_DELAYS
 from app.promos.reservations import _CLAIM, _PURCHASE, _RELEASE
 from app.promos.reservations import _LOCK as LOCK_PROMO_USER
 
@@ -49,12 +52,26 @@ def _user(request: Request) -> uuid.UUID:
     return uuid.UUID(request.headers["x-user-id"])
 
 
+async def _claim_random(
+    conn: asyncpg.Connection, book_id: uuid.UUID, user_id: uuid.UUID
+) -> asyncpg.Record:
+    """The claim from a random start, run again while free rows exist but were all locked."""
+    for pause in [*CLAIM_RETRY_DELAYS, None]:
+        start = random.random()
+        row = await conn.fetchrow(_ASSIGN_RANDOM, book_id, user_id, start, user_id, "{}")
+        assert row is not None
+        if pause is None or row["code"] is not None or not row["allowed"] or not row["free_left"]:
+            return row
+        await asyncio.sleep(pause * (0.5 + random.random()))
+    raise AssertionError("unreachable")
+
+
 async def assign(request: Request) -> Response:
     book_id, user_id = uuid.UUID(request.path_params["book_id"]), _user(request)
     await request.body()
     async with POOL["pool"].acquire() as conn, conn.transaction():
         await conn.execute(LOCK_BOOK_USER, book_id, user_id)
-        row = await _claim_random(conn, book_id, user_id, user_id)
+        row = await _claim_random(conn, book_id, user_id)
     if row["code"] is None:
         return _json({"type": "/problems/book-exhausted"}, 409)
     return _json({k: row[k] for k in CODE_FIELDS}, 201)

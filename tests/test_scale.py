@@ -25,7 +25,7 @@ from bench.scale.statements import (
     Measure,
     Statement,
     allowed_buffers,
-    measure,
+    measure_all,
     within_rule,
 )
 
@@ -41,14 +41,6 @@ def _admin(url: str, sql: str) -> None:
             await conn.close()
 
     asyncio.run(run())
-
-
-async def _measure_all(url: str) -> dict[str, Measure]:
-    conn = await asyncpg.connect(url)
-    try:
-        return {s.name: await measure(conn, s) for s in STATEMENTS}
-    finally:
-        await conn.close()
 
 
 @pytest.fixture(scope="module")
@@ -69,8 +61,8 @@ def measured(settings: Settings) -> Iterator[Measured]:
         _admin(server, f'CREATE DATABASE "{names["moderate"]}" TEMPLATE "{names["small"]}"')
         asyncio.run(data.load(urls["small"], data.SMALL, log=False))
         asyncio.run(data.load(urls["moderate"], data.MODERATE, log=False))
-        small = asyncio.run(_measure_all(urls["small"]))
-        moderate = asyncio.run(_measure_all(urls["moderate"]))
+        small = asyncio.run(measure_all(urls["small"]))
+        moderate = asyncio.run(measure_all(urls["moderate"]))
         yield {name: (small[name], moderate[name]) for name in small}
     finally:
         for name in names.values():

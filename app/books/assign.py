@@ -8,7 +8,6 @@ assigns hold the book key shared; `distribute` holds it exclusively.
 
 from __future__ import annotations
 
-import random
 import uuid
 
 import asyncpg
@@ -19,7 +18,8 @@ from app.books.rules import BOOK_ACTIVE
 from app.books.schemas import CodeOut, DistributeOut, Skipped
 from app.books.service import CODE_COLUMNS, code_out, normalize_code
 from app.core.db import raw_connection
-from app.core.locking import LockNamespace, retry_skipped_claims, xact_lock_sql
+from app.core.locking import LockNamespace, xact_lock_sql
+from app.core.plpgsql import RETRY_PAUSES, named
 from app.core.problems import Busy, NotFound
 
 _BOOK_KEY = "$1::uuid::text"
@@ -118,29 +118,52 @@ def _raise_for(row: asyncpg.Record, book_id: uuid.UUID, user_id: uuid.UUID) -> N
         raise BookInactive("The book is paused, archived or outside its validity window.")
 
 
-async def _claim_random(
-    conn: asyncpg.Connection, book_id: uuid.UUID, user_id: uuid.UUID, actor_id: uuid.UUID
-) -> asyncpg.Record:
-    """The claim statement, retried while free rows exist but are all being claimed."""
+_NAMES = ("p_book", "p_user", "p_start", "p_actor", "p_details")
 
-    async def attempt() -> asyncpg.Record:
-        start = random.random()  # noqa: S311 - a start point, not a secret
-        row = await conn.fetchrow(_ASSIGN_RANDOM, book_id, user_id, start, actor_id, "{}")
-        assert row is not None
-        return row
-
-    return await retry_skipped_claims(
-        attempt,
-        lambda row: row["code"] is not None or not row["allowed"] or not row["free_left"],
-    )
+# One round trip: the book's shared lock and the caller's, then the claim from a random
+# start, each its own statement inside one plpgsql call (so the claim's snapshot follows the
+# locks), the claim run again from a new start while free rows exist but every one met was
+# being claimed (the pauses of `CLAIM_RETRY_DELAYS`). The schema holds the function as
+# migration 0012 wrote it; a test checks it is this text, so a change to the statements
+# above needs a migration that replaces it.
+ASSIGN_FUNCTION_BODY = f"""
+#variable_conflict use_column
+DECLARE
+    c record;
+    p_start float8;
+    pause float8;
+BEGIN
+    PERFORM {named(LOCK_BOOK_USER.removeprefix("SELECT "), _NAMES)};
+    FOREACH pause IN ARRAY {RETRY_PAUSES} LOOP
+        p_start := random();
+        {named(_ASSIGN_RANDOM, _NAMES)}
+        INTO c;
+        EXIT WHEN pause IS NULL OR c.code IS NOT NULL OR NOT c.allowed OR NOT c.free_left;
+        PERFORM pg_sleep(pause * (0.5 + random()));
+    END LOOP;
+    RETURN QUERY SELECT c.code_id, c.code, c.book_id, c.status, c.user_id, c.assigned_at,
+        c.locked_until, c.redemptions, c.redemptions_left, c.book_active, c.user_exists,
+        c.allowed, c.free_left;
+END
+"""
+ASSIGN_FUNCTION = f"""
+CREATE OR REPLACE FUNCTION book_assign_random(p_book uuid, p_user uuid, p_actor uuid,
+                                              p_details jsonb)
+RETURNS TABLE (code_id bigint, code text, book_id uuid, status text, user_id uuid,
+               assigned_at timestamptz, locked_until timestamptz, redemptions integer,
+               redemptions_left integer, book_active boolean, user_exists boolean,
+               allowed boolean, free_left boolean)
+LANGUAGE plpgsql AS $assign${ASSIGN_FUNCTION_BODY}$assign$
+"""
+_ASSIGN = "SELECT * FROM book_assign_random($1, $2, $3, $4)"
 
 
 async def assign_random(
     conn: asyncpg.Connection, book_id: uuid.UUID, user_id: uuid.UUID, actor_id: uuid.UUID
 ) -> CodeOut:
-    """Give `user_id` a random free code of the book (one claim, no book-wide lock)."""
-    await conn.execute(LOCK_BOOK_USER, book_id, user_id)
-    row = await _claim_random(conn, book_id, user_id, actor_id)
+    """Give `user_id` a random free code of the book (one call, no book-wide lock)."""
+    row = await conn.fetchrow(_ASSIGN, book_id, user_id, actor_id, "{}")
+    assert row is not None
     if row["code"] is not None:
         return code_out(row)
     _raise_for(row, book_id, user_id)

@@ -191,7 +191,7 @@ async def assign_random(
     async def claim(conn: asyncpg.Connection, target: uuid.UUID) -> CodeOut:
         return await assign.assign_random(conn, book_id, target, user.id)
 
-    return await _assign(user, tx, response, limits, body, claim)
+    return await _assign(user, tx.one_statement(), response, limits, body, claim)
 
 
 async def _assign(

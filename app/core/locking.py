@@ -1,5 +1,5 @@
 """Advisory-lock keys (every advisory lock in the service is transaction-scoped and named
-here), and the retry of claims that skip locked rows.
+here), and the pauses between runs of claims that skip locked rows.
 
 PostgreSQL advisory locks take one bigint; we derive it with `hashtextextended(text, seed)`,
 where the seed is the namespace, so keys of different kinds never collide by construction.
@@ -7,11 +7,7 @@ where the seed is the namespace, so keys of different kinds never collide by con
 
 from __future__ import annotations
 
-import asyncio
-import random
-from collections.abc import Awaitable, Callable
 from enum import IntEnum
-from typing import TypeVar
 
 
 class LockNamespace(IntEnum):
@@ -33,24 +29,10 @@ def try_xact_lock_sql(namespace: LockNamespace, key_sql: str) -> str:
     return f"pg_try_advisory_xact_lock(hashtextextended({key_sql}, {int(namespace)}))"
 
 
-T = TypeVar("T")
-
-# Pauses between retries of a claim that met only rows other requests are claiming
-# (SKIP LOCKED): 1 ms doubling to 32 ms, about 1 s in all, each jittered.
-_CLAIM_RETRY_DELAYS = [0.001 * min(2**i, 32) for i in range(40)]
-
-
-async def retry_skipped_claims(
-    attempt: Callable[[], Awaitable[T]], settled: Callable[[T], bool]
-) -> T:
-    """Run a `SKIP LOCKED` claim until `settled(result)`: it took a row, or was refused, or
-    no claimable row is left. A miss while rows are still claimable means each one met was
-    locked by a concurrent claim that may yet roll back, so pause briefly and run it again
-    (a new statement, a new snapshot). Never a blocking `FOR UPDATE` instead: waiting
-    scanners keep locks on rows that failed their recheck and can deadlock."""
-    for delay in _CLAIM_RETRY_DELAYS:
-        result = await attempt()
-        if settled(result):
-            return result
-        await asyncio.sleep(delay * (0.5 + random.random()))  # noqa: S311 - jitter
-    return await attempt()
+# Pauses between runs of a `SKIP LOCKED` claim (the hot paths' plpgsql functions,
+# `app/core/plpgsql.py`) that met only rows other requests are claiming: those may yet roll
+# back, so a miss while rows are still claimable runs the claim again (a new statement, a
+# new snapshot) rather than answering "none left". 1 ms doubling to 32 ms, about 1 s in all,
+# each jittered. Never a blocking `FOR UPDATE` instead: waiting scanners keep locks on rows
+# that failed their recheck and can deadlock.
+CLAIM_RETRY_DELAYS = [0.001 * min(2**i, 32) for i in range(40)]

@@ -5,13 +5,20 @@ repeat answers the stored response), and commits when the block ends — before 
 is sent — or rolls back on any error. `await tx.remember(...)` stores the response in that
 same transaction, so it exists exactly when the effect does.
 
-Failover: a connection lost while COMMIT is in flight is answered `OutcomeUnknown` (503,
-`outcome: unknown`), never success nor a definite failure. Nothing here puts a timeout on
-COMMIT (PostgreSQL's statement timeout ends before the commit work, so it cannot cancel a
-COMMIT waiting for the synchronous standby either): a cancelled wait would leave the commit
-on the primary without replicating it. A connection that turns out read-only (a demoted
-primary, a standby behind a stale address) is closed, and the rest of the pool with it, so
-the pool reconnects to the new primary.
+`async with tx.one_statement() as conn:` is for a block that runs exactly one statement
+(a plpgsql call that does the whole request): without an `Idempotency-Key`, that statement
+runs in its own implicit transaction, which saves the BEGIN and COMMIT round trips; with a
+key (its record and the effect must commit together) or with per-transaction timeouts
+(behind PgBouncer) the block is a transaction as usual.
+
+Failover: a connection lost while COMMIT is in flight (or, in a one-statement block, while
+its statement runs: it commits as it ends) is answered `OutcomeUnknown` (503, `outcome:
+unknown`), never success nor a definite failure. Nothing here puts a timeout on COMMIT
+(PostgreSQL's statement timeout ends before the commit work, so it cannot cancel a COMMIT
+waiting for the synchronous standby either): a cancelled wait would leave the commit on the
+primary without replicating it. A connection that turns out read-only (a demoted primary, a
+standby behind a stale address) is closed, and the rest of the pool with it, so the pool
+reconnects to the new primary.
 """
 
 from __future__ import annotations
@@ -51,6 +58,18 @@ _UNREACHABLE = (
 )
 
 
+def _connection_lost(exc: BaseException) -> bool:
+    """The connection went away under a statement (server shutdown or crash, network,
+    a driver left mid-operation), rather than the server refusing the statement."""
+    if isinstance(exc, OSError | asyncpg.PostgresConnectionError):
+        return True
+    if (sqlstate_of(exc) or "").startswith(("08", "57P")):
+        return True
+    return isinstance(exc, asyncpg.InterfaceError | asyncpg.InternalClientError) and any(
+        sign in str(exc) for sign in ("closed", "released back to the pool", "another operation")
+    )
+
+
 def _close(conn: asyncpg.Connection) -> None:
     """Close a connection for good, so the pool replaces it; one the pool already let go
     when the server dropped it refuses every call, and needs nothing more."""
@@ -61,7 +80,16 @@ def _close(conn: asyncpg.Connection) -> None:
 class Transaction:
     """One transaction on one pooled connection; see the module docstring."""
 
-    __slots__ = ("_acquire", "_acquired", "_conn", "_db", "_request_hash", "_xact", "idempotency")
+    __slots__ = (
+        "_acquire",
+        "_acquired",
+        "_conn",
+        "_db",
+        "_one_statement",
+        "_request_hash",
+        "_xact",
+        "idempotency",
+    )
 
     def __init__(
         self, acquire: Acquire, db: Database, idempotency: IdempotencyKey, request_hash: str
@@ -73,6 +101,12 @@ class Transaction:
         self._acquired: AbstractAsyncContextManager[asyncpg.Connection] | None = None
         self._conn: asyncpg.Connection | None = None
         self._xact: Any = None
+        self._one_statement = False
+
+    def one_statement(self) -> Transaction:
+        """This transaction, for a block that runs one statement (see the module docstring)."""
+        self._one_statement = True
+        return self
 
     async def __aenter__(self) -> asyncpg.Connection:
         acquired = self._acquire()
@@ -84,6 +118,10 @@ class Transaction:
                 conn = await acquired.__aenter__()
         except _UNREACHABLE as exc:
             raise Unavailable("No database connection is available; retry shortly.") from exc
+        self._acquired, self._conn = acquired, conn
+        db = self._db
+        if self._one_statement and self.idempotency.key is None and not db.timeouts_per_transaction:
+            return conn
         xact = conn.transaction()
         try:
             await xact.__aenter__()
@@ -93,13 +131,13 @@ class Transaction:
             broken = not isinstance(exc, asyncpg.PostgresError | asyncio.CancelledError)
             if broken:
                 _close(conn)
+            self._acquired = self._conn = None
             await acquired.__aexit__(type(exc), exc, exc.__traceback__)
             if broken:
                 raise Unavailable("The database connection was lost; retry shortly.") from exc
             raise
-        self._acquired, self._conn, self._xact = acquired, conn, xact
+        self._xact = xact
         try:
-            db = self._db
             if db.timeouts_per_transaction:
                 await conn.execute(
                     _TIMEOUTS, f"{db.lock_timeout_ms}ms", f"{db.statement_timeout_ms}ms"
@@ -121,14 +159,20 @@ class Transaction:
         self._acquired = self._conn = self._xact = None
         assert acquired is not None and conn is not None
         try:
-            if exc is None:
-                await self._commit(conn, xact)
-            elif wrong_server(exc):
+            if exc is not None and wrong_server(exc):
                 # This server cannot take writes (any more): neither can the pool's other
                 # connections to it. Close them all; the next ones go to the new primary.
                 _close(conn)
                 if self._db.pool is not None:
                     await self._db.pool.expire_connections()
+            elif xact is None:
+                if exc is not None and _connection_lost(exc):
+                    # A one-statement block commits as its statement ends: lost mid-way, it
+                    # may have committed or not.
+                    _close(conn)
+                    raise OutcomeUnknown() from exc
+            elif exc is None:
+                await self._commit(conn, xact)
             else:
                 try:
                     await xact.__aexit__(exc_type, exc, tb)  # rolls back

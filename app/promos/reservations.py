@@ -28,7 +28,8 @@ from asyncpg.pool import PoolConnectionProxy
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.db import raw_connection
-from app.core.locking import LockNamespace, retry_skipped_claims, xact_lock_sql
+from app.core.locking import LockNamespace, xact_lock_sql
+from app.core.plpgsql import RETRY_PAUSES, named
 from app.core.problems import NotFound
 from app.promos import rules
 from app.promos.errors import (
@@ -295,24 +296,56 @@ LIMIT $2
 """
 
 
-async def _claim(
-    conn: asyncpg.Connection, promo_id: uuid.UUID, user_id: uuid.UUID, ttl_seconds: int
-) -> asyncpg.Record | None:
-    """`_CLAIM` (after `_RELEASE` when the caller's own hold has lapsed), run again while
-    claimable units exist but every one met was locked by a concurrent reserve (which may
-    yet roll back). A miss changes nothing, so running it again is safe; without the retry
-    that reserve could answer a momentary `sold-out`."""
+_NAMES = ("p_promo", "p_user", "p_ttl")
 
-    async def attempt() -> asyncpg.Record | None:
-        row = await conn.fetchrow(_CLAIM, promo_id, user_id, ttl_seconds)
-        if row is not None and row["release_first"]:
-            await conn.execute(_RELEASE, promo_id, user_id)
-            row = await conn.fetchrow(_CLAIM, promo_id, user_id, ttl_seconds)
-            # Whoever else took the unit meanwhile retired the hold with it.
-            assert row is None or not row["release_first"], "a lapsed hold outlived release"
-        return row
 
-    return await retry_skipped_claims(attempt, lambda row: row is None or not row["claimable_left"])
+# One round trip: the lock, then the claim (after the release when the caller's own hold has
+# lapsed), each its own statement inside one plpgsql call, so each gets a fresh snapshot and
+# the claim sees the previous holder's commit. The claim runs again while claimable units
+# exist but every one met was locked by a concurrent reserve (which may yet roll back): a
+# miss changes nothing, so running it again is safe; without the retry that reserve could
+# answer a momentary `sold-out`. The pauses are `CLAIM_RETRY_DELAYS`. No row: no promo.
+# The schema holds the function as migration 0011 wrote it; a test checks it is this text,
+# so a change here needs a migration that replaces it.
+RESERVE_FUNCTION_BODY = f"""
+#variable_conflict use_column
+DECLARE
+    c record;
+    pause float8;
+    released boolean;
+BEGIN
+    PERFORM {xact_lock_sql(LockNamespace.PROMO_USER, "p_promo::text || ':' || p_user::text")};
+    FOREACH pause IN ARRAY {RETRY_PAUSES} LOOP
+        released := false;
+        LOOP
+            {named(_CLAIM, _NAMES)}
+            INTO c;
+            IF NOT FOUND THEN
+                RETURN;
+            END IF;
+            EXIT WHEN NOT c.release_first;
+            -- Whoever else took the unit meanwhile retired the hold with it.
+            IF released THEN
+                RAISE EXCEPTION 'a lapsed hold outlived release';
+            END IF;
+            {named(_RELEASE, _NAMES)};
+            released := true;
+        END LOOP;
+        EXIT WHEN pause IS NULL OR c.hold_id IS NOT NULL OR c.claimable_left IS NOT TRUE;
+        PERFORM pg_sleep(pause * (0.5 + random()));
+    END LOOP;
+    RETURN QUERY SELECT c.open, c.eligible, c.used, c.max_per_user, c.live_id,
+        c.live_expires_at, c.hold_id, c.hold_expires_at, c.sold_out;
+END
+"""
+RESERVE_FUNCTION = f"""
+CREATE OR REPLACE FUNCTION promo_reserve(p_promo uuid, p_user uuid, p_ttl integer)
+RETURNS TABLE (open boolean, eligible boolean, used bigint, max_per_user integer,
+               live_id uuid, live_expires_at timestamptz, hold_id uuid,
+               hold_expires_at timestamptz, sold_out boolean)
+LANGUAGE plpgsql AS $reserve${RESERVE_FUNCTION_BODY}$reserve$
+"""
+_RESERVE = "SELECT * FROM promo_reserve($1, $2, $3)"
 
 
 @dataclass
@@ -331,8 +364,7 @@ async def reserve(
     conn: asyncpg.Connection, promo_id: uuid.UUID, user_id: uuid.UUID, ttl_seconds: int
 ) -> Reserved:
     """Hold one unit for `ttl_seconds`; a caller with a live hold gets it back."""
-    await conn.execute(_LOCK, promo_id, user_id)
-    row = await _claim(conn, promo_id, user_id, ttl_seconds)
+    row = await conn.fetchrow(_RESERVE, promo_id, user_id, ttl_seconds)
     if row is None:
         raise NotFound(f"No promo {promo_id}.")
     if not row["open"]:

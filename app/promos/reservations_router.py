@@ -40,7 +40,7 @@ async def reserve(
     a live reservation on the promo gets it back (200). 409 `sold-out`, `promo-not-running`,
     `purchase-limit-reached`; 403 `not-eligible`."""
     await limits.hit(limits.assign, "reserve", user.id)
-    async with tx as conn:
+    async with tx.one_statement() as conn:
         result = await reservations.reserve(
             conn, promo_id, user.id, settings.reservation_ttl_seconds
         )

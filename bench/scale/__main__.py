@@ -28,7 +28,7 @@ from app.core.migrations import upgrade_to_head
 from app.core.security import Role, TokenService
 from bench.common import SECRET, free_port, machine, service, throwaway_database, write_section
 from bench.scale import data
-from bench.scale.statements import STATEMENTS, Measure, Statement, measure, within_rule
+from bench.scale.statements import STATEMENTS, Measure, Statement, measure_all, within_rule
 
 TITLE = "Costs as data grows"
 
@@ -45,14 +45,6 @@ def prepared(scale: data.Scale, url: str | None) -> Iterator[str]:
         seconds = asyncio.run(data.load(fresh, scale))
         print(f"  {scale.label}: {seconds:.0f} s in all", flush=True)
         yield fresh
-
-
-async def _measure_all(url: str) -> dict[str, Measure]:
-    conn = await asyncpg.connect(url)
-    try:
-        return {s.name: await measure(conn, s) for s in STATEMENTS}
-    finally:
-        await conn.close()
 
 
 async def _book_latency(base: str, book: str, requests: int) -> list[float]:
@@ -124,9 +116,9 @@ def main() -> None:
     started = datetime.now(UTC)
 
     with prepared(data.SMALL, args.small_url) as small_url:
-        small = asyncio.run(_measure_all(small_url))
+        small = asyncio.run(measure_all(small_url))
     with prepared(large_scale, args.large_url) as large_url:
-        large = asyncio.run(_measure_all(large_url))
+        large = asyncio.run(measure_all(large_url))
         counts = asyncio.run(_counts(large_url))
         port = free_port()
         with service(large_url, port, workers=1):

@@ -373,3 +373,12 @@ async def measure(conn: asyncpg.Connection, stmt: Statement) -> Measure:
     """The statement's warm run (the first one reads the pages into the cache)."""
     await _explain(conn, stmt)
     return await _explain(conn, stmt)
+
+
+async def measure_all(url: str) -> dict[str, Measure]:
+    """Every statement of `STATEMENTS` measured on the database at `url`."""
+    conn = await asyncpg.connect(url)
+    try:
+        return {s.name: await measure(conn, s) for s in STATEMENTS}
+    finally:
+        await conn.close()

@@ -219,6 +219,7 @@ class Relay:
         self.unix = f"{socket_dir}/.s.PGSQL.{self.port}" if self.host is None else None
         self.listen_port = 0
         self.armed: bool | None = None
+        self.marker = b"COMMIT"  # what the message to cut contains
         self.cuts = 0
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -247,14 +248,19 @@ class Relay:
         drop_answer = asyncio.Event()
 
         async def to_server() -> None:
+            parsed = False  # the marked statement was only prepared: cut at its execution
             while chunk := await reader.read(65536):
-                if self.armed is not None and chunk[:1] == b"Q" and b"COMMIT" in chunk:
-                    after, self.armed = self.armed, None
-                    self.cuts += 1
-                    if not after:
-                        cut.set()
-                        return
-                    drop_answer.set()
+                if parsed or (self.armed is not None and self.marker in chunk):
+                    if self.armed and chunk[:1] == b"P" and not parsed:
+                        parsed = True  # Parse/Describe: let it through, wait for Bind/Execute
+                    else:
+                        parsed = False
+                        after, self.armed = self.armed, None
+                        self.cuts += 1
+                        if not after:
+                            cut.set()
+                            return
+                        drop_answer.set()
                 up_writer.write(chunk)
                 await up_writer.drain()
 
@@ -351,3 +357,23 @@ async def test_statement_timeout_never_cancels_a_commit(settings: Settings, seed
             " DROP FUNCTION slow_commit()"
         )
         await conn.close()
+
+
+@pytest.mark.parametrize("after", [True, False], ids=["committed", "not-committed"])
+async def test_connection_lost_during_a_one_statement_write_is_unknown(
+    settings: Settings, seeded: Seeded, after: bool
+) -> None:
+    """Without a key, an assign is one statement that commits as it ends: losing the
+    connection while it runs leaves the outcome unknown, whichever way it went."""
+    async with (
+        Relay(seeded.url) as proxy,
+        served(settings, _tcp(seeded.url, proxy.listen_port)) as (http, tokens),
+    ):
+        proxy.marker = b"book_assign_random"  # the statement, parsed on a fresh connection
+        proxy.armed = after
+        assigned = await http.post(
+            f"{API}/books/{seeded.book}/assign", json={}, headers=_headers(tokens, seeded.user)
+        )
+        assert proxy.cuts == 1
+        assert _unavailable(assigned)["outcome"] == "unknown"
+    assert await seeded.held() == (1 if after else 0)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections import Counter
-from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -81,34 +80,20 @@ async def _assert_invariants(app: FastAPI, promo_id: str) -> dict[str, int]:
     return {"sold": sold, "live": live}
 
 
-# Sessions (other than ours and `$2`) in a transaction that has touched promo_units, with
-# the statement each last started and when: pg_stat_activity keeps them once it is idle.
-_UNIT_STATEMENTS = """
-SELECT a.pid, a.query_start, md5(a.query) AS statement FROM pg_stat_activity a
-WHERE a.datname = current_database() AND a.pid NOT IN (pg_backend_pid(), $2)
-  AND a.query_start > $1
-  AND EXISTS (SELECT 1 FROM pg_locks l
-              WHERE l.pid = a.pid AND l.relation = 'promo_units'::regclass)
+# A reserve (`promo_reserve`) pausing between two runs of its claim: the last one met only
+# units that other sessions were claiming, and claimable units are left.
+_CLAIM_PAUSES = """
+SELECT pid FROM pg_stat_activity
+WHERE datname = current_database() AND pid <> pg_backend_pid()
+  AND query LIKE '%promo_reserve%' AND wait_event = 'PgSleep'
 """
 
 
-# One run of a statement can show up to three start times (parse, bind, execute each set
-# query_start), so four prove at least two runs.
-_TWICE = 4
-
-
-async def _wait_for_claim_retry(pg: asyncpg.Connection, since: datetime, holder: int) -> int:
-    """Wait until a session has run one statement on promo_units twice since `since` (a
-    database timestamp): the reserve met the unit `holder` locks and runs its claim again.
-    Returns that session's pid."""
-    starts: dict[tuple[int, str], set[datetime]] = {}
-
-    async def retried() -> int | None:
-        for row in await pg.fetch(_UNIT_STATEMENTS, since, holder):
-            starts.setdefault((row["pid"], row["statement"]), set()).add(row["query_start"])
-        return next((pid for (pid, _), seen in starts.items() if len(seen) >= _TWICE), None)
-
-    pid: int = await wait_for(retried, timeout=10, every=0.005, what="a reserve retrying its claim")
+async def _wait_for_claim_retry(pg: asyncpg.Connection) -> int:
+    """Wait until a reserve pauses to run its claim again; returns its pid."""
+    pid: int = await wait_for(
+        lambda: pg.fetchval(_CLAIM_PAUSES), every=0.005, what="a reserve retrying its claim"
+    )
     return pid
 
 
@@ -131,12 +116,10 @@ async def test_a_unit_locked_by_an_unfinished_claim_is_not_sold_out(
             text("SELECT id FROM promo_units WHERE promo_id = :id FOR UPDATE"),
             {"id": promo["id"]},
         )
-        holder = (await conn.execute(text("SELECT pg_backend_pid()"))).scalar_one()
-        since = await pg.fetchval("SELECT clock_timestamp()")
         pending = asyncio.create_task(reserve(live_client, user, promo["id"]))
         # The reserve skips the locked unit (SKIP LOCKED) instead of waiting for it: once it
-        # has run its claim twice, it met the lock and is retrying rather than answering.
-        await _wait_for_claim_retry(pg, since, holder)
+        # pauses between claims, it met the lock and is retrying rather than answering.
+        await _wait_for_claim_retry(pg)
         assert not pending.done(), pending.result().text
         await claim.rollback()
     answer = await pending

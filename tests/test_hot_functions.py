@@ -1,0 +1,120 @@
+"""Reserve and random assign are one round trip each: one call of a plpgsql function
+(`promo_reserve`, `book_assign_random`) that takes the caller's locks and claims in statements
+of its own. Without an `Idempotency-Key` the call is its own transaction (no BEGIN, no
+COMMIT); with a key it runs inside the transaction that stores the key's record. The
+functions in the schema are the ones the code writes."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+from fastapi import FastAPI, Request
+
+from app.api.deps import connection_source
+from app.books.assign import ASSIGN_FUNCTION_BODY
+from app.core.db import libpq_url
+from app.core.security import Role
+from app.core.settings import Settings
+from app.core.transaction import Acquire
+from app.promos.reservations import RESERVE_FUNCTION_BODY
+from tests.books.flows import book_with_codes
+from tests.conftest import MakeUser
+from tests.promos.support import create_promo, placed_users, random_point
+
+BODIES = {"promo_reserve": RESERVE_FUNCTION_BODY, "book_assign_random": ASSIGN_FUNCTION_BODY}
+
+
+@pytest.mark.parametrize("name", sorted(BODIES))
+async def test_the_schema_holds_the_function_the_code_writes(
+    pg: asyncpg.Connection, name: str
+) -> None:
+    body = await pg.fetchval("SELECT prosrc FROM pg_proc WHERE proname = $1", name)
+    assert body == BODIES[name], (
+        f"{name} in the schema differs from the code's: write a migration that replaces it"
+    )
+
+
+@pytest.fixture
+def statements(app: FastAPI, settings: Settings) -> Iterator[list[str]]:
+    """Every statement the requests' SQL routes send, in order: each request gets a
+    connection of its own that logs them."""
+    sent: list[str] = []
+
+    @asynccontextmanager
+    async def logged() -> AsyncIterator[Any]:
+        conn = await asyncpg.connect(libpq_url(settings.database_url or ""))
+        conn.add_query_logger(lambda record: sent.append(record.query))
+        try:
+            yield conn
+        finally:
+            await conn.close()
+
+    async def source(request: Request) -> Acquire:
+        return logged
+
+    app.dependency_overrides[connection_source] = source
+    try:
+        yield sent
+    finally:
+        app.dependency_overrides.pop(connection_source, None)
+
+
+@pytest.fixture
+async def hot_path(
+    request: pytest.FixtureRequest,
+    app: FastAPI,
+    live_client: httpx.AsyncClient,
+    make_live_user: MakeUser,
+) -> tuple[str, str, dict[str, str], int]:
+    """A reserve of a running promo or a random assign of a filled book, for a new user:
+    the function it calls, its path, the user's headers and the status of a second call
+    (the caller's live hold again; the book's limit of one code a user)."""
+    admin = await make_live_user(Role.admin)
+    lat, lng = random_point()
+    [user] = await placed_users(app, 1, lat, lng)
+    if request.param == "reserve":
+        promo = await create_promo(live_client, admin, at=(lat, lng), quantity=5)
+        return "promo_reserve", f"/api/v1/promos/{promo['id']}/reserve", user.headers, 200
+    book, _ = await book_with_codes(live_client, admin, 5, max_codes_per_user=1)
+    return "book_assign_random", f"/api/v1/books/{book['id']}/assign", user.headers, 409
+
+
+PATHS = pytest.mark.parametrize("hot_path", ["reserve", "assign"], indirect=True)
+
+
+@PATHS
+async def test_without_a_key_the_call_is_the_whole_transaction(
+    live_client: httpx.AsyncClient,
+    hot_path: tuple[str, str, dict[str, str], int],
+    statements: list[str],
+) -> None:
+    function, path, headers, second = hot_path
+    statements.clear()
+    answer = await live_client.post(path, headers=headers)
+    assert answer.status_code == 201, answer.text
+    assert len(statements) == 1 and f"FROM {function}(" in statements[0], statements
+    again = await live_client.post(path, headers=headers)
+    assert again.status_code == second, again.text  # the first call committed
+
+
+@PATHS
+async def test_with_a_key_the_call_commits_with_the_keys_record(
+    live_client: httpx.AsyncClient,
+    hot_path: tuple[str, str, dict[str, str], int],
+    statements: list[str],
+) -> None:
+    function, path, headers, _ = hot_path
+    statements.clear()
+    keyed = {**headers, "Idempotency-Key": "once"}
+    answer = await live_client.post(path, headers=keyed)
+    assert answer.status_code == 201, answer.text
+    assert sum(f"FROM {function}(" in s for s in statements) == 1, statements
+    assert statements[0].startswith("BEGIN") and statements[-1] == "COMMIT;", statements
+    replay = await live_client.post(path, headers=keyed)
+    assert replay.headers.get("Idempotent-Replayed") == "true"
+    assert replay.json() == answer.json()
