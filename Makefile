@@ -8,6 +8,10 @@ STAMP := $(VENV)/.installed
 # dev.txt is what make installs (runtime and the dev extra), runtime.txt what the image
 # installs (the same versions, without the dev extra), uv.txt the installer itself.
 LOCKS := requirements/dev.txt requirements/runtime.txt requirements/uv.txt
+# `make test-ha` only: Patroni and its driver, in a venv of their own (.venv-ha) made with the
+# system's Python 3.11, which the unprivileged user PostgreSQL runs as can execute.
+HA_VENV := .venv-ha
+HA_STAMP := $(HA_VENV)/.installed
 LOCK_FLAGS := --quiet --generate-hashes --python-version 3.11 \
 	--python-platform x86_64-unknown-linux-gnu --custom-compile-command 'make lock'
 
@@ -16,7 +20,7 @@ CLIENTS_STAMP := $(CLIENTS_VENV)/.installed
 NODE_DIR := tests/contract/node
 NODE_STAMP := $(NODE_DIR)/node_modules/.installed
 
-.PHONY: install contract-tools run test test-pg test-pgbouncer lint format migrate bench bench-import clean bench-notify bench-promos test-faults bench-scale bench-flash
+.PHONY: install contract-tools run test test-pg test-pgbouncer lint format migrate bench bench-import clean bench-notify bench-promos test-faults bench-scale bench-flash test-ha
 
 # Installs exactly requirements/dev.txt (hash-checked; `uv pip sync` also removes anything the
 # lock does not list), then the project itself without resolving anything.
@@ -51,6 +55,7 @@ lock: install ## re-resolve the locks after a change to pyproject.toml (keeps ot
 	$(UV) pip compile pyproject.toml -c requirements/dev.txt $(LOCK_FLAGS) -o requirements/runtime.txt
 	echo uv | $(UV) pip compile - -c requirements/dev.txt $(LOCK_FLAGS) -o requirements/uv.txt
 	$(UV) pip compile requirements/clients.in $(LOCK_FLAGS) $(UPGRADE) -o requirements/clients.txt
+	$(UV) pip compile requirements/ha.in $(LOCK_FLAGS) $(UPGRADE) -o requirements/ha.txt
 	$(MAKE) test
 
 upgrade: ## the newest versions pyproject.toml allows, locked, installed and tested
@@ -113,4 +118,15 @@ bench-flash: install ## only the reserve-only flash crowd of `make bench` (insta
 	$(PY) -m bench.hotpaths --only reserve-flash
 
 clean:
-	rm -rf $(VENV) $(CLIENTS_VENV) $(NODE_DIR)/node_modules $(NODE_DIR)/.build .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(CLIENTS_VENV) $(HA_VENV) $(NODE_DIR)/node_modules $(NODE_DIR)/.build .pytest_cache .mypy_cache .ruff_cache
+
+$(HA_STAMP): requirements/ha.txt | $(STAMP)
+	@test -x $(HA_VENV)/bin/python || $(UV) venv -q --python /usr/bin/python3 $(HA_VENV)
+	$(UV) pip sync -q --python $(HA_VENV)/bin/python --require-hashes requirements/ha.txt
+	@touch $(HA_STAMP)
+
+# Debian's PostgreSQL 15 server binaries, etcd and HAProxy, installed when missing; Patroni
+# from requirements/ha.txt. Not part of `make test` (3½–6 minutes; docs/ha.md).
+test-ha: install $(HA_STAMP) ## failover under load: 3 PostgreSQL under Patroni, etcd, HAProxy, 2 API instances, 2 workers
+	@scripts/ensure-deb.sh postgresql-15 /usr/lib/postgresql/15/bin/postgres etcd-server etcd haproxy haproxy
+	$(PY) -m tests.ha

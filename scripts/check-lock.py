@@ -13,6 +13,8 @@ Checked:
   without `make lock` is caught here;
 - clients.txt (the contract test's generator, in its own venv) pins, with hashes, a version
   each requirement of clients.in allows.
+- requirements/ha.txt (the tools of `make test-ha`, in .venv-ha) pins with hashes what
+  requirements/ha.in asks for, and .venv-ha, when it exists, holds exactly those pins.
 """
 
 from __future__ import annotations
@@ -108,7 +110,9 @@ def same_pins(label: str, subset: dict[str, str], dev: dict[str, str]) -> list[s
     ]
 
 
-def unsatisfied(label: str, wanted: list[Requirement], pins: dict[str, str]) -> list[str]:
+def unsatisfied(
+    label: str, wanted: list[Requirement], pins: dict[str, str], source: str = "pyproject.toml"
+) -> list[str]:
     """Every requirement of pyproject.toml the lock leaves out or pins outside its bounds."""
     problems = []
     for req in wanted:
@@ -117,9 +121,9 @@ def unsatisfied(label: str, wanted: list[Requirement], pins: dict[str, str]) -> 
         name = canonicalize_name(req.name)
         pin = pins.get(name)
         if pin is None:
-            problems.append(f"{label}: pyproject.toml asks for {req}, the lock has no {name}")
+            problems.append(f"{label}: {source} asks for {req}, the lock has no {name}")
         elif not req.specifier.contains(pin, prereleases=True):
-            problems.append(f"{label}: pyproject.toml asks for {req}, the lock has {pin}")
+            problems.append(f"{label}: {source} asks for {req}, the lock has {pin}")
     return problems
 
 
@@ -127,6 +131,25 @@ def clients_in() -> list[Requirement]:
     """The requirements clients.txt is compiled from."""
     lines = (LOCKS / "clients.in").read_text().splitlines()
     return [Requirement(line) for line in lines if line.strip() and not line.startswith("#")]
+HA_VENV = ROOT / ".venv-ha"
+
+
+def check_ha(problems: list[str]) -> list[str]:
+    """The separate lock of `make test-ha` against its input and its venv."""
+    pins = read_lock(LOCKS / "ha.txt", problems)
+    wanted = [
+        Requirement(line.split("#", 1)[0].strip())
+        for line in (LOCKS / "ha.in").read_text().splitlines()
+        if line.split("#", 1)[0].strip()
+    ]
+    found = unsatisfied("ha.txt", wanted, pins, "requirements/ha.in")
+    for site in sorted(HA_VENV.glob("lib/python*/site-packages")):
+        here: dict[str, str] = {}
+        for dist in metadata.distributions(path=[str(site)]):
+            here[canonicalize_name(dist.metadata["Name"] or "")] = dist.version
+        here = {n: v for n, v in here.items() if n not in NOT_LOCKED}
+        found += compare(str(HA_VENV), pins, here)
+    return found
 
 
 def main() -> int:
@@ -143,6 +166,8 @@ def main() -> int:
     problems += same_pins("runtime.txt", runtime, dev)
     problems += same_pins("uv.txt", tool, dev)
     problems += unsatisfied("clients.txt", clients_in(), clients)
+
+    problems += check_ha(problems)
 
     here = installed(problems)
     if project not in here:

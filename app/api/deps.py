@@ -5,6 +5,7 @@ start-up. Lean routes (app/core/lean.py) resolve these same functions, in the sa
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import uuid
 from collections.abc import AsyncIterator
@@ -15,7 +16,7 @@ from fastapi.security import HTTPBearer
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.api.services import Services, services_of
-from app.core.db import Database, apply_timeouts
+from app.core.db import Database, apply_timeouts, commit
 from app.core.headers import header
 from app.core.idempotency import Idempotency, IdempotencyKey, body_hash, validated_key
 from app.core.problems import Forbidden, Unauthenticated
@@ -154,10 +155,18 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
     """One transaction per request, committed when the endpoint returns and before the
     response is sent (the dependency has function scope), rolled back on any error."""
     db = services_of(request).db
-    async with db.sessionmaker() as session, session.begin():
+    async with db.sessionmaker() as session:
+        await session.begin()
         if db.timeouts_per_transaction:
             await apply_timeouts(session, db)
-        yield session
+        try:
+            yield session
+        except BaseException:
+            # The request's own error is the answer, even if the connection is gone too.
+            with contextlib.suppress(Exception):
+                await session.rollback()
+            raise
+        await commit(session)
 
 
 Session = Annotated[AsyncSession, Depends(get_session, scope="function")]

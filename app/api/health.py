@@ -8,6 +8,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
+from sqlalchemy import text
 
 from app.api.deps import AppServices
 from app.core.metrics import REGISTRY
@@ -15,6 +16,7 @@ from app.core.migrations import current_revisions
 from app.core.problems import problem_response
 
 router = APIRouter(tags=["operations"])
+_READ_ONLY = text("SELECT current_setting('transaction_read_only')")
 
 
 class HealthOut(BaseModel):
@@ -34,23 +36,35 @@ async def healthz() -> HealthOut:
 
 @router.get(
     "/readyz",
-    summary="Database reachable and migrations at head",
+    summary="A writable database reachable and migrations at head",
     response_model=ReadyOut,
-    responses={503: {"description": "Not ready"}},
+    responses={503: {"description": "Not ready (`unavailable`)"}},
 )
 async def readyz(request: Request, services: AppServices) -> Response:
-    """Readiness: the database answers and its migrations are at head; else 503 with
+    """Readiness: a writable database answers and its migrations are at head; else 503 with
     `Retry-After`."""
     db, heads = services.db, services.migration_heads
     try:
         async with db.engine.connect() as conn:
             current = await current_revisions(conn)
+            read_only = (await conn.execute(_READ_ONLY)).scalar_one() == "on"
+            if read_only:
+                await conn.invalidate()  # not back into the pool: requests need a primary
     except Exception:
         return problem_response(
             request,
             status=503,
             slug="unavailable",
             detail="The database is unreachable.",
+            headers={"Retry-After": "2"},
+        )
+    if read_only:
+        # A standby or a demoted primary: ready again once a writable primary answers.
+        return problem_response(
+            request,
+            status=503,
+            slug="unavailable",
+            detail="The database is read-only: no writable primary is reachable.",
             headers={"Retry-After": "2"},
         )
     if current != heads:

@@ -10,7 +10,9 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 import orjson
-from sqlalchemy import text
+from sqlalchemy import event, text
+from sqlalchemy.engine import ExceptionContext
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -19,16 +21,25 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.pool import NullPool
 
-from app.core.problems import Unavailable
+from app.core.problems import OutcomeUnknown, Unavailable, sqlstate_of, wrong_server
 from app.core.settings import Settings
 
 
 def sqlalchemy_url(url: str) -> str:
-    """`postgresql://…` (libpq style, also what the embedded server reports) → asyncpg dialect."""
+    """`postgresql://…` (libpq style, also what the embedded server reports) → asyncpg dialect.
+
+    A libpq multi-host URL (`postgresql://u@h1:5432,h2:5432/db?target_session_attrs=read-write`)
+    becomes SQLAlchemy's form of it, one `host=h:p` query argument per host; asyncpg then
+    tries them in turn, as it does with the libpq form for the raw pool."""
     parts = urlsplit(url)
     scheme = "postgresql+asyncpg"
-    query = urlencode(parse_qsl(parts.query))
-    return urlunsplit((scheme, parts.netloc, parts.path, query, parts.fragment))
+    query = parse_qsl(parts.query)
+    netloc = parts.netloc
+    userinfo, at, hostlist = netloc.rpartition("@")
+    if "," in hostlist:
+        netloc = userinfo + at
+        query = [("host", host) for host in hostlist.split(",")] + query
+    return urlunsplit((scheme, netloc, parts.path, urlencode(query), parts.fragment))
 
 
 def libpq_url(url: str) -> str:
@@ -81,15 +92,25 @@ def create_engine(
         connect_args["prepared_statement_name_func"] = lambda: f"__cf_{uuid.uuid4().hex}__"
         final_url += ("&" if "?" in final_url else "?") + "prepared_statement_cache_size=0"
     if not pooled:
-        return create_async_engine(final_url, poolclass=NullPool, connect_args=connect_args)
-    return create_async_engine(
-        final_url,
-        pool_size=settings.db_orm_pool_size,
-        max_overflow=settings.db_max_overflow,
-        pool_timeout=settings.db_pool_timeout_s,
-        pool_pre_ping=False,
-        connect_args=connect_args,
-    )
+        engine = create_async_engine(final_url, poolclass=NullPool, connect_args=connect_args)
+    else:
+        engine = create_async_engine(
+            final_url,
+            pool_size=settings.db_orm_pool_size,
+            max_overflow=settings.db_max_overflow,
+            pool_timeout=settings.db_pool_timeout_s,
+            pool_pre_ping=False,
+            connect_args=connect_args,
+        )
+    event.listen(engine.sync_engine, "handle_error", _read_only_is_disconnect)
+    return engine
+
+
+def _read_only_is_disconnect(context: ExceptionContext) -> None:
+    """A read-only server (a demoted primary, a standby) is as useless for writes as a lost
+    one: SQLAlchemy then drops the connection and the pool's others, and reconnects."""
+    if wrong_server(context.original_exception):
+        context.is_disconnect = True
 
 
 @dataclass
@@ -189,3 +210,16 @@ async def raw_connection(session: AsyncSession) -> asyncpg.Connection:
             await conn.invalidate(exc)
             raise Unavailable("The database connection was lost; retry shortly.") from exc
     return driver
+
+
+async def commit(session: AsyncSession) -> None:
+    """Commit the request's ORM transaction; a connection lost during COMMIT is
+    `OutcomeUnknown` (it may or may not have committed)."""
+    try:
+        await session.commit()
+    except DBAPIError as exc:
+        if (sqlstate_of(exc) or "").startswith(("40", "23")):
+            raise  # the server rolled back: a definite failure
+        raise OutcomeUnknown() from exc
+    except (OSError, asyncpg.InterfaceError) as exc:
+        raise OutcomeUnknown() from exc

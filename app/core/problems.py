@@ -98,6 +98,19 @@ class Unavailable(ProblemError):
         super().__init__(detail, headers={"Retry-After": str(retry_after)})
 
 
+class OutcomeUnknown(Unavailable):
+    """The connection was lost while COMMIT was in flight: the effect may or may not be
+    stored. Never a success and never a definite failure; the same request with the same
+    `Idempotency-Key` answers the stored response if it was, or does it once if it was not."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "The database connection was lost while the change was being committed; it may or"
+            " may not have been applied. Retry with the same Idempotency-Key."
+        )
+        self.extra = {"outcome": "unknown"}
+
+
 _SLUG_BY_STATUS = {
     400: "bad-request",
     401: "unauthenticated",
@@ -155,6 +168,8 @@ SQLSTATE_STATEMENT_TIMEOUT = "57014"
 SQLSTATE_SERIALIZATION = "40001"
 SQLSTATE_DEADLOCK = "40P01"
 SQLSTATE_TOO_MANY_CONNECTIONS = "53300"
+# A write reached a server that is (or became) a standby: a failover is under way.
+SQLSTATE_READ_ONLY = "25006"
 
 
 def sqlstate_of(exc: BaseException) -> str | None:
@@ -168,6 +183,28 @@ def sqlstate_of(exc: BaseException) -> str | None:
             return code
         seen = getattr(seen, "orig", None) or seen.__cause__
     return None
+
+
+def wrong_server(exc: BaseException) -> bool:
+    """A connection to a server that cannot take writes: a read-only (standby) server
+    answered, or none of a multi-host URL's hosts matched `target_session_attrs`."""
+    seen: BaseException | None = exc
+    for _ in range(6):
+        if seen is None:
+            return False
+        if isinstance(seen, asyncpg.TargetServerAttributeNotMatched):
+            return True
+        if getattr(seen, "sqlstate", None) == SQLSTATE_READ_ONLY:
+            return True
+        seen = getattr(seen, "orig", None) or seen.__cause__
+    return False
+
+
+def _protocol_broken(exc: BaseException) -> bool:
+    """asyncpg's connection state left mid-operation: seen when the server crashed (every
+    backend ends with 57P02) while the connection was in use or idle in the pool. The
+    connection is unusable and is closed; nothing was committed on it."""
+    return isinstance(exc, asyncpg.InternalClientError) and "another operation" in str(exc)
 
 
 def _driver_connection_lost(exc: BaseException) -> bool:
@@ -196,12 +233,16 @@ def problem_for_database_error(exc: BaseException) -> ProblemError | None:
         return Busy("A concurrent update won; retry the request.")
     if state in (SQLSTATE_STATEMENT_TIMEOUT, SQLSTATE_TOO_MANY_CONNECTIONS):
         return Unavailable("The database is overloaded; retry shortly.")
+    if state == SQLSTATE_READ_ONLY or wrong_server(exc):
+        return Unavailable("The database is changing primaries; retry shortly.")
     if state is not None and state.startswith(("08", "57P")):
         return Unavailable("The database is unreachable; retry shortly.")
     if isinstance(exc, PoolTimeoutError):
         return Unavailable("All database connections are busy; retry shortly.")
     if isinstance(exc, InterfaceError | ConnectionError | OSError):
         return Unavailable("The database is unreachable; retry shortly.")
+    if _protocol_broken(exc):
+        return Unavailable("The database connection was lost; retry shortly.")
     if _driver_connection_lost(exc):
         return Unavailable("The database connection was lost; retry shortly.")
     if isinstance(exc, DBAPIError) and exc.connection_invalidated:

@@ -163,6 +163,11 @@ async def stream_my_notifications(
             after = None
         if after is not None and not 0 <= after <= _BIGINT:
             after = None
+    if after is None:
+        # Read before the stream starts, so a database that is away is a 503 problem with
+        # Retry-After, not a stream that breaks after its 200.
+        async with db.sessionmaker() as session, session.begin():
+            after = await service.latest_id(session, user.id)
     heartbeat = settings.notifications.notify_sse_heartbeat_s
     events = notification_events(
         db,

@@ -20,6 +20,7 @@ import asyncpg
 import structlog
 
 from app.core.db import Database, libpq_url
+from app.core.problems import problem_for_database_error
 from app.notifications import service
 
 log = structlog.get_logger(__name__)
@@ -122,7 +123,10 @@ async def notification_events(
     heartbeat_s: float,
     is_disconnected: Callable[[], Any],
 ) -> AsyncIterator[dict[str, str]]:
-    """SSE events (`id` = notification id, `event: notification`, `data` = JSON)."""
+    """SSE events (`id` = notification id, `event: notification`, `data` = JSON). The
+    database going away mid-stream (a failover) ends the stream: the client reconnects
+    with `Last-Event-ID`, gets 503 + `Retry-After` until a primary answers, then the
+    notifications it missed."""
     event = await hub.subscribe(user_id)
     try:
         async with db.sessionmaker() as session, session.begin():
@@ -134,8 +138,14 @@ async def notification_events(
         yield {"event": "ready", "data": '{"after": %d}' % after}  # noqa: UP031
         while True:
             event.clear()
-            async with db.sessionmaker() as session, session.begin():
-                items = await service.since(session, user_id, after)
+            try:
+                async with db.sessionmaker() as session, session.begin():
+                    items = await service.since(session, user_id, after)
+            except Exception as exc:
+                if problem_for_database_error(exc) is None:
+                    raise
+                log.warning("stream_database_unavailable", error=type(exc).__name__)
+                return
             for item in items:
                 after = item.id
                 yield {"id": str(item.id), "event": "notification", "data": item.model_dump_json()}

@@ -1,0 +1,617 @@
+"""`make test-ha`: failover under load on real engines (Patroni-managed PostgreSQL 15, etcd,
+HAProxy, two API instances, two notification workers), each fault injected several times;
+after each, the unknown outcomes are retried with their keys and the database is checked
+against what the clients were told. Prints a table and one summary line; exits 1 on any
+violation. Everything it starts is stopped, and its data deleted, however it ends."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import asyncpg
+import httpx
+
+from tests.faults.harness import (
+    User,
+    announce,
+    random_place,
+    seed_book,
+    seed_held_codes,
+    seed_promo,
+    seed_users,
+)
+from tests.ha.load import Load, Outcome, Stream, reconcile
+from tests.ha.topology import (
+    HA_VENV,
+    PG_USER,
+    ROOT,
+    Node,
+    Topology,
+    api_proc,
+    api_ready,
+    build,
+    start_database,
+    worker_proc,
+)
+
+PER_KIND = 6  # clients per kind of write (assign, lock+redeem, reserve+purchase)
+REPEATS = 2
+STEADY_OKS = 60  # acknowledged writes after a resume before the fault is injected
+AFTER_OKS = 40  # ... and after recovery before the window closes
+FANOUT_AUDIENCE = 20_000
+SSE_PER_AUDIENCE = 3
+BUDGET_S = 43.8 * 60  # 99.9 % of a 730-hour month
+POLL_S = 0.25
+
+
+# At most one primary ---------------------------------------------------------------------
+
+
+@dataclass
+class PrimaryWatch:
+    """Every node asked `pg_is_in_recovery()` every 250 ms on a connection of its own, and
+    every 250 ms the nodes counted that last said they are a primary. A node that does not
+    answer in time keeps its last answer (so a slow old primary still counts); one that
+    refuses connections or drops them cannot take writes and counts as not primary."""
+
+    nodes: list[Node]
+    samples: int = 0
+    two_primaries: int = 0
+    state: dict[str, bool] = field(default_factory=dict)
+
+    async def _probe(self, node: Node) -> None:
+        url = node.url.rsplit("/", 1)[0] + "/postgres"
+        conn: asyncpg.Connection | None = None
+        while True:
+            tick = time.monotonic()
+            try:
+                if conn is None or conn.is_closed():
+                    conn = await asyncpg.connect(url, timeout=1)
+                self.state[node.name] = not await conn.fetchval(
+                    "SELECT pg_is_in_recovery()", timeout=1
+                )
+            except TimeoutError:
+                if conn is not None:
+                    conn.terminate()
+                conn = None  # no answer yet: the last one stands
+            except Exception:  # refused, reset, starting up, shutting down
+                if conn is not None:
+                    conn.terminate()
+                conn = None
+                self.state[node.name] = False
+            await asyncio.sleep(max(0.0, POLL_S - (time.monotonic() - tick)))
+
+    async def run(self) -> None:
+        probes = [asyncio.create_task(self._probe(n)) for n in self.nodes]
+        try:
+            while True:
+                await asyncio.sleep(POLL_S)
+                self.samples += 1
+                if sum(self.state.values()) > 1:
+                    self.two_primaries += 1
+        finally:
+            for probe in probes:
+                probe.cancel()
+            await asyncio.gather(*probes, return_exceptions=True)
+
+
+# Faults ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    fault: str
+    outcomes: list[Outcome]
+    outage_s: float
+    rejoin_s: float | None
+    note: str = ""
+
+
+async def _until(what: str, check: Callable[[], bool], timeout: float) -> float:
+    started = time.monotonic()
+    while not await asyncio.to_thread(check):
+        if time.monotonic() - started > timeout:
+            raise TimeoutError(f"{what}: not after {timeout:.0f} s")
+        await asyncio.sleep(POLL_S)
+    return time.monotonic() - started
+
+
+def _leader(topo: Topology, timeout: float = 60) -> Node:
+    """The running leader, waited for (Patroni's view lags a crash by up to a loop)."""
+    deadline = time.monotonic() + timeout
+    while (leader := topo.leader()) is None:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no running leader for {timeout:.0f} s")
+        time.sleep(POLL_S)
+    return leader
+
+
+def _streaming(topo: Topology, name: str) -> bool:
+    return any(m["name"] == name and m.get("state") == "streaming" for m in topo.members())
+
+
+async def _rejoined(topo: Topology, old: Node, t0: float) -> float | None:
+    """Seconds from the fault until the old primary streams as a replica; None when it
+    stayed the primary (restarted in place)."""
+    await _until("the cluster healthy again", topo.healthy, 90)
+    if _leader(topo).name == old.name:
+        return None
+    await _until(f"{old.name} streaming", lambda: _streaming(topo, old.name), 90)
+    return time.monotonic() - t0
+
+
+@dataclass
+class Audience:
+    """Users at one place, far from everyone else's, for one fan-out."""
+
+    place: tuple[float, float]
+    users: list[User]
+
+
+class Faults:
+    def __init__(
+        self,
+        topo: Topology,
+        admin_pg: Callable[[], Awaitable[asyncpg.Connection]],
+        audiences: list[Audience],
+    ):
+        self.topo = topo
+        self.connect = admin_pg
+        self.audiences = list(audiences)
+        self.api_turn = 0
+
+    async def switchover(self) -> tuple[float | None, str]:
+        topo = self.topo
+        old = _leader(topo)
+        candidate = random.choice([n for n in topo.nodes if n.name != old.name])
+        t0 = time.monotonic()
+        done = await asyncio.to_thread(
+            subprocess.run,
+            [
+                str(HA_VENV / "bin" / "patronictl"),
+                "-c",
+                str(old.config),
+                "switchover",
+                "--leader",
+                old.name,
+                "--candidate",
+                candidate.name,
+                "--force",
+            ],
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 0, done.stdout.decode() + done.stderr.decode()
+        rejoin = await _rejoined(topo, old, t0)
+        assert _leader(topo).name == candidate.name
+        return rejoin, f"{old.name}->{candidate.name}"
+
+    async def kill_postgres(self) -> tuple[float | None, str]:
+        old = _leader(self.topo)
+        pid = old.postmaster_pid()
+        assert pid is not None
+        t0 = time.monotonic()
+        os.kill(pid, signal.SIGKILL)
+        # The cluster's view (and /primary, from Patroni's cached role) says "running" until
+        # Patroni's next loop: wait for a new postmaster (or a new leader) first.
+        await _until(
+            "postgres restarted or replaced",
+            lambda: (
+                old.postmaster_pid() not in (None, pid)
+                or (self.topo.leader() or old).name != old.name
+            ),
+            60,
+        )
+        rejoin = await _rejoined(self.topo, old, t0)
+        return rejoin, f"{old.name} postmaster {pid}; leader {_leader(self.topo).name}"
+
+    async def kill_patroni(self) -> tuple[float | None, str]:
+        old = _leader(self.topo)
+        t0 = time.monotonic()
+        old.proc.kill9()
+        # The supervisor (systemd Restart=always, RestartSec=2) brings it back.
+        await asyncio.sleep(2)
+        old.proc.start()
+        rejoin = await _rejoined(self.topo, old, t0)
+        return rejoin, f"{old.name} patroni; leader {_leader(self.topo).name}"
+
+    async def kill_api(self) -> tuple[float | None, str]:
+        name = f"api{self.api_turn % len(self.topo.api_ports) + 1}"
+        self.api_turn += 1
+        proc = self.topo.procs[name]
+        port = self.topo.api_ports[int(name[3:]) - 1]
+        proc.kill9()
+        await asyncio.sleep(1)  # the supervisor's restart delay
+        proc.start()
+        await _until(f"{name} up again", lambda: api_ready(port), 60)
+        return None, name
+
+    async def kill_worker(self) -> tuple[float | None, str]:
+        conn = await self.connect()
+        try:
+            target = self.audiences.pop(0)
+            audience = target.users
+            promo = await seed_promo(conn, 10, at=target.place, radius_m=5000)
+            await announce(conn, promo)
+            victim = row = None
+            deadline = time.monotonic() + 60
+            while victim is None and time.monotonic() < deadline:
+                row = await conn.fetchrow(
+                    "SELECT f.notified, o.locked_by FROM notification_fanouts f"
+                    " JOIN outbox o ON o.key = f.promo_id::text AND o.topic = 'promo.started'"
+                    " WHERE f.promo_id = $1 AND f.status = 'sending' AND o.status = 'running'",
+                    promo,
+                )
+                if row is not None and row["notified"] > 0 and row["locked_by"]:
+                    pid = int(row["locked_by"].split(":")[1])
+                    victim = next(
+                        (
+                            p
+                            for n, p in self.topo.procs.items()
+                            if n[:6] == "worker" and p.pid == pid
+                        ),
+                        None,
+                    )
+                    notified_at_kill = row["notified"]
+                await asyncio.sleep(0.05)
+            assert victim is not None, f"the fan-out was not caught running: {row}"
+            victim.kill9()
+            await asyncio.sleep(1)
+            victim.start()
+            while True:
+                status = await conn.fetchval(
+                    "SELECT status FROM notification_fanouts WHERE promo_id = $1", promo
+                )
+                if status != "sending":
+                    break
+                if time.monotonic() > deadline + 120:
+                    raise TimeoutError("the fan-out did not finish")
+                await asyncio.sleep(0.25)
+            rows, users = await conn.fetchrow(
+                "SELECT count(*), count(DISTINCT user_id) FROM notifications WHERE promo_id = $1",
+                promo,
+            )
+            expected = len(audience)
+            assert rows == users == expected, (
+                f"fan-out: {rows} notifications for {users} users of {expected}"
+            )
+            return None, (
+                f"{victim.name} killed at {notified_at_kill}/{expected}; "
+                f"{rows} notified exactly once"
+            )
+        finally:
+            await conn.close()
+
+
+# The run -----------------------------------------------------------------------------------
+
+
+def _outage(outcomes: list[Outcome], per_path: bool) -> float:
+    """How long writes failed: from the start of the first write refused (503) or left
+    unknown to the first acknowledgment after the last one, intermittent successes in
+    between included. On each way to the database (api1 through HAProxy, api2 with the
+    multi-host URL) when `per_path`, the worst of the two; else as the clients saw it (an
+    API instance killed: the other one serves)."""
+    paths = ({o.served_by for o in outcomes} - {None}) if per_path else {None}
+    worst = 0.0
+    for path in paths:
+        mine = [o for o in outcomes if path is None or o.served_by in (path, None)]
+        failed = [o for o in mine if o.status == 503 or o.kind == "unknown"]
+        if not failed:
+            continue
+        first = min(o.started for o in failed)
+        last = max(o.ended for o in failed)
+        back = [o.ended for o in mine if o.kind == "ok" and o.started >= last]
+        worst = max(worst, (min(back) if back else last) - first)
+    return worst
+
+
+async def _commit_latency(url: str, n: int = 400) -> str:
+    """p50/p99 of a one-row write's COMMIT with synchronous_commit on (the quorum standby
+    confirms) and local (the primary's disk only), on the primary, nothing else running."""
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute("CREATE TABLE IF NOT EXISTS ha_commit_probe (n int)")
+        figures = []
+        for mode in ("on", "local"):
+            await conn.execute(f"SET synchronous_commit = {mode}")
+            took = []
+            for i in range(n):
+                t = time.perf_counter()
+                await conn.execute("INSERT INTO ha_commit_probe VALUES ($1)", i)
+                took.append((time.perf_counter() - t) * 1000)
+            took.sort()
+            figures.append(f"{mode}: p50 {took[n // 2]:.2f} ms, p99 {took[int(n * 0.99)]:.2f} ms")
+        await conn.execute("DROP TABLE ha_commit_probe")
+        return "; ".join(figures)
+    finally:
+        await conn.close()
+
+
+async def _drained(streams: list[Stream], topo: Topology, timeout: float = 30) -> None:
+    """Give the streams time to deliver what the inboxes hold (a stream cut by the last
+    fault may still be reconnecting)."""
+    conn = await asyncpg.connect(_leader(topo).url)
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            counts = await conn.fetch(
+                "SELECT user_id, count(*) AS n FROM notifications"
+                " WHERE user_id = ANY($1::uuid[]) GROUP BY user_id",
+                [st.user.id for st in streams],
+            )
+            held = {r["user_id"]: r["n"] for r in counts}
+            if all(len(st.ids) >= held.get(st.user.id, 0) for st in streams):
+                return
+            await asyncio.sleep(0.25)
+    finally:
+        await conn.close()
+
+
+async def _streams_match_inboxes(url: str, streams: list[Stream]) -> list[str]:
+    """Every stream received exactly its user's inbox: nothing missed, nothing twice."""
+    conn = await asyncpg.connect(url)
+    try:
+        bad = []
+        for st in streams:
+            inbox = [
+                r["id"]
+                for r in await conn.fetch(
+                    "SELECT id FROM notifications WHERE user_id = $1 ORDER BY id", st.user.id
+                )
+            ]
+            if sorted(st.ids) != inbox:
+                bad.append(f"sse {st.user.id}: received {st.ids}, inbox {inbox}")
+        print(
+            f"[ha] sse: {len(streams)} streams, {sum(st.connects for st in streams)} connects"
+            f" (each cut one reconnects with Last-Event-ID),"
+            f" {sum(len(st.ids) for st in streams)} notifications received,"
+            f" {len(bad)} streams differing from their inbox",
+            flush=True,
+        )
+        return bad
+    finally:
+        await conn.close()
+
+
+def _app_check(url: str) -> None:
+    env = {**os.environ, "DATABASE_URL": url}
+    done = subprocess.run(
+        [sys.executable, "-m", "app", "check"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout.decode()[-3000:] + done.stderr.decode()[-2000:]
+
+
+async def _wait_oks(load: Load, since: int, n: int, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while sum(1 for o in load.outcomes[since:] if o.kind == "ok") < n:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"fewer than {n} acknowledged writes in {timeout:.0f} s")
+        await asyncio.sleep(0.05)
+
+
+async def _through_proxy(url: str, timeout: float = 30) -> asyncpg.Connection:
+    """A connection through HAProxy once it has found the primary."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return await asyncpg.connect(url, timeout=2)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.25)
+
+
+async def run(topo: Topology) -> int:
+    started = time.monotonic()
+    await asyncio.to_thread(start_database, topo)
+    print(f"[ha] etcd and three Patroni nodes up in {time.monotonic() - started:.1f} s", flush=True)
+    admin = await _through_proxy(topo.proxy_url.rsplit("/", 1)[0] + "/postgres")
+    await admin.execute("CREATE DATABASE couponflash")
+    await admin.close()
+    migrate = subprocess.run(
+        [sys.executable, "-m", "app", "migrate"],
+        cwd=ROOT,
+        env={**os.environ, "DATABASE_URL": topo.proxy_url},
+        capture_output=True,
+        timeout=180,
+        check=False,
+    )
+    assert migrate.returncode == 0, migrate.stderr.decode()[-2000:]
+
+    async def connect() -> asyncpg.Connection:
+        return await asyncpg.connect(topo.proxy_url)
+
+    print(f"[ha] migrated at {time.monotonic() - started:.1f} s", flush=True)
+    pg = await connect()
+    users = await seed_users(pg, 3 * PER_KIND)
+    book = await seed_book(pg, 100_000)
+    held_by_id = await seed_held_codes(pg, users[PER_KIND : 2 * PER_KIND], uses=10_000_000)
+    promo = await seed_promo(pg, 50_000)
+    audiences = []
+    for _ in range(REPEATS):
+        place = random_place()
+        audiences.append(Audience(place, await seed_users(pg, FANOUT_AUDIENCE, at=place)))
+    await pg.close()
+    held = {i: held_by_id[users[i].id] for i in range(PER_KIND, 2 * PER_KIND)}
+
+    # Two ways to the primary: api1 and worker1 through HAProxy, api2 and worker2 with the
+    # multi-host URL (target_session_attrs=read-write).
+    for i, url in enumerate((topo.proxy_url, topo.multi_host_url)):
+        topo.start(api_proc(topo, i, url))
+        topo.start(worker_proc(topo, i, url))
+    for port in topo.api_ports:
+        await _until(f"API on {port}", lambda port=port: api_ready(port), 60)
+    print(f"[ha] topology up in {time.monotonic() - started:.1f} s", flush=True)
+
+    watch = PrimaryWatch(topo.nodes)
+    watcher = asyncio.create_task(watch.run())
+    faults = Faults(topo, connect, audiences)
+    schedule: list[tuple[str, Callable[[], Awaitable[tuple[float | None, str]]]]] = [
+        ("switchover", faults.switchover),
+        ("kill -9 postgres", faults.kill_postgres),
+        ("kill -9 patroni", faults.kill_patroni),
+        ("kill -9 api", faults.kill_api),
+        ("kill -9 worker", faults.kill_worker),
+    ] * REPEATS
+    only = os.environ.get("HA_FAULTS")  # e.g. "switchover,kill -9 worker" while working on one
+    if only:
+        schedule = [(n, f) for n, f in schedule if n in only.split(",")]
+    runs: list[Run] = []
+    failures: list[str] = []
+    async with (
+        httpx.AsyncClient(base_url=topo.api_base, timeout=30) as http,
+        httpx.AsyncClient(base_url=topo.api_base, timeout=httpx.Timeout(30, read=20)) as sse,
+    ):
+        load = Load(http, users, book, held, promo)
+        clients = load.start(PER_KIND)
+        # Users of every fan-out to come follow their live stream from now on, through
+        # every fault; at the end each must have received exactly its inbox.
+        streams = [Stream(u) for a in audiences for u in a.users[:SSE_PER_AUDIENCE]]
+        stop_streams = asyncio.Event()
+        followers = [asyncio.create_task(st.follow(sse, stop_streams)) for st in streams]
+        try:
+            for name, inject in schedule:
+                mark = len(load.outcomes)
+                await _wait_oks(load, mark, STEADY_OKS)
+                t0 = time.monotonic()
+                rejoin, note = await inject()
+                recovered = len(load.outcomes)
+                await _wait_oks(load, recovered, AFTER_OKS)
+                await load.pause()
+                window = [o for o in load.outcomes[mark:] if o.started >= t0 - 0.5]
+                await load.resolve(load.outcomes[mark:])
+                leader = _leader(topo)
+                await asyncio.to_thread(_app_check, leader.url)
+                ledger = await reconcile(leader.url, load)
+                per_path = name not in ("kill -9 api",)
+                run_ = Run(name, window, _outage(window, per_path), rejoin, note)
+                runs.append(run_)
+                by_path = Counter(o.served_by or "lb" for o in window if o.status == 503)
+                print(
+                    f"[ha] {name}: {note}; requests {len(window)},"
+                    f" 503 by instance {dict(sorted(by_path.items()))},"
+                    f" outage {run_.outage_s:.2f} s,"
+                    f" rejoin {'-' if rejoin is None else f'{rejoin:.1f} s'},"
+                    f" lost {len(ledger.lost)}, duplicated {len(ledger.duplicated)},"
+                    f" unresolved {ledger.unresolved}, check ok on {leader.name}",
+                    flush=True,
+                )
+                if ledger.lost or ledger.duplicated or ledger.unresolved:
+                    failures.append(f"{name}: {ledger}")
+                load.resume()
+        finally:
+            load.stop()
+            await asyncio.gather(*clients, return_exceptions=True)
+            with contextlib.suppress(Exception):  # never hide what ended the run
+                await _drained(streams, topo)
+            stop_streams.set()
+            for follower in followers:
+                follower.cancel()
+            await asyncio.gather(*followers, return_exceptions=True)
+            if watcher.done():
+                watcher.result()  # the poller must not have died: raise what killed it
+            watcher.cancel()
+            await asyncio.gather(watcher, return_exceptions=True)
+        ledger = await reconcile(_leader(topo).url, load)
+
+    sse_bad = await _streams_match_inboxes(_leader(topo).url, streams)
+    latency = await _commit_latency(_leader(topo).url)
+    print(f"[ha] one-row write, synchronous_commit {latency}", flush=True)
+    unhandled = [
+        line
+        for n in topo.procs
+        if n.startswith("api")
+        for line in (topo.root / f"{n}.log").read_text(errors="replace").splitlines()
+        if "unhandled_error" in line
+    ]
+    for line in unhandled[:2]:
+        print(f"[ha] unhandled: {line[-3000:]}", flush=True)
+    five_xx = len(load.bad) + len(unhandled)
+    _table(runs)
+    two_ms = int(watch.two_primaries * POLL_S * 1000)
+    max_outage = max((r.outage_s for r in runs), default=0.0)
+    print(
+        f"[ha] {watch.samples} primary polls; {len(load.outcomes)} requests;"
+        f" ok via api1 (HAProxy) {_served(load, 'api1')}, via api2 (multi-host URL)"
+        f" {_served(load, 'api2')}; {time.monotonic() - started:.0f} s in all;"
+        f" load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs",
+        flush=True,
+    )
+    for line in failures + sse_bad + load.bad[:10]:
+        print(f"[ha] FAIL {line}", flush=True)
+    print(
+        f"ha: faults {len(runs)}, acknowledged {ledger.acknowledged},"
+        f" lost {len(ledger.lost)}, duplicated {len(ledger.duplicated)},"
+        f" two-primaries {two_ms} ms, max write outage {max_outage:.1f} s,"
+        f" non-503 5xx {five_xx}",
+        flush=True,
+    )
+    ok = not (failures or sse_bad or ledger.lost or ledger.duplicated or two_ms or five_xx)
+    return 0 if ok and len(runs) == len(schedule) else 1
+
+
+def _served(load: Load, name: str) -> int:
+    return sum(1 for o in load.outcomes if o.kind == "ok" and o.served_by == name)
+
+
+def _table(runs: list[Run]) -> None:
+    header = (
+        f"{'fault':<18} {'runs':>4} {'requests':>8} {'ok':>6} {'503':>5} {'unknown':>7}"
+        f" {'outage p50':>10} {'outage max':>10} {'rejoin':>8} {'budget/run':>10}"
+    )
+    print(header)
+    print("-" * len(header))
+    for fault in dict.fromkeys(r.fault for r in runs):
+        rs = [r for r in runs if r.fault == fault]
+        outs = [o for r in rs for o in r.outcomes]
+        outages = [r.outage_s for r in rs]
+        rejoins = [r.rejoin_s for r in rs if r.rejoin_s is not None]
+        worst = max(outages)
+        print(
+            f"{fault:<18} {len(rs):>4} {len(outs):>8}"
+            f" {sum(1 for o in outs if o.kind == 'ok'):>6}"
+            f" {sum(1 for o in outs if o.status == 503):>5}"
+            f" {sum(1 for o in outs if o.kind == 'unknown'):>7}"
+            f" {statistics.median(outages):>9.2f}s {worst:>9.2f}s"
+            f" {(f'{max(rejoins):.1f}s' if rejoins else '-'):>8}"
+            f" {100 * worst / BUDGET_S:>9.2f}%"
+        )
+
+
+def main() -> int:
+    if not (HA_VENV / "bin" / "patroni").exists():
+        print(f"Patroni is not installed in {HA_VENV}: run `make test-ha`", file=sys.stderr)
+        return 2
+    if os.getuid() == 0:
+        import pwd
+
+        pwd.getpwnam(PG_USER)  # PostgreSQL refuses root: its user must exist
+    # SIGTERM (a CI timeout, Ctrl-C of make) unwinds through the `finally` below.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    topo = build()
+    try:
+        return asyncio.run(run(topo))
+    finally:
+        topo.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,498 @@
+"""The high-availability topology of `make test-ha`, all on 127.0.0.1: one etcd, three
+PostgreSQL 15 under Patroni, HAProxy in front of the primary (Patroni REST `/primary`) and
+of the API instances, the API instances and the notification workers. Every process starts
+in a process group of its own and `Topology.close()` stops them all, its data with them."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pwd
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from bench.common import ROOT, SECRET, free_port
+
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+HA_VENV = ROOT / ".venv-ha"
+SCOPE = "couponflash"
+# PostgreSQL refuses to run as root: Patroni and its servers run as this user.
+PG_USER = "postgres"
+
+# Failover timing (docs/ha.md): the leader key lives `ttl` seconds, so a lost primary node is
+# replaced within about ttl + loop_wait; `retry_timeout` bounds a DCS or PostgreSQL call
+# before the leader demotes itself. Patroni's loop runs every `loop_wait`, which is also how
+# soon it notices a crashed postmaster and restarts it: 2 s instead of the usual 5 halves
+# that outage for one etcd write every 2 s. Patroni requires ttl >= loop_wait + 2 * retry.
+TTL, LOOP_WAIT, RETRY_TIMEOUT = 20, 2, 5
+
+
+@dataclass
+class Proc:
+    name: str
+    args: list[str]
+    log: Path
+    env: dict[str, str] | None = None
+    user: str | None = None
+    popen: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log.open("ab") as out:
+            self.popen = subprocess.Popen(
+                self.args,
+                cwd=ROOT,
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # a process group of its own, stopped as one
+                user=self.user,
+            )
+
+    @property
+    def pid(self) -> int:
+        assert self.popen is not None
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def kill9(self) -> None:
+        """SIGKILL the process itself (not its group): what a crash looks like."""
+        if self.alive():
+            os.kill(self.pid, signal.SIGKILL)
+            assert self.popen is not None
+            self.popen.wait()
+
+    def stop(self, timeout: float = 15) -> None:
+        if self.popen is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.popen.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.popen.wait(timeout=timeout)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.popen.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.popen.wait(timeout=5)
+
+
+@dataclass
+class Node:
+    name: str
+    pg_port: int
+    rest_port: int
+    home: Path
+    proc: Proc
+
+    @property
+    def data(self) -> Path:
+        return self.home / "data"
+
+    @property
+    def config(self) -> Path:
+        return self.home / "patroni.yml"
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.pg_port}/couponflash"
+
+    def rest(self, path: str, timeout: float = 1.0) -> tuple[int, Any]:
+        """GET Patroni's REST API; (status, JSON body), (0, None) when it does not answer."""
+        try:
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{self.rest_port}{path}", timeout=timeout
+            ) as r:
+                return r.status, json.loads(r.read() or b"null")
+        except urllib.error.HTTPError as exc:
+            with contextlib.suppress(ValueError):
+                return exc.code, json.loads(exc.read() or b"null")
+            return exc.code, None
+        except (OSError, ValueError):
+            return 0, None
+
+    def postmaster_pid(self) -> int | None:
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            return int((self.data / "postmaster.pid").read_text().split()[0])
+        return None
+
+
+@dataclass
+class Topology:
+    root: Path
+    etcd_port: int
+    nodes: list[Node]
+    pg_proxy_port: int
+    api_proxy_port: int
+    api_ports: list[int]
+    procs: dict[str, Proc] = field(default_factory=dict)
+    api_env: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    # Addresses ---------------------------------------------------------------------------
+
+    @property
+    def proxy_url(self) -> str:
+        """The primary, through HAProxy."""
+        return f"postgresql://postgres@127.0.0.1:{self.pg_proxy_port}/couponflash"
+
+    @property
+    def multi_host_url(self) -> str:
+        """The primary, found by the driver itself among the three servers."""
+        hosts = ",".join(f"127.0.0.1:{n.pg_port}" for n in self.nodes)
+        return f"postgresql://postgres@{hosts}/couponflash?target_session_attrs=read-write"
+
+    @property
+    def api_base(self) -> str:
+        return f"http://127.0.0.1:{self.api_proxy_port}"
+
+    def node(self, name: str) -> Node:
+        return next(n for n in self.nodes if n.name == name)
+
+    # Cluster state -----------------------------------------------------------------------
+
+    def members(self) -> list[dict[str, Any]]:
+        for node in self.nodes:
+            status, body = node.rest("/cluster")
+            if status == 200 and isinstance(body, dict):
+                members: list[dict[str, Any]] = body.get("members", [])
+                return members
+        return []
+
+    def leader(self) -> Node | None:
+        for member in self.members():
+            if member.get("role") == "leader" and member.get("state") == "running":
+                return self.node(member["name"])
+        return None
+
+    def healthy(self) -> bool:
+        """One running leader, every other member streaming from it."""
+        members = self.members()
+        leaders = [m for m in members if m.get("role") == "leader" and m["state"] == "running"]
+        streaming = [m for m in members if m.get("state") == "streaming"]
+        return len(members) == len(self.nodes) and len(leaders) == 1 and len(streaming) == 2
+
+    def wait(self, what: str, check: Any, timeout: float, every: float = 0.25) -> float:
+        """Poll `check()` until true; returns the seconds it took."""
+        started = time.monotonic()
+        while not check():
+            if time.monotonic() - started > timeout:
+                raise TimeoutError(f"{what}: not after {timeout:.0f} s")
+            time.sleep(every)
+        return time.monotonic() - started
+
+    # Processes ---------------------------------------------------------------------------
+
+    def start(self, proc: Proc) -> Proc:
+        self.procs[proc.name] = proc
+        proc.start()
+        return proc
+
+    def close(self) -> None:
+        """Stop everything started here (API and workers first, the database last), then any
+        server that outlived its Patroni, then delete the data."""
+        keep = os.environ.get("HA_LOGS")  # a directory to keep the logs in
+        if keep:
+            Path(keep).mkdir(parents=True, exist_ok=True)
+            for log in self.root.glob("**/*.log"):
+                shutil.copy(log, Path(keep) / log.name)
+        order = sorted(self.procs.values(), key=lambda p: _STOP_ORDER.get(p.name[:3], 0))
+        for proc in order:
+            proc.stop()
+        root = str(self.root)
+        for p in psutil.process_iter(["pid", "cmdline"]):
+            with contextlib.suppress(psutil.Error):
+                if any(root in part for part in p.info["cmdline"] or ()):
+                    p.kill()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+_STOP_ORDER = {"api": 0, "wor": 0, "hap": 1, "pg1": 2, "pg2": 2, "pg3": 2, "etc": 3}
+
+
+def _patroni_config(node: Node, etcd_port: int, peers: list[Node]) -> str:
+    parameters = {
+        # pg_rewind needs hint bits WAL-logged (data checksums give the same; both are on).
+        "wal_log_hints": "on",
+        "max_connections": 300,
+        "shared_buffers": "64MB",
+        "wal_keep_size": "256MB",
+        "max_wal_senders": 10,
+        "max_replication_slots": 10,
+        "hot_standby": "on",
+        # A standby whose primary went away retries streaming every second (default 5 s):
+        # in strict synchronous mode no COMMIT returns before one is back.
+        "wal_retrieve_retry_interval": "1s",
+        "unix_socket_directories": str(node.home),
+    }
+    config = {
+        "scope": SCOPE,
+        "namespace": "/service/",
+        "name": node.name,
+        "log": {"level": "WARNING"},
+        "restapi": {
+            "listen": f"127.0.0.1:{node.rest_port}",
+            "connect_address": f"127.0.0.1:{node.rest_port}",
+        },
+        "etcd3": {"hosts": [f"127.0.0.1:{etcd_port}"]},
+        "bootstrap": {
+            "dcs": {
+                "ttl": TTL,
+                "loop_wait": LOOP_WAIT,
+                "retry_timeout": RETRY_TIMEOUT,
+                "maximum_lag_on_failover": 1 << 20,
+                # Quorum commit: a COMMIT returns once one of the two standbys has it, and
+                # a failover promotes only a standby that is known to have every such
+                # commit. Strict: with no standby left, writes wait instead of going
+                # unreplicated.
+                "synchronous_mode": "quorum",
+                "synchronous_mode_strict": True,
+                "synchronous_node_count": 1,
+                "postgresql": {
+                    "use_pg_rewind": True,
+                    "use_slots": True,
+                    "parameters": parameters,
+                },
+            },
+            "initdb": [{"encoding": "UTF8"}, {"locale": "C"}, "data-checksums"],
+        },
+        "postgresql": {
+            "listen": f"127.0.0.1:{node.pg_port}",
+            "connect_address": f"127.0.0.1:{node.pg_port}",
+            "data_dir": str(node.data),
+            "bin_dir": str(PG_BIN),
+            "pgpass": str(node.home / "pgpass"),
+            "authentication": {
+                "superuser": {"username": "postgres", "password": "postgres"},
+                "replication": {"username": "replicator", "password": "replicator"},
+            },
+            "parameters": {"unix_socket_directories": str(node.home)},
+            # Loopback only, trusted: every process of the test runs on this host.
+            "pg_hba": [
+                "local all all trust",
+                "host all all 127.0.0.1/32 trust",
+                "host replication replicator 127.0.0.1/32 trust",
+            ],
+        },
+        "tags": {"nofailover": False, "noloadbalance": False, "clonefrom": False},
+    }
+    return json.dumps(config, indent=2)  # JSON is YAML
+
+
+def _haproxy_config(topo: Topology) -> str:
+    pg_servers = "\n".join(
+        f"    server {n.name} 127.0.0.1:{n.pg_port} check port {n.rest_port}" for n in topo.nodes
+    )
+    api_servers = "\n".join(
+        f"    server api{i + 1} 127.0.0.1:{port} check" for i, port in enumerate(topo.api_ports)
+    )
+    return f"""global
+    maxconn 4000
+
+defaults
+    timeout connect 2s
+    timeout client 30m
+    timeout server 30m
+    timeout check 3s
+
+# The primary: the one node whose Patroni answers 200 on /primary. When that changes, the
+# old primary's sessions are cut at once, so no client keeps writing to a demoted server.
+listen postgres
+    mode tcp
+    bind 127.0.0.1:{topo.pg_proxy_port}
+    option httpchk GET /primary
+    http-check expect status 200
+    default-server inter 500ms fastinter 250ms fall 2 rise 1 on-marked-down shutdown-sessions
+{pg_servers}
+
+# The API instances. A request whose instance died before answering is sent again to
+# another: every mutating request carries an Idempotency-Key, so the retry is safe.
+listen api
+    mode http
+    bind 127.0.0.1:{topo.api_proxy_port}
+    balance roundrobin
+    option httpchk GET /healthz
+    timeout server 60s
+    errorfile 503 {topo.root}/503.http
+    errorfile 502 {topo.root}/unknown.http
+    errorfile 504 {topo.root}/unknown.http
+    retries 3
+    option redispatch 1
+    retry-on conn-failure empty-response response-timeout
+    http-response set-header X-Served-By %s
+    default-server inter 500ms fastinter 250ms fall 3 rise 2
+{api_servers}
+"""
+
+
+# The load balancer's own answers, in the service's contract: no instance to send the request
+# to is a plain 503 (nothing was done); an instance that died or hung while it had the request
+# (502/504, after the retries above) is a 503 `outcome: unknown`, settled by the same key.
+_LB_ERRORS = {
+    "503.http": {"detail": "No API instance is available; retry shortly."},
+    "unknown.http": {
+        "detail": "The API instance handling the request was lost; it may or may not have"
+        " been applied. Retry with the same Idempotency-Key.",
+        "outcome": "unknown",
+    },
+}
+
+
+def _http_problem(extra: dict[str, str]) -> bytes:
+    body = json.dumps(
+        {"type": "/problems/unavailable", "title": "Service Unavailable", "status": 503, **extra}
+    ).encode()
+    head = (
+        "HTTP/1.1 503 Service Unavailable\r\n"
+        "Content-Type: application/problem+json\r\n"
+        "Retry-After: 2\r\n"
+        "Cache-Control: no-store\r\n"
+        "Connection: close\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+def build(api_instances: int = 2) -> Topology:
+    root = Path(tempfile.mkdtemp(prefix="cf-ha-"))
+    root.chmod(0o755)
+    nodes = []
+    for i in range(3):
+        name = f"pg{i + 1}"
+        home = root / name
+        home.mkdir()
+        nodes.append(
+            Node(name, free_port(), free_port(), home, Proc(name, [], root / f"{name}.log"))
+        )
+    topo = Topology(
+        root=root,
+        etcd_port=free_port(),
+        nodes=nodes,
+        pg_proxy_port=free_port(),
+        api_proxy_port=free_port(),
+        api_ports=[free_port() for _ in range(api_instances)],
+    )
+    pg = pwd.getpwnam(PG_USER)
+    for node in nodes:
+        node.config.write_text(_patroni_config(node, topo.etcd_port, nodes))
+        os.chown(node.home, pg.pw_uid, pg.pw_gid)
+        os.chown(node.config, pg.pw_uid, pg.pw_gid)
+        node.proc.args = [str(HA_VENV / "bin" / "patroni"), str(node.config)]
+        node.proc.env = {"PATH": f"{PG_BIN}:/usr/bin:/bin", "HOME": str(node.home)}
+        node.proc.user = PG_USER if os.getuid() == 0 else None
+    (root / "haproxy.cfg").write_text(_haproxy_config(topo))
+    for name, body in _LB_ERRORS.items():
+        (root / name).write_bytes(_http_problem(body))
+    return topo
+
+
+def start_database(topo: Topology) -> None:
+    """etcd, then the three Patroni nodes; returns once one leads and two stream from it."""
+    etcd_dir = topo.root / "etcd"
+    peer = free_port()
+    topo.start(
+        Proc(
+            "etcd",
+            [
+                "etcd",
+                "--name",
+                "e1",
+                "--data-dir",
+                str(etcd_dir),
+                "--listen-client-urls",
+                f"http://127.0.0.1:{topo.etcd_port}",
+                "--advertise-client-urls",
+                f"http://127.0.0.1:{topo.etcd_port}",
+                "--listen-peer-urls",
+                f"http://127.0.0.1:{peer}",
+                "--initial-advertise-peer-urls",
+                f"http://127.0.0.1:{peer}",
+                "--initial-cluster",
+                f"e1=http://127.0.0.1:{peer}",
+                "--log-level",
+                "warn",
+            ],
+            topo.root / "etcd.log",
+        )
+    )
+    topo.start(topo.nodes[0].proc)
+    topo.wait("the first node leads", lambda: topo.leader() is not None, 90)
+    for node in topo.nodes[1:]:
+        topo.start(node.proc)
+    topo.wait("three members, two streaming", topo.healthy, 120)
+    topo.start(
+        Proc(
+            "haproxy",
+            ["haproxy", "-db", "-f", str(topo.root / "haproxy.cfg")],
+            topo.root / "haproxy.log",
+        )
+    )
+
+
+def _app_env(url: str, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    return {
+        **os.environ,
+        "DATABASE_URL": url,
+        "DATABASE_DIRECT_URL": "",
+        "JWT_SECRET": SECRET,
+        "RATE_LIMIT_ENABLED": "false",
+        "RUN_WORKER": "false",
+        "LOG_LEVEL": "WARNING",
+        "LOG_JSON": "true",
+        "WORKERS": "1",
+        "DB_POOL_SIZE": "12",
+        "DB_ORM_POOL_SIZE": "4",
+        "DB_MAX_OVERFLOW": "4",
+        "NOTIFY_SSE_HEARTBEAT_S": "2",
+        **(extra or {}),
+    }
+
+
+def api_proc(topo: Topology, index: int, url: str) -> Proc:
+    port = topo.api_ports[index]
+    data = topo.root / f"api{index + 1}-data"
+    data.mkdir(exist_ok=True)
+    return Proc(
+        f"api{index + 1}",
+        [sys.executable, "-m", "app", "serve", "--host", "127.0.0.1", "--port", str(port)],
+        topo.root / f"api{index + 1}.log",
+        env=_app_env(url, {"DATA_DIR": str(data)}),
+    )
+
+
+def worker_proc(topo: Topology, index: int, url: str) -> Proc:
+    data = topo.root / f"worker{index + 1}-data"
+    data.mkdir(exist_ok=True)
+    return Proc(
+        f"worker{index + 1}",
+        [sys.executable, "-m", "app", "worker"],
+        topo.root / f"worker{index + 1}.log",
+        env=_app_env(
+            url,
+            {
+                "DATA_DIR": str(data),
+                "WORKER_POLL_SECONDS": "0.5",
+                "WORKER_LEASE_SECONDS": "30",
+                "NOTIFY_BATCH_SIZE": "100",
+            },
+        ),
+    )
+
+
+def api_ready(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
+            return bool(r.status == 200)
+    except OSError:
+        return False
