@@ -7,7 +7,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app.api.deps import AppServices
-from app.core.metrics import REGISTRY
+from app.core.metrics import REGISTRY, sample_database
 from app.core.migrations import current_revisions
 from app.core.problems import problem_response
 
@@ -51,5 +51,6 @@ async def readyz(request: Request, services: AppServices) -> Response:
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
-async def metrics() -> Response:
+async def metrics(services: AppServices) -> Response:
+    await sample_database(services.db)
     return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
