@@ -52,11 +52,14 @@ format: install
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
+# promtool (Debian package `prometheus`) unit-tests the alert rules in tests/deploy.
 test: install lint ## lint, then the whole suite, then the hot-path and security tests with lean routes off
+	@scripts/ensure-deb.sh prometheus promtool
 	$(PY) -m pytest
 	LEAN_ROUTES=false $(PY) -m pytest -q -p no:randomly tests/core tests/books tests/promos tests/security
 
 test-pg: install ## the suite against the server at 127.0.0.1:5432
+	@scripts/ensure-deb.sh prometheus promtool
 	DATABASE_URL=postgresql://postgres@127.0.0.1:5432/test $(PY) -m pytest
 
 bench-notify: install ## fan out one promo to 100,000 and 1,000,000 users; writes docs/benchmarks.md
