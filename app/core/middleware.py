@@ -10,6 +10,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.core import tracing
 from app.core.metrics import IN_FLIGHT, record_request
 from app.core.problems import PROBLEM_BASE_KEY, problem_response, unhandled_error_response
 
@@ -46,6 +47,13 @@ class RequestContextMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        tracer = tracing.TRACER
+        if tracer is not None:
+            await tracing.traced_request(tracer, self._serve, scope, receive, send, _route_template)
+            return
+        await self._serve(scope, receive, send)
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
         request_id = ""
         content_type = b""
         declared: int | None = None
