@@ -77,13 +77,15 @@ format: install
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-# The console's browser tests drive Debian's Chromium: installed when missing.
+# The console's browser tests drive Debian's Chromium, and promtool (Debian package
+# `prometheus`) unit-tests the alert rules in tests/deploy: both installed when missing.
 test: install lint contract-tools ## lint, then the whole suite, then the hot-path and security tests with lean routes off
-	@scripts/ensure-deb.sh chromium /usr/bin/chromium
+	@scripts/ensure-deb.sh chromium /usr/bin/chromium prometheus promtool
 	$(PY) -m pytest
 	LEAN_ROUTES=false $(PY) -m pytest -q -p no:randomly tests/core tests/books tests/promos tests/security
 
 test-pg: install contract-tools ## the suite against the server at 127.0.0.1:5432
+	@scripts/ensure-deb.sh chromium /usr/bin/chromium prometheus promtool
 	DATABASE_URL=postgresql://postgres@127.0.0.1:5432/test $(PY) -m pytest
 
 bench-notify: install ## fan out one promo to 100,000 and 1,000,000 users; writes docs/benchmarks.md

@@ -21,6 +21,7 @@ from app.books.history_router import router as history_router
 from app.books.imports_router import router as imports_router
 from app.books.router import router as books_router
 from app.console.router import router as console_router
+from app.core import tracing
 from app.core.db import Database
 from app.core.front import ServiceApp
 from app.core.idempotency import install_idempotency_handler
@@ -116,6 +117,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         else (settings.env is not Environment.dev)
     )
     configure_logging(settings.log_level, json=json_logs)
+    tracing.configure(settings.otel_enabled)
     docs = settings.expose_docs or not settings.is_production
     # Outermost first. Lean routes get the same middleware in front of them (ServiceApp).
     # CORS is outermost, so every answer to an allowed origin carries its headers, the 413
@@ -149,11 +151,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url="/redoc" if docs else None,
         openapi_url="/openapi.json" if docs else None,
         middleware=middleware,
-        # Off unless asked for: metrics are Prometheus at /metrics, and when on, every
-        # request looks up the OpenTelemetry providers.
-        telemetry=None
-        if settings.otel_enabled
-        else {"tracing": False, "metrics": False, "logs": False},
+        # FastAPI's own OpenTelemetry stays off: it would miss the hot paths (the front door
+        # answers them below FastAPI's entry) and duplicate our spans elsewhere. Traces come
+        # from app/core/tracing.py (OTEL_ENABLED), metrics from /metrics.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     install_problem_handlers(app)
     install_idempotency_handler(app)

@@ -131,6 +131,8 @@ def clients_in() -> list[Requirement]:
     """The requirements clients.txt is compiled from."""
     lines = (LOCKS / "clients.in").read_text().splitlines()
     return [Requirement(line) for line in lines if line.strip() and not line.startswith("#")]
+
+
 HA_VENV = ROOT / ".venv-ha"
 
 

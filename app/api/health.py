@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy import text
 
 from app.api.deps import AppServices
-from app.core.metrics import REGISTRY
+from app.core.metrics import REGISTRY, sample_database
 from app.core.migrations import current_revisions
 from app.core.problems import problem_response
 
@@ -93,6 +93,7 @@ async def readyz(request: Request, services: AppServices) -> Response:
         }
     },
 )
-async def metrics() -> Response:
+async def metrics(services: AppServices) -> Response:
     """Prometheus text exposition of the request, pool, outbox and domain metrics."""
+    await sample_database(services.db)
     return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)

@@ -1,13 +1,17 @@
-"""Prometheus metrics: HTTP by route template, DB pool gauges, and domain counters."""
+"""Prometheus metrics: HTTP by route template, requests in flight, DB pool gauges, the
+database's view (reachable, outbox depth and age, lock waits) and domain counters."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
+from sqlalchemy import text
 from sqlalchemy.pool import QueuePool
 
 if TYPE_CHECKING:
@@ -47,6 +51,32 @@ def record_request(method: str, route: str, status: int, seconds: float) -> None
     children[1].observe(seconds)
 
 
+class InFlight(Collector):
+    """Requests being answered by this process, server-sent event streams apart (they stay
+    open for minutes and would read as load). A plain integer that the middleware bumps,
+    read at scrape time: no lock per request. The autoscaler's custom metric."""
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self.streams = 0
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        yield GaugeMetricFamily(
+            "http_requests_in_flight",
+            "HTTP requests being answered by this process (event streams excluded).",
+            value=self.requests,
+        )
+        yield GaugeMetricFamily(
+            "http_event_streams_open",
+            "Server-sent event streams open on this process.",
+            value=self.streams,
+        )
+
+
+IN_FLIGHT = InFlight()
+REGISTRY.register(IN_FLIGHT)
+
+
 class PoolCollector(Collector):
     """Reads both pools at scrape time, so it costs nothing per request: `orm`
     (SQLAlchemy's) and `hot` (the asyncpg pool of the hot paths)."""
@@ -73,8 +103,81 @@ class PoolCollector(Collector):
             gauge.add_metric(["hot", "checked_out"], size - idle)
             gauge.add_metric(["hot", "idle"], idle)
             gauge.add_metric(["hot", "size"], hot.get_max_size())
+            gauge.add_metric(["hot", "waiting"], _hot_waiting(hot))
         yield gauge
+
+
+def _hot_waiting(pool: Any) -> int:
+    """Requests waiting for a connection of the asyncpg pool: the getters of its internal
+    queue (asyncpg 0.30 to 0.32 keep idle holders in `_queue`, an asyncio.LifoQueue), read at
+    scrape time only. 0 when the attribute is not there."""
+    queue = getattr(pool, "_queue", None)
+    getters = getattr(queue, "_getters", ())
+    return sum(1 for waiter in getters if not waiter.done())
 
 
 POOL = PoolCollector()
 REGISTRY.register(POOL)
+
+
+DB_UP = Gauge("db_up", "1 when the last scrape reached the database, else 0.", registry=REGISTRY)
+OUTBOX_PENDING = Gauge(
+    "outbox_pending_jobs", "Outbox jobs waiting to run (due or not).", registry=REGISTRY
+)
+OUTBOX_OLDEST = Gauge(
+    "outbox_oldest_pending_age_seconds",
+    "Age of the oldest outbox job that is due and not yet taken (0 when none).",
+    registry=REGISTRY,
+)
+OUTBOX_DEAD = Gauge(
+    "outbox_dead_jobs", "Outbox jobs that exhausted their attempts.", registry=REGISTRY
+)
+LOCK_WAITS = Gauge(
+    "db_lock_waits",
+    "Sessions of this database waiting for a lock (row, advisory or table).",
+    registry=REGISTRY,
+)
+
+_DATABASE_SAMPLE = text(
+    """
+    SELECT
+      (SELECT count(*) FROM outbox WHERE status = 'pending') AS pending,
+      (SELECT count(*) FROM outbox WHERE status = 'dead') AS dead,
+      (SELECT coalesce(extract(epoch FROM now() - min(run_at)), 0)
+         FROM outbox WHERE status = 'pending' AND run_at <= now()) AS oldest,
+      (SELECT count(*) FROM pg_locks
+         WHERE NOT granted
+           AND database = (SELECT oid FROM pg_database WHERE datname = current_database()))
+        AS lock_waits
+    """
+)
+_SAMPLE_EVERY_S = 5.0
+_sampled_at = 0.0
+
+
+async def sample_database(db: Database, timeout_s: float = 2.0) -> None:
+    """Refresh the database's gauges, at most every few seconds whoever scrapes (several
+    Prometheus replicas, the adapter). An unreachable database sets `db_up` to 0 and leaves
+    the other gauges as last seen; the scrape itself always answers."""
+    global _sampled_at
+    now = time.monotonic()
+    if now - _sampled_at < _SAMPLE_EVERY_S:
+        return
+    _sampled_at = now
+    try:
+        async with asyncio.timeout(timeout_s), db.engine.connect() as conn:
+            row = (await conn.execute(_DATABASE_SAMPLE)).one()
+    except Exception:
+        DB_UP.set(0)
+        return
+    DB_UP.set(1)
+    OUTBOX_PENDING.set(row.pending)
+    OUTBOX_DEAD.set(row.dead)
+    OUTBOX_OLDEST.set(float(row.oldest))
+    LOCK_WAITS.set(row.lock_waits)
+
+
+def reset_database_sample() -> None:
+    """The next scrape samples the database again (tests)."""
+    global _sampled_at
+    _sampled_at = 0.0

@@ -10,7 +10,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.core.metrics import record_request
+from app.core import tracing
+from app.core.metrics import IN_FLIGHT, record_request
 from app.core.problems import PROBLEM_BASE_KEY, problem_response, unhandled_error_response
 
 log = structlog.get_logger("access")
@@ -46,6 +47,13 @@ class RequestContextMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        tracer = tracing.TRACER
+        if tracer is not None:
+            await tracing.traced_request(tracer, self._serve, scope, receive, send, _route_template)
+            return
+        await self._serve(scope, receive, send)
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
         request_id = ""
         content_type = b""
         declared: int | None = None
@@ -62,6 +70,11 @@ class RequestContextMiddleware:
         structlog.contextvars.bind_contextvars(request_id=request_id)
         upload = content_type.startswith(_UPLOAD_TYPES) and scope["path"].endswith(_UPLOAD_PATHS)
         limit = self.max_upload if upload else self.max_body
+        stream = scope["path"].endswith(_STREAM_PATH)
+        if stream:
+            IN_FLIGHT.streams += 1
+        else:
+            IN_FLIGHT.requests += 1
         t0 = time.perf_counter()
         status = 500
         started = False
@@ -109,6 +122,10 @@ class RequestContextMiddleware:
                 response = await unhandled_error_response(Request(scope), exc)
             await response(scope, receive, send_wrapper)
         finally:
+            if stream:
+                IN_FLIGHT.streams -= 1
+            else:
+                IN_FLIGHT.requests -= 1
             elapsed = time.perf_counter() - t0
             template = _route_template(scope)
             method = scope["method"]
@@ -134,6 +151,9 @@ def _route_template(scope: Scope) -> str:
         template = getattr(scope.get("route"), "path", None)
     return str(template) if template else "<unmatched>"
 
+
+# Server-sent event streams stay open: counted apart from requests in flight.
+_STREAM_PATH = "/notifications/stream"
 
 # Only the CSV upload routes (synchronous and as a job) take the larger limit, whatever
 # Content-Type a client claims.

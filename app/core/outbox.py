@@ -23,6 +23,7 @@ from asyncpg.pool import PoolConnectionProxy
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.core import tracing
 from app.core.locking import LockNamespace, try_xact_lock_sql, xact_lock_sql
 
 # A plain connection or one borrowed from a pool.
@@ -97,7 +98,7 @@ async def schedule(
             {
                 "topic": topic,
                 "key": key,
-                "payload": orjson.dumps(payload).decode(),
+                "payload": orjson.dumps(tracing.with_trace(payload)).decode(),
                 "run_at": run_at,
                 "max_attempts": max_attempts,
             },

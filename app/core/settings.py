@@ -53,7 +53,7 @@ class Settings(BaseSettings):
     data_dir: Path = Path(".data")
     log_level: str = "INFO"
     log_json: bool | None = None  # default: JSON outside dev
-    otel_enabled: bool = False  # FastAPI's native OpenTelemetry, when an SDK is configured
+    otel_enabled: bool = False  # OpenTelemetry traces (app/core/tracing.py); OTLP export
     # Hot routes answered from a plan made once (app/core/lean.py); false: FastAPI's own path.
     lean_routes: bool = True
 

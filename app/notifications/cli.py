@@ -21,6 +21,7 @@ def worker(
     ] = None,
 ) -> None:
     """Run the worker (promo fan-out, webhook delivery, code imports) until SIGTERM or SIGINT."""
+    from app.core import tracing
     from app.core.logging import configure_logging
     from app.core.settings import Environment, Settings
     from app.notifications.worker import WorkerConfig, run_until_signalled
@@ -30,6 +31,7 @@ def worker(
         settings.log_json if settings.log_json is not None else settings.env is not Environment.dev
     )
     configure_logging(settings.log_level, json=json_logs)
+    tracing.configure(settings.otel_enabled)
     server, url = resolve_database(settings)
     os.environ["DATABASE_URL"] = url
     settings = Settings(database_url=url, database_direct_url=settings.database_direct_url)

@@ -19,8 +19,10 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import asyncpg
+import orjson
 import structlog
 
+from app.core import tracing
 from app.core.outbox import Conn, Job, key_lock_sql
 from app.notifications.metrics import CREATED
 from app.notifications.webhook import WEBHOOK_DELIVER
@@ -124,7 +126,10 @@ WITH batch AS MATERIALIZED (
     RETURNING id, user_id
 ), job AS (
     INSERT INTO outbox (topic, payload, max_attempts)
-    SELECT $6, jsonb_build_object('promo_id', $1::text, 'ids', jsonb_agg(id ORDER BY id)), $7
+    SELECT $6,
+           jsonb_build_object('promo_id', $1::text, 'ids', jsonb_agg(id ORDER BY id))
+             || $8::jsonb,
+           $7
     FROM ins
     WHERE $5
     HAVING count(*) > 0
@@ -229,6 +234,8 @@ async def run_fanout(
 ) -> FanoutResult:
     """Announce a started promo to its audience; safe to run again after any crash."""
     promo_id = uuid.UUID(str(job.payload["promo_id"]))
+    # The webhook jobs join this job's trace (an empty object when tracing is off).
+    trace = orjson.dumps(tracing.with_trace({})).decode()
     async with pool.acquire() as conn:
         status = await _begin(conn, promo_id)
         if status is None:
@@ -261,6 +268,7 @@ async def run_fanout(
                     webhook,
                     WEBHOOK_DELIVER,
                     webhook_max_attempts,
+                    trace,
                 )
                 assert row is not None
                 if row["taken"] < batch_size:

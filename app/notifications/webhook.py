@@ -17,6 +17,7 @@ from http.cookiejar import CookieJar, DefaultCookiePolicy
 
 import httpx
 
+from app.core import tracing
 from app.core.outbox import Conn, Job
 
 # The outbox topic of a batch to deliver (payload: the promo and the notification ids).
@@ -121,6 +122,7 @@ class WebhookSender:
         }
         if self.secret:
             headers[SIGNATURE_HEADER] = sign(self.secret, body)
+        headers.update(tracing.context_carrier())  # W3C traceparent when tracing is on
         try:
             # One deadline for the whole exchange (httpx's timeout is per read), and only the
             # status line and headers are read: a huge or dripping body costs nothing.

@@ -33,7 +33,7 @@ import asyncpg
 import structlog
 
 from app.books import import_jobs, import_runner
-from app.core import idempotency, outbox
+from app.core import idempotency, outbox, tracing
 from app.core.db import libpq_url
 from app.core.outbox import Job
 from app.core.settings import Settings
@@ -273,7 +273,8 @@ class Worker:
             if handler is None:
                 job = Job(job.id, job.topic, job.payload, job.max_attempts, job.max_attempts)
                 raise ValueError(f"unknown topic {job.topic!r}")
-            await handler(job)
+            with tracing.job_span(job.topic, job.id, job.payload):
+                await handler(job)
         except Released:
             await self._finish(outbox.release, job.id, self.id)
             JOBS.labels(job.topic, "released").inc()
