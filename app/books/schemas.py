@@ -199,6 +199,62 @@ class LockedCodeOut(CodeOut):
     lock_id: uuid.UUID
 
 
+class MyCodeOut(CodeOut):
+    """One of the caller's codes with the context of its book (`GET /me/codes`)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    **_CODE_EXAMPLE,
+                    "book_name": "Summer sale",
+                    "book_description": "10% off everything in July.",
+                    "book_expires_at": "2026-07-31T22:00:00Z",
+                    "book_active": True,
+                    "book_status": "active",
+                }
+            ]
+        }
+    )
+
+    book_name: str
+    book_description: str | None
+    book_expires_at: datetime | None
+    book_active: bool = Field(
+        description="Whether the book hands out and redeems codes now (active and in its window)."
+    )
+    book_status: BookStatus
+
+
+class MyBookOut(BaseModel):
+    """A book the caller may claim from now (`GET /me/books`)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "3f1c2a4e-8d7b-4f0e-9c61-2b5a7e9d1c40",
+                    "name": "Summer sale",
+                    "description": "10% off everything in July.",
+                    "expires_at": "2026-07-31T22:00:00Z",
+                    "held": 1,
+                    "may_claim": 2,
+                }
+            ]
+        }
+    )
+
+    id: uuid.UUID
+    name: str
+    description: str | None
+    expires_at: datetime | None
+    held: int = Field(description="Codes of this book the caller holds.")
+    may_claim: int = Field(
+        description="Codes the caller may still claim: the per-user limit left, at most the"
+        " free codes."
+    )
+
+
 class AssignIn(BaseModel):
     model_config = ConfigDict(
         extra="forbid",

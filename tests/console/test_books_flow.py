@@ -122,9 +122,15 @@ def test_admin_runs_a_book_and_users_claim_lock_and_redeem(
 
     user_page = new_page(390, 844)
     sign_in(user_page, server, claimer, "/app")
-    user_page.get_by_label("Book id").fill(book_id)
-    user_page.get_by_role("button", name="Claim a code from this book").click()
-    expect(user_page.locator("#claim-result")).to_contain_text("Your code:")
+    # The campaign is picked by name; its description, end and the caller's allowance show.
+    campaign = user_page.get_by_label("Campaign", exact=True)
+    campaign.select_option(label=f"Summer {tag}")
+    expect(user_page.locator("#claim-book-about")).to_contain_text("Ten percent off everything")
+    expect(user_page.locator("#claim-book-about")).to_contain_text(
+        "You hold 0; you may claim 1 more."
+    )
+    user_page.get_by_role("button", name="Claim a code from this campaign").click()
+    expect(user_page.locator("#claim-result")).to_contain_text(f"Your code from Summer {tag}:")
     claimed = user_page.locator("#claim-result code").inner_text()
     code_row = user_page.locator(f'tr[data-code="{claimed}"]')
     expect(code_row).to_have_attribute("data-status", "assigned")
@@ -145,9 +151,17 @@ def test_admin_runs_a_book_and_users_claim_lock_and_redeem(
     expect(code_row).to_have_attribute("data-status", "redeemed")
     shot(user_page, "app-codes-redeemed")
 
-    # A second claim breaks the book's one-code-per-user rule: the API's detail is shown.
-    user_page.get_by_role("button", name="Claim a code from this book").click()
-    expect(user_page.locator("#claim-form").get_by_role("alert")).to_contain_text("code")
+    # The codes are grouped under the campaign's name and description, the id second.
+    group = user_page.locator(f'.campaign[data-book="{book_id}"]')
+    expect(group.get_by_role("heading", name=f"Summer {tag}")).to_be_visible()
+    expect(group).to_contain_text("Ten percent off everything")
+    expect(group.locator("code.id")).to_have_text(book_id[:8])
+
+    # One code per user: the campaign is still listed, but cannot be picked again.
+    expect(campaign.locator("option", has_text=f"Summer {tag}")).to_have_text(
+        f"Summer {tag} (none left for you)"
+    )
+    expect(campaign.locator("option", has_text=f"Summer {tag}")).to_be_disabled()
 
     # The admin's stats show the redemption and the claim without a reload.
     expect(_stat(page, "redeemed")).to_have_text("1")

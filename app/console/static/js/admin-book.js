@@ -12,6 +12,7 @@ import {
   every,
   flash,
   fmtTime,
+  idChip,
   onSubmit,
   problemFrom,
   query,
@@ -38,6 +39,7 @@ $("#export").href = `${API}${base}/codes.csv`;
 function renderStats(book) {
   const s = book.stats || {};
   $("#book-name").textContent = book.name;
+  if (!$("#book-id").firstChild) $("#book-id").append(idChip(book.id, "book id"));
   document.title = `${book.name} · Coupon console`;
   $("#book-status").replaceChildren(el("span", { class: "status status-" + book.status }, book.status));
   $("#stats").replaceChildren(
@@ -226,7 +228,7 @@ async function showCode(code) {
     );
   }
   const rows = history.items.map((h) => {
-    const cells = [fmtTime(h.at), h.action, h.user_id || "—", h.actor_id || "—"];
+    const cells = [fmtTime(h.at), h.action, idChip(h.user_id, "user id"), idChip(h.actor_id, "user id")];
     const tr = el("tr", {}, cells.map((v) => el("td", {}, v)));
     const td = el("td");
     if (h.action === "redeemed") {
@@ -248,7 +250,7 @@ async function showCode(code) {
   box.replaceChildren(
     table(
       ["Code", "Status", "User", "Assigned", "Locked until", "Redemptions", "Left"],
-      [[el("code", {}, c.code), c.status, c.user_id || "—", fmtTime(c.assigned_at), fmtTime(c.locked_until), c.redemptions, c.redemptions_left ?? "∞"]],
+      [[el("code", {}, c.code), c.status, idChip(c.user_id, "user id"), fmtTime(c.assigned_at), fmtTime(c.locked_until), c.redemptions, c.redemptions_left ?? "∞"]],
       "Code",
     ),
     actions,
@@ -273,7 +275,7 @@ async function loadCodes(cursor) {
     $("#codes").replaceChildren(
       table(
         ["Code", "Status", "User", "Assigned", "Redemptions"],
-        page.items.map((c) => [el("code", {}, c.code), c.status, c.user_id || "—", fmtTime(c.assigned_at), c.redemptions]),
+        page.items.map((c) => [el("code", {}, c.code), c.status, idChip(c.user_id, "user id"), fmtTime(c.assigned_at), c.redemptions]),
       ),
     );
     $("#codes-next").hidden = !codesCursor;

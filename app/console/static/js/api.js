@@ -334,3 +334,49 @@ export function tiles(pairs, attrs = {}) {
     ),
   );
 }
+
+// ---- names first, ids second ----
+
+/** An id shown second: its first characters, the whole id on hover, and a copy button. */
+export function idChip(id, what = "id") {
+  if (!id) return el("span", { class: "muted" }, "—");
+  const button = el("button", { type: "button", class: "link copy", "aria-label": `Copy ${what} ${id}` }, "Copy");
+  button.addEventListener("click", async () => {
+    try {
+      await navigator.clipboard.writeText(String(id));
+      button.textContent = "Copied";
+    } catch {
+      button.textContent = "Select and copy";
+    }
+    setTimeout(() => (button.textContent = "Copy"), 2000);
+  });
+  return el("span", { class: "id-chip" }, el("code", { class: "id", title: String(id) }, shortId(id)), " ", button);
+}
+
+/** A name first, with its id second. */
+export function named(name, id, what = "id") {
+  return el("span", { class: "named" }, el("span", { class: "name" }, name || "(unnamed)"), " ", idChip(id, what));
+}
+
+/** Every page of a listing (`items` and `next_cursor`), up to `max` items. */
+export async function allPages(path, params = {}, max = 5000) {
+  const out = [];
+  let cursor = null;
+  do {
+    const page = await api("GET", path + query({ ...params, limit: 500, cursor }));
+    out.push(...page.items);
+    cursor = page.next_cursor;
+  } while (cursor && out.length < max);
+  return out;
+}
+
+/** Map of book id → name: every book for an admin, the books of the caller's codes otherwise. */
+export async function bookNames(admin) {
+  const names = new Map();
+  if (admin) {
+    for (const b of await allPages("/books")) names.set(b.id, b.name);
+  } else {
+    for (const c of await allPages("/me/codes")) names.set(c.book_id, c.book_name);
+  }
+  return names;
+}
