@@ -122,7 +122,9 @@ export function showProblem(box, err) {
   box.replaceChildren();
   if (!err) return;
   const problem = err.problem || { detail: String(err.message || err) };
-  box.append(el("p", { class: "error", role: "alert" }, problem.detail || err.message));
+  const generic = String(problem.type || "").endsWith("/validation-error");
+  const detail = generic ? "Some values were not accepted." : problem.detail || err.message;
+  box.append(el("p", { class: "error", role: "alert" }, detail));
   if (Array.isArray(problem.errors) && problem.errors.length) {
     const first = problem.errors[0];
     if ("line" in first) {
@@ -139,7 +141,7 @@ export function showProblem(box, err) {
           "ul",
           { class: "errors" },
           problem.errors.map((e) =>
-            el("li", {}, `${(e.loc || []).filter((p) => p !== "body").join(".")}: ${e.msg}`),
+            el("li", {}, plainMessage(e.msg)),
           ),
         ),
       );
@@ -156,19 +158,122 @@ export function showProblem(box, err) {
   }
 }
 
-/** Submit handler with a busy button and problems shown in the form's `.problem` box. */
+// ---- errors on the field they belong to ----
+
+const PLAIN = [
+  [/^Field required/, () => "This field is required."],
+  [/^Input should be a valid integer/, () => "Enter a whole number."],
+  [/^Input should be a valid number/, () => "Enter a number."],
+  [/^Input should be greater than or equal to (\S+)/, (m) => `Enter ${m[1]} or more.`],
+  [/^Input should be greater than (\S+)/, (m) => `Enter more than ${m[1]}.`],
+  [/^Input should be less than or equal to (\S+)/, (m) => `Enter ${m[1]} or less.`],
+  [/^Input should be less than (\S+)/, (m) => `Enter less than ${m[1]}.`],
+  [/^String should have at most (\d+) characters?/, (m) => `Use at most ${m[1]} characters.`],
+  [/^String should have at least 1 character/, () => "This field is required."],
+  [/^String should have at least (\d+) characters/, (m) => `Use at least ${m[1]} characters.`],
+  [/^Input should be a valid UUID/, () => "This is not a valid id."],
+  [/^Input should be a valid datetime/, () => "Enter a date and time."],
+  [/^Input should be a valid boolean/, () => "Choose yes or no."],
+  [/^Input should be a valid dictionary/, () => "Enter a JSON object, like {\"key\": \"value\"}."],
+];
+
+function labelOf(field) {
+  const label = field.id ? document.querySelector(`label[for="${CSS.escape(field.id)}"]`) : null;
+  const text = label ? [...label.childNodes].filter((n) => n.nodeType === Node.TEXT_NODE).map((n) => n.textContent).join("").trim() : "";
+  return text || field.name;
+}
+
+/** A validation message in plain words: no parser prefixes, field names as their labels. */
+export function plainMessage(msg, form) {
+  let text = String(msg || "This value is not accepted.").replace(/^(Value error|Assertion failed),\s*/i, "");
+  for (const [pattern, say] of PLAIN) {
+    const m = text.match(pattern);
+    if (m) return say(m);
+  }
+  if (form) {
+    for (const field of form.elements) {
+      if (field.name && field.name.includes("_") && text.includes(field.name)) {
+        text = text.split(field.name).join(`“${labelOf(field)}”`);
+      }
+    }
+  }
+  text = text.charAt(0).toUpperCase() + text.slice(1);
+  return /[.!?]$/.test(text) ? text : text + ".";
+}
+
+/** The form control a problem's `errors[i]` belongs to: by `loc`, else named in the message. */
+function fieldFor(form, error) {
+  const named = (name) => (typeof name === "string" && form.elements[name] instanceof Element ? form.elements[name] : null);
+  const loc = Array.isArray(error.loc) ? error.loc : [];
+  for (let i = loc.length - 1; i >= 0; i--) {
+    const field = named(loc[i]);
+    if (field) return field;
+  }
+  const msg = String(error.msg || "");
+  const mentioned = [...form.elements]
+    .filter((f) => f.name && msg.includes(f.name))
+    .sort((a, b) => msg.indexOf(a.name) - msg.indexOf(b.name));
+  return mentioned[0] || null;
+}
+
+/** Remove the field messages and invalid marks of an earlier attempt. */
+export function clearFieldErrors(form) {
+  for (const note of form.querySelectorAll(".field-error")) note.remove();
+  for (const field of form.querySelectorAll("[aria-invalid]")) {
+    field.removeAttribute("aria-invalid");
+    const before = field.dataset.describedby;
+    if (before) field.setAttribute("aria-describedby", before);
+    else field.removeAttribute("aria-describedby");
+    delete field.dataset.describedby;
+  }
+}
+
+/** Put each error on its field (one message a field); returns the errors no field took. */
+export function showFieldErrors(form, problem) {
+  const rest = [];
+  const marked = [];
+  for (const error of problem.errors || []) {
+    const field = "line" in error ? null : fieldFor(form, error);
+    if (!field) {
+      rest.push(error);
+      continue;
+    }
+    if (field.getAttribute("aria-invalid") === "true") continue;
+    const id = `${field.id || field.name}-error`;
+    const note = el("p", { class: "field-error", id }, plainMessage(error.msg, form));
+    field.dataset.describedby = field.getAttribute("aria-describedby") || "";
+    field.setAttribute("aria-describedby", [field.dataset.describedby, id].filter(Boolean).join(" "));
+    field.setAttribute("aria-invalid", "true");
+    field.insertAdjacentElement("afterend", note);
+    marked.push(field);
+  }
+  if (marked.length) marked[0].focus();
+  return { rest, marked };
+}
+
+/** Submit handler with a busy button; problems on their fields, the rest in `.problem`. */
 export function onSubmit(form, handler) {
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
     const button = form.querySelector("button[type=submit], button:not([type])");
     const box = form.querySelector(".problem") || form.appendChild(el("div", { class: "problem" }));
     box.replaceChildren();
+    clearFieldErrors(form);
     if (button) button.disabled = true;
     form.setAttribute("aria-busy", "true");
     try {
       await handler(new FormData(form), event);
     } catch (err) {
-      showProblem(box, err);
+      const problem = err && err.problem;
+      const { rest, marked } = problem && Array.isArray(problem.errors) ? showFieldErrors(form, problem) : { rest: null, marked: [] };
+      if (marked.length && !rest.length) {
+        const names = marked.map(labelOf).join(", ");
+        box.append(el("p", { class: "error", role: "alert" }, `Please check ${marked.length > 1 ? "these fields" : "this field"}: ${names}.`));
+      } else if (marked.length) {
+        showProblem(box, new ApiError(err.status, { ...problem, errors: rest }));
+      } else {
+        showProblem(box, err);
+      }
     } finally {
       if (button) button.disabled = false;
       form.removeAttribute("aria-busy");
