@@ -21,9 +21,24 @@ export class ApiError extends Error {
   }
 }
 
-function toLogin() {
+/** The session ended: say so above the page and keep it (and what was typed) as it is;
+ * signing in again in another tab lets the next attempt here go through. */
+function sessionEnded() {
+  if (document.getElementById("session-ended")) return;
   const next = location.pathname + location.search;
-  location.assign("/login?next=" + encodeURIComponent(next));
+  const bar = el(
+    "div",
+    { id: "session-ended", class: "notice", role: "alert" },
+    "Your session has ended. What you typed is still here. ",
+    el("a", { href: "/login?next=" + encodeURIComponent(next), target: "_blank", rel: "noopener" }, "Sign in again in a new tab"),
+    ", then come back and try again.",
+  );
+  (document.querySelector("main") || document.body).prepend(bar);
+}
+
+function sessionBack() {
+  const bar = document.getElementById("session-ended");
+  if (bar) bar.remove();
 }
 
 export async function problemFrom(status, text) {
@@ -49,9 +64,10 @@ export async function api(method, path, body) {
     throw new ApiError(0, { detail: "The service cannot be reached. Check your connection." });
   }
   if (response.status === 401) {
-    toLogin();
-    throw new ApiError(401, { detail: "Your session has ended. Please sign in again." });
+    sessionEnded();
+    throw new ApiError(401, { detail: "Your session has ended. Sign in again, then retry." });
   }
+  sessionBack();
   const text = await response.text();
   if (!response.ok) throw new ApiError(response.status, await problemFrom(response.status, text));
   return text ? JSON.parse(text) : null;
@@ -484,4 +500,19 @@ export async function bookNames(admin) {
     for (const c of await allPages("/me/codes")) names.set(c.book_id, c.book_name);
   }
   return names;
+}
+
+/** Rebuild `box`'s content without losing keyboard focus: the control that had it (known by
+ * its id or accessible label) has it again afterwards, when it still exists. */
+export function replaceKeepingFocus(box, ...nodes) {
+  const active = document.activeElement;
+  let key = null;
+  if (active && active !== document.body && box.contains(active)) {
+    key = active.id ? `#${CSS.escape(active.id)}` : active.getAttribute("aria-label") ? `${active.tagName.toLowerCase()}[aria-label="${CSS.escape(active.getAttribute("aria-label"))}"]` : null;
+  }
+  box.replaceChildren(...nodes);
+  if (key) {
+    const again = box.querySelector(key);
+    if (again) again.focus();
+  }
 }

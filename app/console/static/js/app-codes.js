@@ -1,5 +1,5 @@
 // /app: my codes by book; claim; lock with a live countdown; redeem with the lock id.
-import { $, actionButton, api, countdown, el, every, flash, fmtTime, idChip, onSubmit, query, showProblem } from "./api.js";
+import { $, actionButton, api, countdown, el, every, flash, fmtTime, idChip, onSubmit, query, replaceKeepingFocus, showProblem } from "./api.js";
 
 const lockKey = (code) => "cf-lock:" + code;
 let stopTimers = [];
@@ -144,7 +144,7 @@ async function load() {
       ),
     );
   }
-  box.replaceChildren(...parts);
+  replaceKeepingFocus(box, ...parts);
   $("#codes-updated").textContent = "· updated " + new Date().toLocaleTimeString();
 }
 
