@@ -21,6 +21,7 @@ from app.books.schemas import (
     CodeStatus,
     DistributeIn,
     DistributeOut,
+    DistributePreviewOut,
     GenerateIn,
     GenerateOut,
     ImportOut,
@@ -184,6 +185,22 @@ async def export_codes(
         export.rows(session, book_id),
         media_type="text/csv; charset=utf-8",
         headers={"Content-Disposition": f'attachment; filename="book-{book_id}.csv"'},
+    )
+
+
+@router.post(
+    "/books/{book_id}/distribute/preview",
+    response_model=DistributePreviewOut,
+    responses=problems(*ADMIN, 404, 409),
+)
+async def preview_distribute(
+    book_id: uuid.UUID, body: DistributeIn, admin: AdminUser, session: Session
+) -> DistributePreviewOut:
+    """What `distribute` with this body would do now, changing nothing: the audience, how
+    many would get a code, how many already hold one or are at their limit, how many would
+    miss out because codes run out. 409 `book-inactive` as distribute."""
+    return await assign.preview_distribute(
+        session, book_id, segment_id=body.segment_id, user_ids=body.user_ids
     )
 
 

@@ -396,6 +396,30 @@ class DistributeOut(BaseModel):
     skipped: Skipped
 
 
+class DistributePreviewOut(BaseModel):
+    """What a distribute would do now (`POST /books/{id}/distribute/preview`)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "audience": 312,
+                    "would_assign": 298,
+                    "already_holding": 14,
+                    "free_codes": 5000,
+                    "skipped": {"limit_reached": 14, "exhausted": 0, "unknown_users": 0},
+                }
+            ]
+        }
+    )
+
+    audience: int = Field(description="Users in the segment, or listed users that exist.")
+    would_assign: int = Field(description="Users who would get a code now.")
+    already_holding: int = Field(description="Users of the audience who hold a code of the book.")
+    free_codes: int = Field(description="Codes of the book not handed out yet.")
+    skipped: Skipped
+
+
 class ImportOut(BaseModel):
     model_config = ConfigDict(
         json_schema_extra={

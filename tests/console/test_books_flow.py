@@ -110,9 +110,29 @@ def test_admin_runs_a_book_and_users_claim_lock_and_redeem(
     # Distribute: one code per member; the stats follow.
     page.goto(f"{server.url}/admin/books/{book_id}")
     page.get_by_role("combobox", name="Segment").select_option(label=f"Members {tag} (static)")
-    page.get_by_role("button", name="Distribute").click()
+    # A preview first: the audience and what will happen, then a confirmation.
+    page.get_by_role("button", name="Preview distribution").click()
+    confirm = page.locator("#distribute-confirm")
+    expect(confirm).to_be_focused()
+    expect(confirm.get_by_role("heading")).to_have_text(f"Distribute to Members {tag} (static)?")
+    expect(page.locator("#dist-summary")).to_have_text("3 people: 3 will get a code.")
+    expect(page.locator("#dist-repeat")).to_be_hidden()
+    expect(_stat(page, "assigned")).to_have_text("0")
+    confirm.get_by_role("button", name="Distribute 3 codes").click()
     expect(page.locator("#distribute-result")).to_contain_text("3 codes assigned.")
+    expect(page.locator("#distribute-result p")).to_be_focused()
     expect(_stat(page, "assigned")).to_have_text("3")
+    # A quick repeat warns, and here nobody would get a second code.
+    page.get_by_role("button", name="Preview distribution").click()
+    expect(page.locator("#dist-summary")).to_have_text(
+        "3 people: 0 will get a code, 3 already at their limit."
+    )
+    expect(page.locator("#dist-repeat")).to_contain_text("were distributed")
+    expect(page.locator("#dist-repeat")).to_contain_text("(3 codes)")
+    expect(confirm.get_by_role("button", name="Nobody would get a code")).to_be_disabled()
+    confirm.get_by_role("button", name="Cancel").click()
+    expect(confirm).to_be_hidden()
+    expect(page.locator("#dist-segment")).to_be_focused()
     shot(page, "admin-book", full_page=False)
 
     # A member sees the distributed code; another user claims one from the book by id.
@@ -174,9 +194,22 @@ def test_admin_runs_a_book_and_users_claim_lock_and_redeem(
     expect(history).to_contain_text("assigned")
 
     # The order was cancelled: roll the redemption back from the code's history.
-    page.once("dialog", lambda dialog: dialog.accept("order cancelled"))
+    # The find-a-code tables name people by email, their ids second.
+    expect(history).to_contain_text(claimer.email)
     history.get_by_role("button", name="Roll back").click()
+    reason = history.get_by_label("Reason for the rollback")
+    expect(reason).to_be_focused()
+    reason.fill("order cancelled")
+    history.get_by_role("button", name="Confirm roll back").click()
     expect(history).to_contain_text("rolled_back")
+    expect(page.locator("#flash")).to_contain_text("Redemption rolled back")
+    expect(page.locator("#find-code")).to_be_focused()
+    rolled = accounts.fetch(
+        "SELECT details->>'reason' AS reason FROM redemption_history "
+        "WHERE action = 'rolled_back' AND book_id = $1",
+        uuid.UUID(book_id),
+    )
+    assert [r["reason"] for r in rolled] == ["order cancelled"]
     expect(_stat(page, "redeemed")).to_have_text("0")
     expect(_stat(page, "assigned")).to_have_text("4")
 

@@ -102,6 +102,7 @@ def test_history_filters_and_pages(
     # Names first: the campaign's name, its id second; the user's id shortened with a copy.
     expect(rows.first).to_contain_text(book["name"])
     expect(rows.first.locator("code.id").first).to_have_text(book["id"][:8])
+    expect(rows.first).to_contain_text(user.email)
     expect(page.locator("#page-label")).to_have_text("· page 1")
     page.get_by_role("button", name="Next page").click()
     expect(rows).to_have_count(2)

@@ -516,3 +516,28 @@ export function replaceKeepingFocus(box, ...nodes) {
     if (again) again.focus();
   }
 }
+
+const emails = new Map();
+
+/** Emails of these users (admins only), fetched once each; unknown ones are left out. */
+export async function userEmails(ids) {
+  const wanted = [...new Set(ids.filter((id) => id && !emails.has(id)))];
+  await Promise.all(
+    wanted.map(async (id) => {
+      try {
+        emails.set(id, (await api("GET", `/users/${id}`)).email);
+      } catch (err) {
+        if (err.status !== 404) throw err;
+        emails.set(id, null);
+      }
+    }),
+  );
+  return emails;
+}
+
+/** A user as their email first and id second (the id alone when the email is unknown). */
+export function userCell(id, known = emails) {
+  if (!id) return el("span", { class: "muted" }, "—");
+  const email = known.get(id);
+  return email ? named(email, id, "user id") : idChip(id, "user id");
+}

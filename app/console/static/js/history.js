@@ -1,5 +1,5 @@
 // History with filters and cursor paging (admin: /history, user: /me/history).
-import { $, api, bookNames, el, fmtTime, idChip, localToIso, named, onSubmit, query, showProblem, table } from "./api.js";
+import { $, api, bookNames, el, fmtTime, localToIso, named, onSubmit, query, showProblem, table, userCell, userEmails } from "./api.js";
 
 const path = document.querySelector("script[data-path]").dataset.path;
 const form = $("#history-form");
@@ -33,6 +33,8 @@ async function show(i) {
   const page = await api("GET", path + query({ ...filters, cursor: cursors[i] }));
   // A campaign created since the names were read: read them again, once per page shown.
   if (page.items.some((h) => !names.has(h.book_id))) await loadNames();
+  const admin = path === "/history";
+  if (admin) await userEmails(page.items.flatMap((h) => [h.user_id, h.actor_id]));
   index = i;
   cursors[i + 1] = page.next_cursor;
   cursors.length = i + 2;
@@ -44,8 +46,8 @@ async function show(i) {
         el("span", { class: "status status-" + h.action }, h.action),
         el("code", {}, h.code),
         named(names.get(h.book_id) ?? "Campaign", h.book_id, "campaign id"),
-        idChip(h.user_id, "user id"),
-        h.actor_id === h.user_id ? "themself" : idChip(h.actor_id, "user id"),
+        admin ? userCell(h.user_id) : "you",
+        h.actor_id === h.user_id ? (admin ? "themself" : "you") : admin ? userCell(h.actor_id) : "an admin",
         h.details && Object.keys(h.details).length ? JSON.stringify(h.details) : "",
       ]),
     ),
