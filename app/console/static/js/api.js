@@ -219,7 +219,11 @@ export function plainMessage(msg, form) {
 
 /** The form control a problem's `errors[i]` belongs to: by `loc`, else named in the message. */
 function fieldFor(form, error) {
-  const named = (name) => (typeof name === "string" && form.elements[name] instanceof Element ? form.elements[name] : null);
+  const named = (name) => {
+    if (typeof name !== "string") return null;
+    if (form.elements[name] instanceof Element) return form.elements[name];
+    return form.querySelector(`[data-field="${CSS.escape(name)}"]`);
+  };
   const loc = Array.isArray(error.loc) ? error.loc : [];
   for (let i = loc.length - 1; i >= 0; i--) {
     const field = named(loc[i]);
@@ -341,11 +345,47 @@ export function intOrNull(value) {
   return Number.parseInt(String(value), 10);
 }
 
-export function money(cents, currency = "EUR") {
+/** Digits after the decimal point in this currency (2 for EUR/USD, 0 for JPY). */
+export function minorDigits(currency) {
   try {
-    return new Intl.NumberFormat(undefined, { style: "currency", currency }).format(cents / 100);
+    return new Intl.NumberFormat("en", { style: "currency", currency }).resolvedOptions().maximumFractionDigits;
   } catch {
-    return (cents / 100).toFixed(2) + " " + currency;
+    return 2;
+  }
+}
+
+/** An amount typed in currency units ("199.99", "199,99", "200") → minor units (19999);
+ * null when empty; a field problem for `field` when it is not an amount of this currency. */
+export function toMinor(value, currency, field) {
+  const text = String(value ?? "").trim().replace(/\s/g, "");
+  if (!text) return null;
+  const digits = minorDigits(currency);
+  const normal = text.includes(".") ? text : text.replace(",", ".");
+  const m = normal.match(/^(\d+)(?:\.(\d*))?$/);
+  if (!m || (m[2] || "").length > digits) {
+    const example = digits ? `12.${"5".padEnd(digits, "0")}` : "1200";
+    throw new ApiError(422, {
+      detail: "An amount is not valid.",
+      errors: [{ loc: [field], msg: `Enter an amount in ${currency}, like ${example}.` }],
+    });
+  }
+  const frac = (m[2] || "").padEnd(digits, "0");
+  return Number.parseInt(m[1] + frac, 10);
+}
+
+/** Minor units → the amount as typed in a form ("199.99"). */
+export function fromMinor(minor, currency) {
+  if (minor === null || minor === undefined || minor === "") return "";
+  const digits = minorDigits(currency);
+  return digits ? (Number(minor) / 10 ** digits).toFixed(digits) : String(minor);
+}
+
+export function money(cents, currency = "EUR") {
+  const units = cents / 10 ** minorDigits(currency);
+  try {
+    return new Intl.NumberFormat(undefined, { style: "currency", currency }).format(units);
+  } catch {
+    return units.toFixed(2) + " " + currency;
   }
 }
 
