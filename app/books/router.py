@@ -12,11 +12,12 @@ from fastapi import APIRouter, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
 
 from app.api.deps import AdminUser, Idempotent, IdempotentUpload, Session
-from app.books import assign, export, generate, imports, service
+from app.books import assign, export, generate, imports, reports, service
 from app.books.schemas import (
     BookIn,
     BookOut,
     BookPatch,
+    BookReportOut,
     CodeOut,
     CodeStatus,
     DistributeIn,
@@ -26,6 +27,7 @@ from app.books.schemas import (
     GenerateOut,
     ImportOut,
 )
+from app.books.types import Timestamp
 from app.core.openapi import AUTH, problems
 from app.core.pagination import (
     Cursor,
@@ -35,6 +37,7 @@ from app.core.pagination import (
     int_cursor,
     time_id_cursor,
 )
+from app.core.report import Bucket
 
 router = APIRouter(tags=["books"])
 ADMIN = (*AUTH, 403)
@@ -186,6 +189,25 @@ async def export_codes(
         media_type="text/csv; charset=utf-8",
         headers={"Content-Disposition": f'attachment; filename="book-{book_id}.csv"'},
     )
+
+
+@router.get(
+    "/books/{book_id}/report",
+    response_model=BookReportOut,
+    responses=problems(*ADMIN, 404),
+)
+async def book_report(
+    book_id: uuid.UUID,
+    admin: AdminUser,
+    session: Session,
+    bucket: Bucket = Bucket.day,
+    since: Annotated[Timestamp | None, Query()] = None,
+    until: Annotated[Timestamp | None, Query()] = None,
+) -> BookReportOut:
+    """Codes assigned, locked, redeemed and rolled back per `bucket` (hour or day, cut in
+    UTC) from `since` to `until` (default: the last 14 days, or 48 hours by the hour), every
+    bucket present. At most 1,000 buckets (422 otherwise)."""
+    return await reports.book_report(session, book_id, bucket, since, until)
 
 
 @router.post(

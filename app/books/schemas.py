@@ -26,6 +26,7 @@ from app.books.types import (
     Timestamp,
     storable,
 )
+from app.core.report import Bucket
 
 
 class BookStatus(StrEnum):
@@ -488,3 +489,43 @@ class HistoryEntry(BaseModel):
     user_id: uuid.UUID | None
     actor_id: uuid.UUID | None
     details: dict[str, Any]
+
+
+class BookReportPoint(BaseModel):
+    """Counts of one hour or day (`at`: its start, UTC)."""
+
+    at: datetime
+    assigned: int
+    locked: int
+    redeemed: int
+    rolled_back: int
+
+
+class BookReportOut(BaseModel):
+    """Counts per bucket over `since`..`until`, every bucket present (zero-filled)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "bucket": "day",
+                    "since": "2026-07-01T00:00:00Z",
+                    "until": "2026-07-02T00:00:00Z",
+                    "points": [
+                        {
+                            "at": "2026-07-01T00:00:00Z",
+                            "assigned": 40,
+                            "locked": 12,
+                            "redeemed": 9,
+                            "rolled_back": 1,
+                        }
+                    ],
+                }
+            ]
+        }
+    )
+
+    bucket: Bucket
+    since: datetime
+    until: datetime
+    points: list[BookReportPoint]

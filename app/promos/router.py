@@ -12,14 +12,17 @@ from fastapi import APIRouter, Query, Response, status
 from app.api.deps import AdminUser, CurrentUser, Idempotent, Session
 from app.core.openapi import AUTH, problems
 from app.core.pagination import Cursor, Limit, Page, encode_cursor, time_id_cursor
-from app.promos import listings, reservations, service
+from app.core.report import Bucket
+from app.promos import listings, reports, reservations, service
 from app.promos.catalog_router import router as catalog_router
 from app.promos.schemas import (
     EligiblePromo,
+    Instant,
     PromoIn,
     PromoListing,
     PromoOut,
     PromoPatch,
+    PromoReportOut,
     PromoStats,
     PromoStatus,
     ReservationOut,
@@ -167,6 +170,26 @@ async def cancel_promo(
 async def promo_stats(promo_id: uuid.UUID, admin: AdminUser, session: Session) -> PromoStats:
     """Units by state, notifications sent for the promo, and reservations ever made."""
     return await service.promo_stats(session, promo_id)
+
+
+@router.get(
+    "/promos/{promo_id}/report",
+    response_model=PromoReportOut,
+    responses=problems(*ADMIN, 404),
+    tags=["promos"],
+)
+async def promo_report(
+    promo_id: uuid.UUID,
+    admin: AdminUser,
+    session: Session,
+    bucket: Bucket = Bucket.day,
+    since: Annotated[Instant | None, Query()] = None,
+    until: Annotated[Instant | None, Query()] = None,
+) -> PromoReportOut:
+    """Units reserved and sold, notifications sent and read, per `bucket` (hour or day, cut
+    in UTC) from `since` to `until` (default: the last 14 days, or 48 hours by the hour),
+    every bucket present. At most 1,000 buckets (422 otherwise)."""
+    return await reports.promo_report(session, promo_id, bucket, since, until)
 
 
 @router.get(
