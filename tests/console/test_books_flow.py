@@ -122,6 +122,15 @@ def test_admin_runs_a_book_and_users_claim_lock_and_redeem(
     expect(page.locator("#distribute-result")).to_contain_text("3 codes assigned.")
     expect(page.locator("#distribute-result p")).to_be_focused()
     expect(_stat(page, "assigned")).to_have_text("3")
+    # The report follows: a chart of the day's activity, and the same numbers as a table.
+    report = page.locator("#report")
+    expect(report).to_have_attribute(
+        "data-summary", re.compile(r"Assigned 3, Locked 0, Redeemed 0")
+    )
+    expect(report.get_by_role("img")).to_have_attribute("aria-label", re.compile("Assigned 3"))
+    report.get_by_text("Show the numbers as a table").click()
+    expect(report.get_by_role("table").locator("tbody tr")).to_have_count(1)
+    expect(report.get_by_role("table").locator("tbody td").first).to_have_text("3")
     # A quick repeat warns, and here nobody would get a second code.
     page.get_by_role("button", name="Preview distribution").click()
     expect(page.locator("#dist-summary")).to_have_text(

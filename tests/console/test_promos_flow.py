@@ -100,6 +100,16 @@ def test_admin_creates_a_promo_and_a_user_nearby_reserves_and_buys_it(
     shot(user_page, "app-promo-purchased")
 
     expect(page.locator('[data-stat="sold"] dd')).to_have_text("1")
+    # The report by the hour: one reserved, one sold, as a chart and as a table.
+    page.get_by_label("Period").select_option("hour")
+    report = page.locator("#report")
+    expect(report).to_have_attribute(
+        "data-summary", re.compile(r"(48|49) hours: Reserved 1, Sold 1, Notified \d+")
+    )
+    report.get_by_text("Show the numbers as a table").click()
+    expect(report.get_by_role("table").locator("thead th")).to_have_text(
+        ["Hour", "Reserved", "Sold", "Notified", "Notifications read"]
+    )
     expect(page.locator('[data-stat="free"] dd')).to_have_text("2")
     shot(page, "admin-promo")
 

@@ -25,6 +25,7 @@ import {
   tiles,
 } from "./api.js";
 import { bookBody, fillBookForm } from "./book-form.js";
+import { drawReport } from "./charts.js";
 
 const bookId = $("#book").dataset.bookId;
 const base = `/books/${bookId}`;
@@ -275,6 +276,7 @@ $("#dist-go").addEventListener("click", async () => {
     );
     result.querySelector("p").focus();
     refresh();
+    loadReport();
   } catch (err) {
     showProblem($("#dist-problem"), err);
   } finally {
@@ -405,3 +407,25 @@ $("#codes-first").addEventListener("click", () => loadCodes(null));
 every(3000, refresh);
 loadSegments();
 loadCodes(null);
+
+// ---- report ----
+
+const BOOK_SERIES = [
+  { key: "assigned", label: "Assigned", color: "#3b7dd8" },
+  { key: "locked", label: "Locked", color: "#b36b00" },
+  { key: "redeemed", label: "Redeemed", color: "#1d8a3d" },
+  { key: "rolled_back", label: "Rolled back", color: "#a3161b" },
+];
+
+async function loadReport() {
+  try {
+    const report = await api("GET", `${base}/report` + query({ bucket: $("#report-bucket").value }));
+    drawReport($("#report"), report, BOOK_SERIES, "Codes over time");
+    $("#report-problem").replaceChildren();
+  } catch (err) {
+    showProblem($("#report-problem"), err);
+  }
+}
+
+$("#report-bucket").addEventListener("change", loadReport);
+every(30000, loadReport);
