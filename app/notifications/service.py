@@ -12,15 +12,23 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.core.problems import Conflict, NotFound
 from app.notifications.schemas import DeadLetterOut, NotificationOut, NotificationStatus
 
+# With what the user needs to act on it: the promo's price, the product's regular price and
+# currency, the store and when the promo ends (primary-key joins, one row each).
 _COLUMNS = """
-n.id, n.promo_id, p.title, n.day, n.status, n.created_at, n.read_at
+n.id, n.promo_id, p.title, n.day, n.status, n.created_at, n.read_at,
+p.promo_price_cents, pr.price_cents, pr.currency, s.name AS store_name, p.ends_at
+"""
+_PROMO = """
+LEFT JOIN promos p ON p.id = n.promo_id
+LEFT JOIN products pr ON pr.id = p.product_id
+LEFT JOIN stores s ON s.id = pr.store_id
 """
 
 # One notification per user per day, so the unique (user_id, day) index orders the inbox.
 _INBOX = text(
     f"""
     SELECT {_COLUMNS}
-    FROM notifications n LEFT JOIN promos p ON p.id = n.promo_id
+    FROM notifications n {_PROMO}
     WHERE n.user_id = :user_id
       AND (CAST(:before AS date) IS NULL OR n.day < CAST(:before AS date))
       AND (CAST(:status AS text) IS NULL OR n.status = CAST(:status AS text))
@@ -36,14 +44,14 @@ _MARK_READ = text(
         WHERE id = :id AND user_id = :user_id
         RETURNING *
     )
-    SELECT {_COLUMNS} FROM n LEFT JOIN promos p ON p.id = n.promo_id
+    SELECT {_COLUMNS} FROM n {_PROMO}
     """
 )
 
 _SINCE = text(
     f"""
     SELECT {_COLUMNS}
-    FROM notifications n LEFT JOIN promos p ON p.id = n.promo_id
+    FROM notifications n {_PROMO}
     WHERE n.user_id = :user_id AND n.id > :after
     ORDER BY n.id
     LIMIT :limit

@@ -18,6 +18,7 @@ from app.promos.catalog_router import router as catalog_router
 from app.promos.schemas import (
     EligiblePromo,
     Instant,
+    MyReservationOut,
     PromoIn,
     PromoListing,
     PromoOut,
@@ -25,7 +26,6 @@ from app.promos.schemas import (
     PromoReportOut,
     PromoStats,
     PromoStatus,
-    ReservationOut,
 )
 
 router = APIRouter()
@@ -194,7 +194,7 @@ async def promo_report(
 
 @router.get(
     "/me/reservations",
-    response_model=Page[ReservationOut],
+    response_model=Page[MyReservationOut],
     responses=problems(*AUTH),
     tags=["me"],
 )
@@ -204,11 +204,12 @@ async def my_reservations(
     limit: Limit = 50,
     cursor: Cursor = None,
     promo_id: uuid.UUID | None = None,
-) -> Page[ReservationOut]:
-    """The caller's reservations, newest first; optionally of one promo."""
+) -> Page[MyReservationOut]:
+    """The caller's reservations, newest first; optionally of one promo. Each carries its
+    promo's title and price, the product and store, and `purchased_at` once bought."""
     rows = await reservations.my_reservations(
         session, user.id, limit + 1, promo_id, time_id_cursor(cursor)
     )
     page = rows[:limit]
     next_cursor = encode_cursor(page[-1][1], page[-1][0].id) if len(rows) > limit else None
-    return Page[ReservationOut](items=[r for r, _ in page], next_cursor=next_cursor)
+    return Page[MyReservationOut](items=[r for r, _ in page], next_cursor=next_cursor)

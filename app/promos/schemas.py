@@ -346,6 +346,18 @@ class ReservationOut(BaseModel):
     status: ReservationStatus
 
 
+class MyReservationOut(ReservationOut):
+    """One of the caller's reservations with its promo's context (`GET /me/reservations`)."""
+
+    purchased_at: datetime | None = Field(description="When it was bought; null until then.")
+    promo_title: str
+    promo_price_cents: int
+    price_cents: int = Field(description="The product's regular price.")
+    currency: str
+    product_name: str
+    store_name: str
+
+
 class PromoReportPoint(BaseModel):
     """Counts of one hour or day (`at`: its start, UTC)."""
 

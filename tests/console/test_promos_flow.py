@@ -96,7 +96,10 @@ def test_admin_creates_a_promo_and_a_user_nearby_reserves_and_buys_it(
 
     card.get_by_role("button", name=f"Buy Coffee for a euro {tag}").click()
     expect(card.get_by_role("status")).to_have_text("Purchased. Enjoy!")
-    expect(user_page.locator("#reservations")).to_contain_text("purchased")
+    purchased_row = user_page.locator("#reservations tr[data-status=purchased]")
+    expect(purchased_row).to_contain_text("Purchased")
+    expect(purchased_row).to_contain_text(f"Flat white {tag} at Harbour {tag}")
+    expect(purchased_row).to_contain_text("Bought ")
     shot(user_page, "app-promo-purchased")
 
     expect(page.locator('[data-stat="sold"] dd')).to_have_text("1")
@@ -112,6 +115,25 @@ def test_admin_creates_a_promo_and_a_user_nearby_reserves_and_buys_it(
     )
     expect(page.locator('[data-stat="free"] dd')).to_have_text("2")
     shot(page, "admin-promo")
+
+    # After a reload the purchase still shows as one, not as a fresh offer.
+    user_page.reload()
+    expect(card.locator("[data-bought]")).to_contain_text("You bought this on")
+    expect(user_page.locator("#reservations")).not_to_contain_text("Expires")
+
+    # A notification names the offer and the store, and leads to the promo.
+    promo_id = promo_url.rsplit("/", 1)[1]
+    accounts.fetch(
+        "INSERT INTO notifications (user_id, promo_id, day) VALUES ($1, $2, current_date)",
+        shopper.id,
+        uuid.UUID(promo_id),
+    )
+    user_page.get_by_role("link", name="Notifications").click()
+    note = user_page.locator("#notifications li").first
+    expect(note).to_contain_text(f"$0.99 instead of $4.50 at Harbour {tag}")
+    note.get_by_role("link", name=f"See Coffee for a euro {tag}").click()
+    expect(user_page).to_have_url(f"{server.url}/app/promos#promo-{promo_id}")
+    expect(user_page.locator(f"#promo-{promo_id}")).to_have_class(re.compile("highlight"))
 
     # Cancel: the promo stops, and the shopper no longer sees it.
     page.once("dialog", lambda dialog: dialog.accept())
