@@ -305,6 +305,7 @@ export function onSubmit(form, handler) {
 export function actionButton(label, action, box, attrs = {}) {
   const button = el("button", { type: "button", ...attrs }, label);
   button.addEventListener("click", async () => {
+    acting = { node: button, target: focusTarget(button) };
     button.disabled = true;
     try {
       if (box) box.replaceChildren();
@@ -314,6 +315,8 @@ export function actionButton(label, action, box, attrs = {}) {
       else flash(err.message);
     } finally {
       button.disabled = false;
+      if (acting && acting.node === button) acting = null;
+      if (button.isConnected && document.activeElement === document.body) button.focus();
     }
   });
   return button;
@@ -544,17 +547,41 @@ export async function bookNames(admin) {
 
 /** Rebuild `box`'s content without losing keyboard focus: the control that had it (known by
  * its id or accessible label) has it again afterwards, when it still exists. */
+/** Where focus should return to after `node` is rebuilt: its own selector (by id or accessible
+ * label) and that of the row or card it sits in. */
+function focusTarget(node) {
+  const holder = node.closest("[data-code], [data-promo], [data-reservation]");
+  let near = null;
+  if (holder) {
+    const [name, value] = Object.entries(holder.dataset).find(([k]) => ["code", "promo", "reservation"].includes(k));
+    near = `[data-${name}="${CSS.escape(value)}"]`;
+  }
+  const label = node.getAttribute("aria-label");
+  const key = node.id ? `#${CSS.escape(node.id)}` : label ? `${node.tagName.toLowerCase()}[aria-label="${CSS.escape(label)}"]` : null;
+  return { key, near };
+}
+
+// The control whose action is running (a disabled button loses focus meanwhile).
+let acting = null;
+
+/** Rebuild `box`'s content without losing keyboard focus: the control that had it (known by
+ * its id or accessible label) has it again afterwards; when an action replaced it (Lock →
+ * Unlock), the first control of the same row or card has it. */
 export function replaceKeepingFocus(box, ...nodes) {
   const active = document.activeElement;
-  let key = null;
-  if (active && active !== document.body && box.contains(active)) {
-    key = active.id ? `#${CSS.escape(active.id)}` : active.getAttribute("aria-label") ? `${active.tagName.toLowerCase()}[aria-label="${CSS.escape(active.getAttribute("aria-label"))}"]` : null;
-  }
+  let target = null;
+  if (active && active !== document.body && box.contains(active)) target = focusTarget(active);
+  else if (acting && box.contains(acting.node)) target = acting.target;
   box.replaceChildren(...nodes);
-  if (key) {
-    const again = box.querySelector(key);
-    if (again) again.focus();
+  if (!target) return;
+  const again = target.key ? box.querySelector(target.key) : null;
+  if (again && !again.disabled) {
+    again.focus();
+    return;
   }
+  const item = target.near ? box.querySelector(target.near) : null;
+  const next = item ? item.querySelector("button:not([disabled]), a[href], input, select") : null;
+  if (next) next.focus();
 }
 
 const emails = new Map();
