@@ -128,6 +128,7 @@ def test_admin_creates_a_promo_and_a_user_nearby_reserves_and_buys_it(
         shopper.id,
         uuid.UUID(promo_id),
     )
+    user_page.get_by_role("button", name="Menu").click()  # the phone's folded navigation
     user_page.get_by_role("link", name="Notifications").click()
     note = user_page.locator("#notifications li").first
     expect(note).to_contain_text(f"$0.99 instead of $4.50 at Harbour {tag}")

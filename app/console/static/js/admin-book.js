@@ -367,7 +367,7 @@ async function showCode(code) {
     ),
     actions,
     problem,
-    table(["When", "Action", "User", "By", ""], rows, "History"),
+    table(["When", "Action", "User", "By", "Actions"], rows, "History"),
   );
 }
 

@@ -28,7 +28,7 @@ async function load(more = false) {
   }
   $("#dead-letters").replaceChildren(
     table(
-      ["Job", "Topic", "Promo", "Notifications", "Attempts", "Last error", "Updated", ""],
+      ["Job", "Topic", "Promo", "Notifications", "Attempts", "Last error", "Updated", "Actions"],
       rows.map((d) => [
         d.id,
         d.topic,

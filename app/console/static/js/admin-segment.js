@@ -61,7 +61,7 @@ async function loadMembers(more = false) {
   }
   $("#members").replaceChildren(
     table(
-      ["Email", "User id", ""],
+      ["Email", "User id", "Actions"],
       members.map((m) => [
         m.email,
         el("code", {}, m.user_id),
@@ -102,7 +102,7 @@ async function loadUsers(more = false) {
   const box = $("#members-problem");
   $("#users").replaceChildren(
     table(
-      ["Email", "Role", ""],
+      ["Email", "Role", "Actions"],
       users.map((u) => [
         u.email,
         u.role,

@@ -46,7 +46,7 @@ function renderStores() {
   const box = $("#stores-problem");
   $("#stores").replaceChildren(
     table(
-      ["Name", "Latitude", "Longitude", "Address", ""],
+      ["Name", "Latitude", "Longitude", "Address", "Actions"],
       stores.map((s) => [
         s.name,
         s.lat,
@@ -76,7 +76,7 @@ function renderProducts() {
   const names = new Map(stores.map((s) => [s.id, s.name]));
   $("#products").replaceChildren(
     table(
-      ["Name", "Store", "Price", ""],
+      ["Name", "Store", "Price", "Actions"],
       products.map((p) => [
         p.name,
         names.get(p.store_id) || p.store_id,

@@ -104,22 +104,25 @@ export function $(selector, root = document) {
   return root.querySelector(selector);
 }
 
+/** A table whose rows read as one card each on a phone (`.stack`, labels from the headers). */
 export function table(headers, rows, caption) {
+  const body = rows.length
+    ? rows.map((r) => (r instanceof Node ? r : el("tr", {}, r.map((c) => el("td", {}, c)))))
+    : [el("tr", {}, el("td", { colspan: headers.length, class: "muted" }, "Nothing yet."))];
+  for (const tr of body) {
+    [...tr.children].forEach((cell, i) => {
+      if (cell.tagName === "TD" && !cell.dataset.label && headers[i] && !cell.hasAttribute("colspan")) cell.dataset.label = headers[i];
+    });
+  }
   return el(
     "div",
     { class: "scroll" },
     el(
       "table",
-      {},
+      { class: "stack" },
       caption ? el("caption", {}, caption) : null,
-      el("thead", {}, el("tr", {}, headers.map((h) => el("th", { scope: "col" }, h)))),
-      el(
-        "tbody",
-        {},
-        rows.length
-          ? rows.map((r) => (r instanceof Node ? r : el("tr", {}, r.map((c) => el("td", {}, c)))))
-          : el("tr", {}, el("td", { colspan: headers.length, class: "muted" }, "Nothing yet.")),
-      ),
+      el("thead", {}, el("tr", {}, headers.map((h) => (h ? el("th", { scope: "col" }, h) : el("td", {}))))),
+      el("tbody", {}, body),
     ),
   );
 }
@@ -450,9 +453,12 @@ export function statsBar(stats, width = 160) {
   const ns = "http://www.w3.org/2000/svg";
   const svg = document.createElementNS(ns, "svg");
   svg.setAttribute("viewBox", `0 0 ${width} 12`);
+  svg.setAttribute("preserveAspectRatio", "none");
+  // Its natural width, but never wider than its box (a phone).
   svg.setAttribute("width", String(width));
+  svg.classList.add("fluid");
   svg.setAttribute("height", "12");
-  svg.setAttribute("class", "bar");
+  svg.classList.add("bar");
   svg.setAttribute("role", "img");
   const total = stats.total || 0;
   const label = PARTS.map(([k, name]) => `${name} ${stats[k] ?? 0}`).join(", ");
