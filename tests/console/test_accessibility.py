@@ -196,6 +196,7 @@ def test_the_phone_menu_folds_and_opens_by_keyboard(
         page.keyboard.press("Enter")
         expect(menu).to_have_attribute("aria-expanded", "true")
         expect(books).to_be_visible()
+        shot(page, "phone-menu", full_page=False)
         page.keyboard.press("Tab")
         page.keyboard.press("Escape")
         expect(books).to_be_hidden()

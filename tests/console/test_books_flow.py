@@ -117,6 +117,7 @@ def test_admin_runs_a_book_and_users_claim_lock_and_redeem(
     expect(confirm.get_by_role("heading")).to_have_text(f"Distribute to Members {tag} (static)?")
     expect(page.locator("#dist-summary")).to_have_text("3 people: 3 will get a code.")
     expect(page.locator("#dist-repeat")).to_be_hidden()
+    shot(confirm, "admin-distribute-preview")
     expect(_stat(page, "assigned")).to_have_text("0")
     confirm.get_by_role("button", name="Distribute 3 codes").click()
     expect(page.locator("#distribute-result")).to_contain_text("3 codes assigned.")
@@ -131,6 +132,7 @@ def test_admin_runs_a_book_and_users_claim_lock_and_redeem(
     report.get_by_text("Show the numbers as a table").click()
     expect(report.get_by_role("table").locator("tbody tr")).to_have_count(1)
     expect(report.get_by_role("table").locator("tbody td").first).to_have_text("3")
+    shot(page.locator("#report").locator(".."), "admin-book-report")
     # A quick repeat warns, and here nobody would get a second code.
     page.get_by_role("button", name="Preview distribution").click()
     expect(page.locator("#dist-summary")).to_have_text(

@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 from playwright.sync_api import Page, expect
 
-from tests.console.conftest import Accounts, LiveServer, sign_in
+from tests.console.conftest import Accounts, LiveServer, shot, sign_in
 
 
 def test_shopper_signs_up_and_claims_locks_and_redeems_by_campaign_name(
@@ -48,6 +48,7 @@ def test_shopper_signs_up_and_claims_locks_and_redeems_by_campaign_name(
     )
     expect(page.get_by_label("Email")).to_have_value("not-an-email")
     expect(page.get_by_label("Email")).to_be_focused()
+    shot(page, "signup-errors")
 
     page.get_by_label("Email").fill(email)
     page.get_by_label("Password").fill("a-good-long-password")
@@ -69,6 +70,14 @@ def test_shopper_signs_up_and_claims_locks_and_redeems_by_campaign_name(
     expect(row.get_by_role("timer")).to_have_text(re.compile(r"\d:\d\d left"))
     row.get_by_role("button", name=f"Redeem {code}").click()
     expect(row).to_have_attribute("data-status", "redeemed")
+    shot(page, "app-codes-campaigns")
+
+    # A failed claim after a successful one: only the new problem shows.
+    expect(page.locator("#claim-result")).to_contain_text("Your code from")
+    page.get_by_label("Or a specific code you were given").fill("NO-SUCH-CODE")
+    page.get_by_role("button", name="Claim this code").click()
+    expect(page.locator("#claim-code-form").get_by_role("alert")).to_be_visible()
+    expect(page.locator("#claim-result")).to_be_empty()
 
     # The same email cannot sign up twice: said on the field.
     other = new_page(390, 844)

@@ -191,6 +191,7 @@ async function loadCampaigns() {
 $("#claim-book").addEventListener("change", describeCampaign);
 
 onSubmit($("#claim-form"), async (data) => {
+  $("#claim-result").replaceChildren(); // no earlier success beside a new problem
   const bookId = String(data.get("book_id")).trim();
   const name = campaigns.find((b) => b.id === bookId)?.name ?? "the campaign";
   const c = await api("POST", `/books/${encodeURIComponent(bookId)}/assign`, {});
@@ -203,6 +204,7 @@ onSubmit($("#claim-form"), async (data) => {
 loadCampaigns().catch((err) => showProblem($("#claim-form .problem"), err));
 
 onSubmit($("#claim-code-form"), async (data) => {
+  $("#claim-result").replaceChildren();
   const code = String(data.get("code")).trim();
   const c = await api("POST", `/codes/${encodeURIComponent(code)}/assign`, {});
   $("#claim-result").replaceChildren(el("p", { class: "ok" }, "Your code: ", el("code", {}, c.code)));

@@ -60,12 +60,24 @@ async function show(i) {
 onSubmit(form, async (data) => {
   filters = readFilters(data);
   cursors.length = 1;
-  await show(0);
+  try {
+    await show(0);
+  } catch (err) {
+    $("#entries").replaceChildren();
+    $("#page-label").textContent = "";
+    throw err;
+  }
 });
 
 const problem = () => form.querySelector(".problem");
-$("#next").addEventListener("click", () => show(index + 1).catch((e) => showProblem(problem(), e)));
-$("#prev").addEventListener("click", () => show(index - 1).catch((e) => showProblem(problem(), e)));
+// A page that could not be read leaves no stale rows under its problem.
+function failed(err) {
+  $("#entries").replaceChildren();
+  $("#page-label").textContent = "";
+  showProblem(problem(), err);
+}
+$("#next").addEventListener("click", () => show(index + 1).catch(failed));
+$("#prev").addEventListener("click", () => show(index - 1).catch(failed));
 
 // Campaigns by name in the filter and the table; the ids stay second.
 async function start() {
