@@ -12,17 +12,25 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.core.problems import Conflict, NotFound
 from app.notifications.schemas import DeadLetterOut, NotificationOut, NotificationStatus
 
-# With what the user needs to act on it: the promo's price, the product's regular price and
-# currency, the store and when the promo ends (primary-key joins, one row each).
 _COLUMNS = """
-n.id, n.promo_id, p.title, n.day, n.status, n.created_at, n.read_at,
-p.promo_price_cents, pr.price_cents, pr.currency, s.name AS store_name, p.ends_at
+n.id, n.promo_id, p.title, n.day, n.status, n.created_at, n.read_at
 """
-_PROMO = """
-LEFT JOIN promos p ON p.id = n.promo_id
-LEFT JOIN products pr ON pr.id = p.product_id
-LEFT JOIN stores s ON s.id = pr.store_id
-"""
+_PROMO = "LEFT JOIN promos p ON p.id = n.promo_id"
+
+# What the user needs to act on a notification: the promo's price, the product's regular
+# price and currency, the store and the promo's end. Read once per page for its distinct
+# promos (a user's page mostly names different promos), so the inbox query stays one index
+# walk of the user's own rows.
+_OFFERS = text(
+    """
+    SELECT p.id AS promo_id, p.promo_price_cents, pr.price_cents, pr.currency,
+           s.name AS store_name, p.ends_at
+    FROM promos p
+    JOIN products pr ON pr.id = p.product_id
+    JOIN stores s ON s.id = pr.store_id
+    WHERE p.id = ANY(CAST(:ids AS uuid[]))
+    """
+)
 
 # One notification per user per day, so the unique (user_id, day) index orders the inbox.
 _INBOX = text(
@@ -78,6 +86,18 @@ def _notification(row: Any) -> NotificationOut:
     return NotificationOut.model_validate(row._mapping)
 
 
+async def _with_offers(
+    session: AsyncSession, items: list[NotificationOut]
+) -> list[NotificationOut]:
+    """The notifications with their promo's offer (price, store, end) filled in."""
+    ids = sorted({n.promo_id for n in items})
+    if not ids:
+        return items
+    rows = await session.execute(_OFFERS, {"ids": ids})
+    offers = {r.promo_id: {k: v for k, v in r._mapping.items() if k != "promo_id"} for r in rows}
+    return [n.model_copy(update=offers.get(n.promo_id, {})) for n in items]
+
+
 def _dead_letter(row: Any) -> DeadLetterOut:
     data = dict(row._mapping)
     try:
@@ -104,7 +124,7 @@ async def inbox(
             "limit": limit,
         },
     )
-    return [_notification(r) for r in rows]
+    return await _with_offers(session, [_notification(r) for r in rows])
 
 
 async def mark_read(
@@ -114,7 +134,8 @@ async def mark_read(
     row = (await session.execute(_MARK_READ, {"id": notification_id, "user_id": user_id})).first()
     if row is None:
         raise NotFound(f"No notification {notification_id}.")
-    return _notification(row)
+    [out] = await _with_offers(session, [_notification(row)])
+    return out
 
 
 async def since(
@@ -122,7 +143,7 @@ async def since(
 ) -> list[NotificationOut]:
     """The caller's notifications with an id above `after`, oldest first (stream replay)."""
     rows = await session.execute(_SINCE, {"user_id": user_id, "after": after, "limit": limit})
-    return [_notification(r) for r in rows]
+    return await _with_offers(session, [_notification(r) for r in rows])
 
 
 async def latest_id(session: AsyncSession, user_id: uuid.UUID) -> int:

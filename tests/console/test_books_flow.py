@@ -116,6 +116,9 @@ def test_admin_runs_a_book_and_users_claim_lock_and_redeem(
     expect(confirm).to_be_focused()
     expect(confirm.get_by_role("heading")).to_have_text(f"Distribute to Members {tag} (static)?")
     expect(page.locator("#dist-summary")).to_have_text("3 people: 3 will get a code.")
+    expect(page.locator("#dist-details li")).to_have_text(
+        [f"{BIG_CSV_LINES:,} codes of this book not handed out yet."]
+    )
     expect(page.locator("#dist-repeat")).to_be_hidden()
     shot(confirm, "admin-distribute-preview")
     expect(_stat(page, "assigned")).to_have_text("0")
@@ -139,6 +142,9 @@ def test_admin_runs_a_book_and_users_claim_lock_and_redeem(
         "3 people: 0 will get a code, 3 already at their limit."
     )
     expect(page.locator("#dist-repeat")).to_contain_text("were distributed")
+    expect(page.locator("#dist-details li").nth(1)).to_have_text(
+        "3 people already hold a code of this book."
+    )
     expect(page.locator("#dist-repeat")).to_contain_text("(3 codes)")
     expect(confirm.get_by_role("button", name="Nobody would get a code")).to_be_disabled()
     confirm.get_by_role("button", name="Cancel").click()

@@ -28,6 +28,8 @@ CONTRACT_ADMIN_ROUTES = {
     "GET /books/{book_id}/codes",
     "GET /books/{book_id}/codes.csv",
     "POST /books/{book_id}/distribute",
+    "POST /books/{book_id}/distribute/preview",  # additions: docs/decisions.md
+    "GET /books/{book_id}/report",
     "POST /codes/{code}/rollback",
     "GET /history",
     "POST /segments",
@@ -55,6 +57,7 @@ CONTRACT_ADMIN_ROUTES = {
     "DELETE /promos/{promo_id}",
     "POST /promos/{promo_id}/cancel",
     "GET /promos/{promo_id}/stats",
+    "GET /promos/{promo_id}/report",
     "GET /notifications/dead-letters",
     "POST /notifications/dead-letters/{job_id}/retry",
 }

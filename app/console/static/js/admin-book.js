@@ -202,7 +202,7 @@ async function loadSegments() {
 const REPEAT_MINUTES = 15;
 let pending = null; // the body the shown preview is for
 
-const plural = (n, one, many) => `${n} ${n === 1 ? one : many}`;
+const plural = (n, one, many) => `${Number(n).toLocaleString()} ${n === 1 ? one : many}`;
 
 async function recentDistribution() {
   const since = new Date(Date.now() - REPEAT_MINUTES * 60_000).toISOString();
@@ -230,13 +230,14 @@ onSubmit($("#distribute-form"), async (data) => {
     (skipped.limit_reached ? `, ${skipped.limit_reached} already at their limit` : "") +
     (skipped.exhausted ? `, ${skipped.exhausted} will get none because codes run out` : "") +
     ".";
-  $("#dist-details").replaceChildren(
-    el("li", {}, `${plural(p.free_codes, "code", "codes")} of this book not handed out yet.`),
-    p.already_holding
-      ? el("li", {}, `${plural(p.already_holding, "person already holds", "people already hold")} a code of this book` +
-          (p.would_assign && p.already_holding ? "; those under their limit will get another." : "."))
-      : null,
-  );
+  const details = [el("li", {}, `${plural(p.free_codes, "code", "codes")} of this book not handed out yet.`)];
+  if (p.already_holding) {
+    details.push(
+      el("li", {}, `${plural(p.already_holding, "person already holds", "people already hold")} a code of this book` +
+        (p.would_assign ? "; those under their limit will get another." : ".")),
+    );
+  }
+  $("#dist-details").replaceChildren(...details);
   const repeat = $("#dist-repeat");
   repeat.hidden = !recent;
   repeat.textContent = recent

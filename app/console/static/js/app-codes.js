@@ -160,13 +160,13 @@ function describeCampaign() {
   }
   const parts = [];
   if (chosen.description) parts.push(chosen.description);
-  parts.push(chosen.expires_at ? `Valid until ${fmtTime(chosen.expires_at)}.` : "No end date.");
+  parts.push(chosen.expires_at ? `Valid until ${fmtTime(chosen.expires_at)}` : "No end date");
   parts.push(
     chosen.may_claim > 0
       ? `You hold ${chosen.held}; you may claim ${chosen.may_claim} more.`
       : `You hold ${chosen.held}; you cannot claim more from this campaign.`,
   );
-  about.textContent = parts.join(" ");
+  about.textContent = parts.join(" · ");
 }
 
 async function loadCampaigns() {
@@ -176,7 +176,7 @@ async function loadCampaigns() {
   const options = campaigns.map((b) =>
     el(
       "option",
-      { value: b.id, disabled: b.may_claim <= 0, selected: b.id === keep },
+      { value: b.id, disabled: b.may_claim <= 0, selected: b.id === keep && b.may_claim > 0 },
       b.may_claim > 0 ? b.name : `${b.name} (none left for you)`,
     ),
   );
