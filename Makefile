@@ -77,14 +77,29 @@ format: install
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
+# The console's browser assets come from npm, pinned by web/package-lock.json: the charting
+# library is copied into the console's static files (committed, so serving needs no Node),
+# and the browser tests inject axe-core from web/node_modules.
+WEB_STAMP := web/node_modules/.installed
+CHART_JS := app/console/static/vendor/chart.umd.min.js
+
+$(WEB_STAMP): web/package.json web/package-lock.json
+	@command -v npm >/dev/null || scripts/ensure-deb.sh npm /usr/bin/npm
+	cd web && npm ci --no-audit --no-fund --ignore-scripts --loglevel=error
+	@touch $(WEB_STAMP)
+
+.PHONY: console-assets
+console-assets: $(WEB_STAMP) ## copy the locked charting library into the console's static files
+	cp web/node_modules/chart.js/dist/chart.umd.min.js $(CHART_JS)
+
 # The console's browser tests drive Debian's Chromium, and promtool (Debian package
 # `prometheus`) unit-tests the alert rules in tests/deploy: both installed when missing.
-test: install lint contract-tools ## lint, then the whole suite, then the hot-path and security tests with lean routes off
+test: install lint contract-tools $(WEB_STAMP) ## lint, then the whole suite, then the hot-path and security tests with lean routes off
 	@scripts/ensure-deb.sh chromium /usr/bin/chromium prometheus promtool
 	$(PY) -m pytest
 	LEAN_ROUTES=false $(PY) -m pytest -q -p no:randomly tests/core tests/books tests/promos tests/security
 
-test-pg: install contract-tools ## the suite against the server at 127.0.0.1:5432
+test-pg: install contract-tools $(WEB_STAMP) ## the suite against the server at 127.0.0.1:5432
 	@scripts/ensure-deb.sh chromium /usr/bin/chromium prometheus promtool
 	DATABASE_URL=postgresql://postgres@127.0.0.1:5432/test $(PY) -m pytest
 
@@ -120,7 +135,7 @@ bench-flash: install ## only the reserve-only flash crowd of `make bench` (insta
 	$(PY) -m bench.hotpaths --only reserve-flash
 
 clean:
-	rm -rf $(VENV) $(CLIENTS_VENV) $(HA_VENV) $(NODE_DIR)/node_modules $(NODE_DIR)/.build .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(CLIENTS_VENV) $(HA_VENV) $(NODE_DIR)/node_modules $(NODE_DIR)/.build .pytest_cache .mypy_cache .ruff_cache web/node_modules
 
 $(HA_STAMP): requirements/ha.txt | $(STAMP)
 	@test -x $(HA_VENV)/bin/python || $(UV) venv -q --python /usr/bin/python3 $(HA_VENV)

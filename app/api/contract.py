@@ -35,6 +35,7 @@ OPERATIONS = {
         "assignRandomCode", {409: ("book-exhausted", "code-limit-reached", _INACTIVE)}
     ),
     "GET /me/codes": Operation("listMyCodes"),
+    "GET /me/books": Operation("listMyBooks"),
     "GET /history": Operation("listHistory"),
     "GET /me/history": Operation("listMyHistory"),
     # books
@@ -49,6 +50,10 @@ OPERATIONS = {
     "GET /books/{book_id}/codes": Operation("listBookCodes"),
     "GET /books/{book_id}/codes.csv": Operation("exportCodes"),
     "POST /books/{book_id}/distribute": Operation("distributeCodes", {409: (_INACTIVE,)}),
+    "POST /books/{book_id}/distribute/preview": Operation(
+        "previewDistribution", {409: (_INACTIVE,)}
+    ),
+    "GET /books/{book_id}/report": Operation("getBookReport"),
     # import jobs
     "POST /books/{book_id}/imports": Operation("startImport"),
     "GET /books/{book_id}/imports": Operation("listImports"),
@@ -76,6 +81,7 @@ OPERATIONS = {
     "POST /promos": Operation("createPromo"),
     "GET /promos": Operation("listPromos"),
     "GET /promos/{promo_id}": Operation("getPromo"),
+    "GET /promos/{promo_id}/report": Operation("getPromoReport"),
     "PATCH /promos/{promo_id}": Operation("updatePromo", _IN_USE),
     "DELETE /promos/{promo_id}": Operation("deletePromo", _IN_USE),
     "POST /promos/{promo_id}/cancel": Operation("cancelPromo"),

@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.books.errors import BookExhausted, BookInactive, CodeLimitReached, CodeUnavailable
 from app.books.rules import BOOK_ACTIVE
-from app.books.schemas import CodeOut, DistributeOut, Skipped
+from app.books.schemas import CodeOut, DistributeOut, DistributePreviewOut, Skipped
 from app.books.service import CODE_COLUMNS, code_out, normalize_code
 from app.core.db import raw_connection
 from app.core.locking import LockNamespace, xact_lock_sql
@@ -251,6 +251,51 @@ SELECT (SELECT count(*) FROM candidates) AS candidates,
 """
 
 
+# The same audience and limits as `_DISTRIBUTE`, counted without claiming anything: free
+# codes from the kept counts, so a preview reads no code rows of the book.
+_PREVIEW = """
+WITH book AS (SELECT b.id, b.max_codes_per_user FROM books b WHERE b.id = $1),
+candidates AS ({users}),
+counted AS (
+    SELECT cand.id,
+           (SELECT count(*) FROM codes x WHERE x.user_id = cand.id AND x.book_id = $1) AS held
+    FROM candidates cand
+),
+eligible AS (
+    SELECT counted.id FROM counted, book
+    WHERE book.max_codes_per_user IS NULL OR counted.held < book.max_codes_per_user
+)
+SELECT (SELECT count(*) FROM candidates) AS candidates,
+       (SELECT count(*) FROM eligible) AS eligible,
+       (SELECT count(*) FROM counted WHERE held > 0) AS holding,
+       (SELECT coalesce(sum(unassigned), 0)::bigint FROM book_code_counts WHERE book_id = $1)
+           AS free
+"""
+
+
+async def _audience(
+    conn: asyncpg.Connection,
+    book_id: uuid.UUID,
+    segment_id: uuid.UUID | None,
+    user_ids: list[uuid.UUID] | None,
+) -> tuple[str, uuid.UUID | list[uuid.UUID], int | None]:
+    """The checks both distribute and its preview make, and who the audience is: the users
+    query, its parameter and how many users were listed (None for a segment)."""
+    active = await conn.fetchval(f"SELECT {BOOK_ACTIVE} FROM books b WHERE b.id = $1", book_id)
+    if active is None:
+        raise NotFound(f"No book {book_id}.")
+    if not active:
+        raise BookInactive("The book is paused, archived or outside its validity window.")
+    if segment_id is not None:
+        if not await conn.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM segments WHERE id = $1)", segment_id
+        ):
+            raise NotFound(f"No segment {segment_id}.")
+        return _SEGMENT_USERS, segment_id, None
+    unique = sorted(set(user_ids or []))
+    return _LISTED_USERS, unique, len(unique)
+
+
 async def distribute(
     session: AsyncSession,
     book_id: uuid.UUID,
@@ -261,23 +306,9 @@ async def distribute(
 ) -> DistributeOut:
     """One code per user, users in ascending id until codes run out, limits respected."""
     conn = await raw_connection(session)
-    active = await conn.fetchval(f"SELECT {BOOK_ACTIVE} FROM books b WHERE b.id = $1", book_id)
-    if active is None:
-        raise NotFound(f"No book {book_id}.")
-    if not active:
-        raise BookInactive("The book is paused, archived or outside its validity window.")
-    param: uuid.UUID | list[uuid.UUID]
-    if segment_id is not None:
-        if not await conn.fetchval(
-            "SELECT EXISTS (SELECT 1 FROM segments WHERE id = $1)", segment_id
-        ):
-            raise NotFound(f"No segment {segment_id}.")
-        sql, param, requested = _DISTRIBUTE.format(users=_SEGMENT_USERS), segment_id, None
-    else:
-        unique = sorted(set(user_ids or []))
-        sql, param, requested = _DISTRIBUTE.format(users=_LISTED_USERS), unique, len(unique)
+    users, param, requested = await _audience(conn, book_id, segment_id, user_ids)
     await conn.execute(_LOCK_BOOK, book_id)
-    row = await conn.fetchrow(sql, book_id, param, actor_id)
+    row = await conn.fetchrow(_DISTRIBUTE.format(users=users), book_id, param, actor_id)
     assert row is not None
     candidates, eligible, assigned = row["candidates"], row["eligible"], row["assigned"]
     return DistributeOut(
@@ -285,6 +316,34 @@ async def distribute(
         skipped=Skipped(
             limit_reached=candidates - eligible,
             exhausted=eligible - assigned,
+            unknown_users=(requested - candidates) if requested is not None else 0,
+        ),
+    )
+
+
+async def preview_distribute(
+    session: AsyncSession,
+    book_id: uuid.UUID,
+    *,
+    segment_id: uuid.UUID | None = None,
+    user_ids: list[uuid.UUID] | None = None,
+) -> DistributePreviewOut:
+    """What `distribute` would do now, changing nothing: the audience, how many would get a
+    code, how many are at their limit, how many would miss out because codes run out."""
+    conn = await raw_connection(session)
+    users, param, requested = await _audience(conn, book_id, segment_id, user_ids)
+    row = await conn.fetchrow(_PREVIEW.format(users=users), book_id, param)
+    assert row is not None
+    candidates, eligible = row["candidates"], row["eligible"]
+    would_assign = min(eligible, row["free"])
+    return DistributePreviewOut(
+        audience=candidates,
+        would_assign=would_assign,
+        already_holding=row["holding"],
+        free_codes=row["free"],
+        skipped=Skipped(
+            limit_reached=candidates - eligible,
+            exhausted=eligible - would_assign,
             unknown_users=(requested - candidates) if requested is not None else 0,
         ),
     )

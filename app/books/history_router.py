@@ -8,8 +8,8 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from app.api.deps import AdminUser, CurrentUser, Session
-from app.books import history, service
-from app.books.schemas import Action, CodeOut, CodeStatus, HistoryEntry
+from app.books import history, mine
+from app.books.schemas import Action, CodeStatus, HistoryEntry, MyBookOut, MyCodeOut
 from app.books.types import Timestamp
 from app.core.openapi import AUTH, problems
 from app.core.pagination import Cursor, Limit, Page, encode_cursor, int_cursor
@@ -17,7 +17,19 @@ from app.core.pagination import Cursor, Limit, Page, encode_cursor, int_cursor
 router = APIRouter(tags=["codes"])
 
 
-@router.get("/me/codes", response_model=Page[CodeOut], responses=problems(*AUTH), tags=["me"])
+@router.get("/me/books", response_model=list[MyBookOut], responses=problems(*AUTH), tags=["me"])
+async def my_books(
+    user: CurrentUser,
+    session: Session,
+    limit: Annotated[int, Query(ge=1, le=500, description="At most this many (1..500).")] = 100,
+) -> list[MyBookOut]:
+    """Books the caller may claim from now (active and inside their window), by name, with
+    how many of their codes the caller `held` and how many more they `may_claim` (the
+    per-user limit left, at most the free codes; 0 when none)."""
+    return await mine.my_books(session, user.id, limit)
+
+
+@router.get("/me/codes", response_model=Page[MyCodeOut], responses=problems(*AUTH), tags=["me"])
 async def my_codes(
     user: CurrentUser,
     session: Session,
@@ -25,18 +37,20 @@ async def my_codes(
     status_: Annotated[CodeStatus | None, Query(alias="status")] = None,
     limit: Limit = 50,
     cursor: Cursor = None,
-) -> Page[CodeOut]:
-    """The caller's codes, optionally of one book and in one status."""
-    rows = await service.list_codes(
+) -> Page[MyCodeOut]:
+    """The caller's codes, optionally of one book and in one status, each with its book's
+    `book_name`, `book_description`, `book_expires_at`, `book_status` and `book_active`
+    (whether the book hands out and redeems codes now)."""
+    rows = await mine.my_codes(
         session,
-        book_id=book_id,
         user_id=user.id,
+        book_id=book_id,
         status=status_,
         limit=limit + 1,
         after=int_cursor(cursor),
     )
     page = rows[:limit]
-    return Page[CodeOut](
+    return Page[MyCodeOut](
         items=[c for _, c in page],
         next_cursor=encode_cursor(page[-1][0]) if len(rows) > limit else None,
     )

@@ -13,7 +13,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from app.api.deps import AdminUser, Idempotent, IdempotentUpload, Session
-from app.books import assign, export, generate, import_jobs, imports, service
+from app.books import assign, export, generate, import_jobs, imports, reports, service
 from app.books.import_schemas import ImportJobOut
 from app.books.imports_router import job_location
 from app.books.schemas import (
@@ -21,14 +21,17 @@ from app.books.schemas import (
     BookIn,
     BookOut,
     BookPatch,
+    BookReportOut,
     CodeOut,
     CodeStatus,
     DistributeIn,
     DistributeOut,
+    DistributePreviewOut,
     GenerateIn,
     GenerateOut,
     ImportOut,
 )
+from app.books.types import Timestamp
 from app.core.openapi import AUTH, problems
 from app.core.pagination import (
     Cursor,
@@ -38,6 +41,7 @@ from app.core.pagination import (
     int_cursor,
     time_id_cursor,
 )
+from app.core.report import Bucket
 
 router = APIRouter(tags=["books"])
 ADMIN = (*AUTH, 403)
@@ -207,6 +211,41 @@ async def export_codes(
         export.rows(session, book_id),
         media_type="text/csv; charset=utf-8",
         headers={"Content-Disposition": f'attachment; filename="book-{book_id}.csv"'},
+    )
+
+
+@router.get(
+    "/books/{book_id}/report",
+    response_model=BookReportOut,
+    responses=problems(*ADMIN, 404),
+)
+async def book_report(
+    book_id: uuid.UUID,
+    admin: AdminUser,
+    session: Session,
+    bucket: Bucket = Bucket.day,
+    since: Annotated[Timestamp | None, Query()] = None,
+    until: Annotated[Timestamp | None, Query()] = None,
+) -> BookReportOut:
+    """Codes assigned, locked, redeemed and rolled back per `bucket` (hour or day, cut in
+    UTC) from `since` to `until` (default: the last 14 days, or 48 hours by the hour), every
+    bucket present. At most 1,000 buckets (422 otherwise)."""
+    return await reports.book_report(session, book_id, bucket, since, until)
+
+
+@router.post(
+    "/books/{book_id}/distribute/preview",
+    response_model=DistributePreviewOut,
+    responses=problems(*ADMIN, 404, 409),
+)
+async def preview_distribute(
+    book_id: uuid.UUID, body: DistributeIn, admin: AdminUser, session: Session
+) -> DistributePreviewOut:
+    """What `distribute` with this body would do now, changing nothing: the audience, how
+    many would get a code, how many already hold one or are at their limit, how many would
+    miss out because codes run out. 409 `book-inactive` as distribute."""
+    return await assign.preview_distribute(
+        session, book_id, segment_id=body.segment_id, user_ids=body.user_ids
     )
 
 

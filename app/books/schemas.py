@@ -30,6 +30,7 @@ from app.books.types import (
     storable,
 )
 from app.core.openapi import without_null
+from app.core.report import Bucket
 
 
 class BookStatus(StrEnum):
@@ -218,6 +219,62 @@ class LockedCodeOut(CodeOut):
     lock_id: uuid.UUID
 
 
+class MyCodeOut(CodeOut):
+    """One of the caller's codes with the context of its book (`GET /me/codes`)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    **_CODE_EXAMPLE,
+                    "book_name": "Summer sale",
+                    "book_description": "10% off everything in July.",
+                    "book_expires_at": "2026-07-31T22:00:00Z",
+                    "book_active": True,
+                    "book_status": "active",
+                }
+            ]
+        }
+    )
+
+    book_name: str
+    book_description: str | None
+    book_expires_at: datetime | None
+    book_active: bool = Field(
+        description="Whether the book hands out and redeems codes now (active and in its window)."
+    )
+    book_status: BookStatus
+
+
+class MyBookOut(BaseModel):
+    """A book the caller may claim from now (`GET /me/books`)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "3f1c2a4e-8d7b-4f0e-9c61-2b5a7e9d1c40",
+                    "name": "Summer sale",
+                    "description": "10% off everything in July.",
+                    "expires_at": "2026-07-31T22:00:00Z",
+                    "held": 1,
+                    "may_claim": 2,
+                }
+            ]
+        }
+    )
+
+    id: uuid.UUID
+    name: str
+    description: str | None
+    expires_at: datetime | None
+    held: int = Field(description="Codes of this book the caller holds.")
+    may_claim: int = Field(
+        description="Codes the caller may still claim: the per-user limit left, at most the"
+        " free codes."
+    )
+
+
 class AssignIn(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
@@ -361,6 +418,30 @@ class DistributeOut(BaseModel):
     skipped: Skipped
 
 
+class DistributePreviewOut(BaseModel):
+    """What a distribute would do now (`POST /books/{id}/distribute/preview`)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "audience": 312,
+                    "would_assign": 298,
+                    "already_holding": 14,
+                    "free_codes": 5000,
+                    "skipped": {"limit_reached": 14, "exhausted": 0, "unknown_users": 0},
+                }
+            ]
+        }
+    )
+
+    audience: int = Field(description="Users in the segment, or listed users that exist.")
+    would_assign: int = Field(description="Users who would get a code now.")
+    already_holding: int = Field(description="Users of the audience who hold a code of the book.")
+    free_codes: int = Field(description="Codes of the book not handed out yet.")
+    skipped: Skipped
+
+
 class ImportOut(BaseModel):
     model_config = ConfigDict(
         json_schema_extra={
@@ -450,3 +531,43 @@ class HistoryEntry(BaseModel):
     user_id: uuid.UUID | None
     actor_id: uuid.UUID | None
     details: dict[str, Any]
+
+
+class BookReportPoint(BaseModel):
+    """Counts of one hour or day (`at`: its start, UTC)."""
+
+    at: datetime
+    assigned: int
+    locked: int
+    redeemed: int
+    rolled_back: int
+
+
+class BookReportOut(BaseModel):
+    """Counts per bucket over `since`..`until`, every bucket present (zero-filled)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "bucket": "day",
+                    "since": "2026-07-01T00:00:00Z",
+                    "until": "2026-07-02T00:00:00Z",
+                    "points": [
+                        {
+                            "at": "2026-07-01T00:00:00Z",
+                            "assigned": 40,
+                            "locked": 12,
+                            "redeemed": 9,
+                            "rolled_back": 1,
+                        }
+                    ],
+                }
+            ]
+        }
+    )
+
+    bucket: Bucket
+    since: datetime
+    until: datetime
+    points: list[BookReportPoint]

@@ -171,8 +171,9 @@ async def get_code(conn: asyncpg.Connection, code: str, owner: uuid.UUID | None)
     return code_out(row)
 
 
-def codes_sql(*, user: bool, status: CodeStatus | None) -> str:
-    """The page query of `list_codes`: $1 book, $2 holder, $3 cursor (last id), $4 limit."""
+def codes_sql(*, user: bool, status: CodeStatus | None, extra_columns: str = "") -> str:
+    """The page query of `list_codes`: $1 book, $2 holder, $3 cursor (last id), $4 limit;
+    `extra_columns` (starting with a comma) may add columns of the code `c` or book `b`."""
     where = ["($1::uuid IS NULL OR c.book_id = $1)", "($2::uuid IS NULL OR c.user_id = $2)"]
     if user:
         where.append("c.user_id IS NOT NULL")
@@ -180,7 +181,7 @@ def codes_sql(*, user: bool, status: CodeStatus | None) -> str:
         where.append(STATUS_FILTER[status])
     where.append("($3::bigint IS NULL OR c.id > $3)")
     return (
-        f"SELECT c.id, {CODE_COLUMNS} FROM codes c JOIN books b ON b.id = c.book_id"
+        f"SELECT c.id, {CODE_COLUMNS}{extra_columns} FROM codes c JOIN books b ON b.id = c.book_id"
         f" WHERE {' AND '.join(where)} ORDER BY c.id LIMIT $4"
     )
 

@@ -13,12 +13,14 @@ from typing import Annotated, Any
 from urllib.parse import quote
 
 from fastapi import APIRouter, Form, Request, status
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
+from pydantic import ValidationError
 
 from app.api.deps import RateLimit, Session, Tokens
 from app.auth import service as users
+from app.auth.schemas import RegisterIn
 from app.console.session import (
     clear_session,
     csrf_matches,
@@ -55,18 +57,61 @@ def _home(role: Role) -> str:
 
 
 def _login_page(
-    request: Request, *, error: str | None = None, next_url: str = "", status_code: int = 200
+    request: Request,
+    *,
+    error: str | None = None,
+    next_url: str = "",
+    status_code: int = 200,
+    email: str = "",
 ) -> HTMLResponse:
+    return _form_page(
+        request,
+        "login.html",
+        status_code,
+        {"error": error, "next_url": next_url, "title": "Sign in", "email": email},
+    )
+
+
+def _form_page(
+    request: Request, template: str, status_code: int, context: dict[str, Any]
+) -> HTMLResponse:
+    """A signed-out form page with a fresh (or the current) CSRF token."""
     token = csrf_token(request)
     response = templates.TemplateResponse(
         request,
-        "login.html",
-        {"csrf_token": token, "error": error, "next_url": next_url, "title": "Sign in"},
+        template,
+        {"csrf_token": token, **context},
         status_code=status_code,
         headers=_PAGE_HEADERS,
     )
     set_csrf_cookie(request, response, token)
     return response
+
+
+def _signup_page(
+    request: Request,
+    *,
+    errors: dict[str, str] | None = None,
+    error: str | None = None,
+    email: str = "",
+    status_code: int = 200,
+) -> HTMLResponse:
+    return _form_page(
+        request,
+        "signup.html",
+        status_code,
+        {"errors": errors or {}, "error": error, "email": email, "title": "Create an account"},
+    )
+
+
+@router.get("/favicon.ico")
+async def favicon() -> FileResponse:
+    """Browsers ask for it on every page outside the console too (the API docs)."""
+    return FileResponse(
+        HERE / "static" / "favicon.svg",
+        media_type="image/svg+xml",
+        headers={"Cache-Control": "public, max-age=86400"},
+    )
 
 
 @router.get("/login", response_class=HTMLResponse)
@@ -102,10 +147,70 @@ async def login(
         await limits.hit(limits.auth, "token", client_ip(request))
         user = await users.authenticate(session, email, password)
     except ProblemError as exc:
-        return _login_page(request, error=exc.detail, next_url=next_url, status_code=exc.status)
+        return _login_page(
+            request, error=exc.detail, next_url=next_url, status_code=exc.status, email=email
+        )
     role = Role(user.role)
     response = RedirectResponse(safe_next(next_url, _home(role)), status.HTTP_303_SEE_OTHER)
     set_session_cookie(request, response, tokens.issue(user.id, role), tokens.ttl_seconds)
+    set_csrf_cookie(request, response, new_csrf_token())
+    return response
+
+
+@router.get("/signup", response_class=HTMLResponse)
+async def signup_form(request: Request) -> Response:
+    if await viewer(request) is not None:
+        return RedirectResponse("/app", status.HTTP_303_SEE_OTHER)
+    return _signup_page(request)
+
+
+_SIGNUP_FIELDS = {
+    "email": "Enter an email address like ana@example.com.",
+    "password": "Use at least 8 characters.",
+}
+
+
+@router.post("/signup", response_class=HTMLResponse)
+async def signup(
+    request: Request,
+    session: Session,
+    limits: RateLimit,
+    tokens: Tokens,
+    email: Annotated[str, Form(max_length=320)] = "",
+    password: Annotated[str, Form(max_length=1024)] = "",
+    csrf_token: Annotated[str, Form(max_length=128)] = "",
+) -> Response:
+    """Create a user account (as `POST /auth/register`), then sign it in and open `/app`.
+    Each problem is shown on its field; the email typed is kept."""
+    if not csrf_matches(request, csrf_token):
+        return _signup_page(
+            request,
+            error="The form expired. Please try again.",
+            email=email,
+            status_code=status.HTTP_403_FORBIDDEN,
+        )
+    try:
+        body = RegisterIn(email=email, password=password)
+    except ValidationError as exc:
+        fields = {str(e["loc"][0]) for e in exc.errors() if e["loc"]}
+        errors = {f: _SIGNUP_FIELDS[f] for f in _SIGNUP_FIELDS if f in fields}
+        return _signup_page(
+            request, errors=errors, email=email, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT
+        )
+    try:
+        await limits.hit(limits.auth, "register", client_ip(request))
+        user = await users.register(session, body.email, body.password)
+    except ProblemError as exc:
+        errors = {"email": exc.detail} if exc.status == status.HTTP_409_CONFLICT else {}
+        return _signup_page(
+            request,
+            errors=errors,
+            error=None if errors else exc.detail,
+            email=email,
+            status_code=exc.status,
+        )
+    response = RedirectResponse("/app", status.HTTP_303_SEE_OTHER)
+    set_session_cookie(request, response, tokens.issue(user.id, Role.user), tokens.ttl_seconds)
     set_csrf_cookie(request, response, new_csrf_token())
     return response
 

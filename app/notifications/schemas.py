@@ -41,6 +41,11 @@ class NotificationOut(BaseModel):
     status: NotificationStatus
     created_at: datetime
     read_at: datetime | None = None
+    promo_price_cents: int | None = Field(default=None, description="The promo's price.")
+    price_cents: int | None = Field(default=None, description="The product's regular price.")
+    currency: str | None = None
+    store_name: str | None = None
+    ends_at: datetime | None = Field(default=None, description="When the promo ends.")
 
 
 class DeadLetterOut(BaseModel):

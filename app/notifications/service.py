@@ -15,12 +15,28 @@ from app.notifications.schemas import DeadLetterOut, NotificationOut, Notificati
 _COLUMNS = """
 n.id, n.promo_id, p.title, n.day, n.status, n.created_at, n.read_at
 """
+_PROMO = "LEFT JOIN promos p ON p.id = n.promo_id"
+
+# What the user needs to act on a notification: the promo's price, the product's regular
+# price and currency, the store and the promo's end. Read once per page for its distinct
+# promos (a user's page mostly names different promos), so the inbox query stays one index
+# walk of the user's own rows.
+_OFFERS = text(
+    """
+    SELECT p.id AS promo_id, p.promo_price_cents, pr.price_cents, pr.currency,
+           s.name AS store_name, p.ends_at
+    FROM promos p
+    JOIN products pr ON pr.id = p.product_id
+    JOIN stores s ON s.id = pr.store_id
+    WHERE p.id = ANY(CAST(:ids AS uuid[]))
+    """
+)
 
 # One notification per user per day, so the unique (user_id, day) index orders the inbox.
 _INBOX = text(
     f"""
     SELECT {_COLUMNS}
-    FROM notifications n LEFT JOIN promos p ON p.id = n.promo_id
+    FROM notifications n {_PROMO}
     WHERE n.user_id = :user_id
       AND (CAST(:before AS date) IS NULL OR n.day < CAST(:before AS date))
       AND (CAST(:status AS text) IS NULL OR n.status = CAST(:status AS text))
@@ -36,14 +52,14 @@ _MARK_READ = text(
         WHERE id = :id AND user_id = :user_id
         RETURNING *
     )
-    SELECT {_COLUMNS} FROM n LEFT JOIN promos p ON p.id = n.promo_id
+    SELECT {_COLUMNS} FROM n {_PROMO}
     """
 )
 
 _SINCE = text(
     f"""
     SELECT {_COLUMNS}
-    FROM notifications n LEFT JOIN promos p ON p.id = n.promo_id
+    FROM notifications n {_PROMO}
     WHERE n.user_id = :user_id AND n.id > :after
     ORDER BY n.id
     LIMIT :limit
@@ -68,6 +84,18 @@ attempts, max_attempts, last_error, run_at, created_at, updated_at
 
 def _notification(row: Any) -> NotificationOut:
     return NotificationOut.model_validate(row._mapping)
+
+
+async def _with_offers(
+    session: AsyncSession, items: list[NotificationOut]
+) -> list[NotificationOut]:
+    """The notifications with their promo's offer (price, store, end) filled in."""
+    ids = sorted({n.promo_id for n in items})
+    if not ids:
+        return items
+    rows = await session.execute(_OFFERS, {"ids": ids})
+    offers = {r.promo_id: {k: v for k, v in r._mapping.items() if k != "promo_id"} for r in rows}
+    return [n.model_copy(update=offers.get(n.promo_id, {})) for n in items]
 
 
 def _dead_letter(row: Any) -> DeadLetterOut:
@@ -96,7 +124,7 @@ async def inbox(
             "limit": limit,
         },
     )
-    return [_notification(r) for r in rows]
+    return await _with_offers(session, [_notification(r) for r in rows])
 
 
 async def mark_read(
@@ -106,7 +134,8 @@ async def mark_read(
     row = (await session.execute(_MARK_READ, {"id": notification_id, "user_id": user_id})).first()
     if row is None:
         raise NotFound(f"No notification {notification_id}.")
-    return _notification(row)
+    [out] = await _with_offers(session, [_notification(row)])
+    return out
 
 
 async def since(
@@ -114,7 +143,7 @@ async def since(
 ) -> list[NotificationOut]:
     """The caller's notifications with an id above `after`, oldest first (stream replay)."""
     rows = await session.execute(_SINCE, {"user_id": user_id, "after": after, "limit": limit})
-    return [_notification(r) for r in rows]
+    return await _with_offers(session, [_notification(r) for r in rows])
 
 
 async def latest_id(session: AsyncSession, user_id: uuid.UUID) -> int:

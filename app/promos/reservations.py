@@ -39,7 +39,7 @@ from app.promos.errors import (
     ReservationExpired,
     SoldOut,
 )
-from app.promos.schemas import ReservationOut
+from app.promos.schemas import MyReservationOut, ReservationOut
 
 # --- reserve: two statements in the request's transaction ---------------------------------
 # 1. `_LOCK` serialises the caller's reserves of one promo (the per-user limit is counted,
@@ -285,9 +285,17 @@ _GET = f"""
 SELECT r.id, r.promo_id, r.expires_at, {_SHOWN_STATUS} AS status
 FROM reservations r WHERE r.id = $1 AND r.user_id = $2
 """
+# With what the caller needs to recognise each: the promo's title and price, the product,
+# the store, and when a purchase was made (a purchase is final: its `updated_at`).
 _LIST = f"""
-SELECT r.id, r.promo_id, r.expires_at, {_SHOWN_STATUS} AS status, r.created_at
+SELECT r.id, r.promo_id, r.expires_at, {_SHOWN_STATUS} AS status, r.created_at,
+       CASE WHEN r.status = 'purchased' THEN r.updated_at END AS purchased_at,
+       p.title AS promo_title, p.promo_price_cents, pr.price_cents, pr.currency,
+       pr.name AS product_name, s.name AS store_name
 FROM reservations r
+JOIN promos p ON p.id = r.promo_id
+JOIN products pr ON pr.id = p.product_id
+JOIN stores s ON s.id = pr.store_id
 WHERE r.user_id = $1
   AND ($3::uuid IS NULL OR r.promo_id = $3)
   AND ($4::timestamptz IS NULL OR (r.created_at, r.id) < ($4::timestamptz, $5::uuid))
@@ -459,9 +467,12 @@ async def my_reservations(
     limit: int,
     promo_id: uuid.UUID | None,
     after: tuple[datetime, uuid.UUID] | None,
-) -> list[tuple[ReservationOut, datetime]]:
+) -> list[tuple[MyReservationOut, datetime]]:
     """The caller's reservations, newest first, with `created_at` for the cursor."""
     conn = await raw_connection(session)
     after_at, after_id = after if after is not None else (None, None)
     rows = await conn.fetch(_LIST, user_id, limit, promo_id, after_at, after_id)
-    return [(_out(r), r["created_at"]) for r in rows]
+    fields = MyReservationOut.model_fields
+    return [
+        (MyReservationOut.model_validate({k: r[k] for k in fields}), r["created_at"]) for r in rows
+    ]

@@ -12,17 +12,20 @@ from fastapi import APIRouter, Query, Response, status
 from app.api.deps import AdminUser, CurrentUser, Idempotent, Session
 from app.core.openapi import AUTH, problems
 from app.core.pagination import Cursor, Limit, Page, encode_cursor, time_id_cursor
-from app.promos import listings, reservations, service
+from app.core.report import Bucket
+from app.promos import listings, reports, reservations, service
 from app.promos.catalog_router import router as catalog_router
 from app.promos.schemas import (
     EligiblePromo,
+    Instant,
+    MyReservationOut,
     PromoIn,
     PromoListing,
     PromoOut,
     PromoPatch,
+    PromoReportOut,
     PromoStats,
     PromoStatus,
-    ReservationOut,
 )
 
 router = APIRouter()
@@ -170,8 +173,28 @@ async def promo_stats(promo_id: uuid.UUID, admin: AdminUser, session: Session) -
 
 
 @router.get(
+    "/promos/{promo_id}/report",
+    response_model=PromoReportOut,
+    responses=problems(*ADMIN, 404),
+    tags=["promos"],
+)
+async def promo_report(
+    promo_id: uuid.UUID,
+    admin: AdminUser,
+    session: Session,
+    bucket: Bucket = Bucket.day,
+    since: Annotated[Instant | None, Query()] = None,
+    until: Annotated[Instant | None, Query()] = None,
+) -> PromoReportOut:
+    """Units reserved and sold, notifications sent and read, per `bucket` (hour or day, cut
+    in UTC) from `since` to `until` (default: the last 14 days, or 48 hours by the hour),
+    every bucket present. At most 1,000 buckets (422 otherwise)."""
+    return await reports.promo_report(session, promo_id, bucket, since, until)
+
+
+@router.get(
     "/me/reservations",
-    response_model=Page[ReservationOut],
+    response_model=Page[MyReservationOut],
     responses=problems(*AUTH),
     tags=["me"],
 )
@@ -181,11 +204,12 @@ async def my_reservations(
     limit: Limit = 50,
     cursor: Cursor = None,
     promo_id: uuid.UUID | None = None,
-) -> Page[ReservationOut]:
-    """The caller's reservations, newest first; optionally of one promo."""
+) -> Page[MyReservationOut]:
+    """The caller's reservations, newest first; optionally of one promo. Each carries its
+    promo's title and price, the product and store, and `purchased_at` once bought."""
     rows = await reservations.my_reservations(
         session, user.id, limit + 1, promo_id, time_id_cursor(cursor)
     )
     page = rows[:limit]
     next_cursor = encode_cursor(page[-1][1], page[-1][0].id) if len(rows) > limit else None
-    return Page[ReservationOut](items=[r for r, _ in page], next_cursor=next_cursor)
+    return Page[MyReservationOut](items=[r for r, _ in page], next_cursor=next_cursor)

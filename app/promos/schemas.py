@@ -27,6 +27,7 @@ from pydantic_core import CoreSchema
 
 from app.core.geo import Lat, Lng
 from app.core.openapi import without_null
+from app.core.report import Bucket
 
 _NO_NUL = r"^[^\x00]*$"
 Name = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=_NO_NUL)]
@@ -357,3 +358,55 @@ class ReservationOut(BaseModel):
     promo_id: uuid.UUID
     expires_at: datetime
     status: ReservationStatus
+
+
+class MyReservationOut(ReservationOut):
+    """One of the caller's reservations with its promo's context (`GET /me/reservations`)."""
+
+    purchased_at: datetime | None = Field(description="When it was bought; null until then.")
+    promo_title: str
+    promo_price_cents: int
+    price_cents: int = Field(description="The product's regular price.")
+    currency: str
+    product_name: str
+    store_name: str
+
+
+class PromoReportPoint(BaseModel):
+    """Counts of one hour or day (`at`: its start, UTC)."""
+
+    at: datetime
+    reserved: int
+    purchased: int
+    notified: int
+    read: int
+
+
+class PromoReportOut(BaseModel):
+    """Counts per bucket over `since`..`until`, every bucket present (zero-filled)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "bucket": "day",
+                    "since": "2026-07-01T00:00:00Z",
+                    "until": "2026-07-02T00:00:00Z",
+                    "points": [
+                        {
+                            "at": "2026-07-01T00:00:00Z",
+                            "reserved": 30,
+                            "purchased": 24,
+                            "notified": 500,
+                            "read": 120,
+                        }
+                    ],
+                }
+            ]
+        }
+    )
+
+    bucket: Bucket
+    since: datetime
+    until: datetime
+    points: list[PromoReportPoint]

@@ -15,7 +15,8 @@ Bounds:
   not held to the rule.
 - `density`: a page of a rare state costs a page over that state's share of the book (1 %
   free codes: a hundred rows read per row shown); reported.
-- `sweep`: a worker's periodic pass over the promos running now; reported.
+- `sweep`: a pass over what runs now (the worker's over the running promos, a user's list
+  of the active books); reported.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from sqlalchemy import TextClause
 from sqlalchemy.dialects.postgresql import asyncpg as asyncpg_dialect
 
 from app.books import assign, history, redeem, service
+from app.books import mine as mine_sql
 from app.books.schemas import CodeStatus
 from app.core import idempotency, outbox
 from app.notifications import fanout
@@ -145,10 +147,16 @@ def _codes(status: CodeStatus | None, *, mine: bool = False, bound: Bound = "pag
 
     return Statement(
         f"{who}{query}",
-        service.codes_sql(user=mine, status=status),
+        service.codes_sql(user=True, status=status, extra_columns=mine_sql.BOOK_CONTEXT)
+        if mine
+        else service.codes_sql(user=False, status=status),
         args,
         bound,
     )
+
+
+async def _user_books_args(conn: asyncpg.Connection) -> list[Any]:
+    return [HEAVY, 100]
 
 
 Window = Callable[[asyncpg.Connection], Awaitable[tuple[Any, Any]]]
@@ -292,6 +300,7 @@ STATEMENTS: tuple[Statement, ...] = (
     _codes(CodeStatus.redeemed),
     _codes(CodeStatus.unassigned, bound="density"),
     _codes(None, mine=True),
+    Statement("GET /me/books", mine_sql.MY_BOOKS_SQL, _user_books_args, "sweep"),
     # History.
     _history("GET /history"),
     _history("GET /history?action=rolled_back", action="rolled_back"),

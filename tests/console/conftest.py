@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 import asyncpg
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
 from pwdlib import PasswordHash
 
 from app.core.db import libpq_url
@@ -130,10 +130,14 @@ def accounts(settings: Settings) -> Accounts:
     return Accounts(settings.database_url or "")
 
 
-def shot(page: Page, name: str, *, full_page: bool = True) -> None:
-    """Save a screenshot for the README."""
+def shot(page: Page | Locator, name: str, *, full_page: bool = True) -> None:
+    """Save a screenshot for the README: of the page, or of one part of it."""
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=full_page)
+    path = str(SCREENSHOTS / f"{name}.png")
+    if isinstance(page, Locator):
+        page.screenshot(path=path)
+    else:
+        page.screenshot(path=path, full_page=full_page)
 
 
 @pytest.fixture

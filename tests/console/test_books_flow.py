@@ -124,9 +124,46 @@ def test_admin_runs_a_book_and_users_claim_lock_and_redeem(
     # Distribute: one code per member; the stats follow.
     page.goto(f"{server.url}/admin/books/{book_id}")
     page.get_by_role("combobox", name="Segment").select_option(label=f"Members {tag} (static)")
-    page.get_by_role("button", name="Distribute").click()
+    # A preview first: the audience and what will happen, then a confirmation.
+    page.get_by_role("button", name="Preview distribution").click()
+    confirm = page.locator("#distribute-confirm")
+    expect(confirm).to_be_focused()
+    expect(confirm.get_by_role("heading")).to_have_text(f"Distribute to Members {tag} (static)?")
+    expect(page.locator("#dist-summary")).to_have_text("3 people: 3 will get a code.")
+    expect(page.locator("#dist-details li")).to_have_text(
+        [f"{BIG_CSV_LINES:,} codes of this book not handed out yet."]
+    )
+    expect(page.locator("#dist-repeat")).to_be_hidden()
+    shot(confirm, "admin-distribute-preview")
+    expect(_stat(page, "assigned")).to_have_text("0")
+    confirm.get_by_role("button", name="Distribute 3 codes").click()
     expect(page.locator("#distribute-result")).to_contain_text("3 codes assigned.")
+    expect(page.locator("#distribute-result p")).to_be_focused()
     expect(_stat(page, "assigned")).to_have_text("3")
+    # The report follows: a chart of the day's activity, and the same numbers as a table.
+    report = page.locator("#report")
+    expect(report).to_have_attribute(
+        "data-summary", re.compile(r"Assigned 3, Locked 0, Redeemed 0")
+    )
+    expect(report.get_by_role("img")).to_have_attribute("aria-label", re.compile("Assigned 3"))
+    report.get_by_text("Show the numbers as a table").click()
+    expect(report.get_by_role("table").locator("tbody tr")).to_have_count(1)
+    expect(report.get_by_role("table").locator("tbody td").first).to_have_text("3")
+    shot(page.locator("#report").locator(".."), "admin-book-report")
+    # A quick repeat warns, and here nobody would get a second code.
+    page.get_by_role("button", name="Preview distribution").click()
+    expect(page.locator("#dist-summary")).to_have_text(
+        "3 people: 0 will get a code, 3 already at their limit."
+    )
+    expect(page.locator("#dist-repeat")).to_contain_text("were distributed")
+    expect(page.locator("#dist-details li").nth(1)).to_have_text(
+        "3 people already hold a code of this book."
+    )
+    expect(page.locator("#dist-repeat")).to_contain_text("(3 codes)")
+    expect(confirm.get_by_role("button", name="Nobody would get a code")).to_be_disabled()
+    confirm.get_by_role("button", name="Cancel").click()
+    expect(confirm).to_be_hidden()
+    expect(page.locator("#dist-segment")).to_be_focused()
     shot(page, "admin-book", full_page=False)
 
     # A member sees the distributed code; another user claims one from the book by id.
@@ -136,9 +173,15 @@ def test_admin_runs_a_book_and_users_claim_lock_and_redeem(
 
     user_page = new_page(390, 844)
     sign_in(user_page, server, claimer, "/app")
-    user_page.get_by_label("Book id").fill(book_id)
-    user_page.get_by_role("button", name="Claim a code from this book").click()
-    expect(user_page.locator("#claim-result")).to_contain_text("Your code:")
+    # The campaign is picked by name; its description, end and the caller's allowance show.
+    campaign = user_page.get_by_label("Campaign", exact=True)
+    campaign.select_option(label=f"Summer {tag}")
+    expect(user_page.locator("#claim-book-about")).to_contain_text("Ten percent off everything")
+    expect(user_page.locator("#claim-book-about")).to_contain_text(
+        "You hold 0; you may claim 1 more."
+    )
+    user_page.get_by_role("button", name="Claim a code from this campaign").click()
+    expect(user_page.locator("#claim-result")).to_contain_text(f"Your code from Summer {tag}:")
     claimed = user_page.locator("#claim-result code").inner_text()
     code_row = user_page.locator(f'tr[data-code="{claimed}"]')
     expect(code_row).to_have_attribute("data-status", "assigned")
@@ -159,9 +202,17 @@ def test_admin_runs_a_book_and_users_claim_lock_and_redeem(
     expect(code_row).to_have_attribute("data-status", "redeemed")
     shot(user_page, "app-codes-redeemed")
 
-    # A second claim breaks the book's one-code-per-user rule: the API's detail is shown.
-    user_page.get_by_role("button", name="Claim a code from this book").click()
-    expect(user_page.locator("#claim-form").get_by_role("alert")).to_contain_text("code")
+    # The codes are grouped under the campaign's name and description, the id second.
+    group = user_page.locator(f'.campaign[data-book="{book_id}"]')
+    expect(group.get_by_role("heading", name=f"Summer {tag}")).to_be_visible()
+    expect(group).to_contain_text("Ten percent off everything")
+    expect(group.locator("code.id")).to_have_text(book_id[:8])
+
+    # One code per user: the campaign is still listed, but cannot be picked again.
+    expect(campaign.locator("option", has_text=f"Summer {tag}")).to_have_text(
+        f"Summer {tag} (none left for you)"
+    )
+    expect(campaign.locator("option", has_text=f"Summer {tag}")).to_be_disabled()
 
     # The admin's stats show the redemption and the claim without a reload.
     expect(_stat(page, "redeemed")).to_have_text("1")
@@ -174,9 +225,22 @@ def test_admin_runs_a_book_and_users_claim_lock_and_redeem(
     expect(history).to_contain_text("assigned")
 
     # The order was cancelled: roll the redemption back from the code's history.
-    page.once("dialog", lambda dialog: dialog.accept("order cancelled"))
+    # The find-a-code tables name people by email, their ids second.
+    expect(history).to_contain_text(claimer.email)
     history.get_by_role("button", name="Roll back").click()
+    reason = history.get_by_label("Reason for the rollback")
+    expect(reason).to_be_focused()
+    reason.fill("order cancelled")
+    history.get_by_role("button", name="Confirm roll back").click()
     expect(history).to_contain_text("rolled_back")
+    expect(page.locator("#flash")).to_contain_text("Redemption rolled back")
+    expect(page.locator("#find-code")).to_be_focused()
+    rolled = accounts.fetch(
+        "SELECT details->>'reason' AS reason FROM redemption_history "
+        "WHERE action = 'rolled_back' AND book_id = $1",
+        uuid.UUID(book_id),
+    )
+    assert [r["reason"] for r in rolled] == ["order cancelled"]
     expect(_stat(page, "redeemed")).to_have_text("0")
     expect(_stat(page, "assigned")).to_have_text("4")
 

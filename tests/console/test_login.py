@@ -25,8 +25,12 @@ def test_admin_signs_in_with_httponly_strict_cookie_and_signs_out(
     page.get_by_label("Password").fill("wrong-password")
     page.get_by_role("button", name="Sign in").click()
     expect(page.get_by_role("alert")).to_have_text("Email or password is wrong.")
+    # The email typed is kept; the password field is next, marked and focused.
+    expect(page.get_by_label("Email")).to_have_value(admin.email)
+    expect(page.get_by_label("Password")).to_be_focused()
+    expect(page.get_by_label("Password")).to_have_attribute("aria-invalid", "true")
+    expect(page.get_by_text("Coupon books and flash promos")).to_be_visible()
 
-    page.get_by_label("Email").fill(admin.email)
     page.get_by_label("Password").fill(admin.password)
     page.get_by_role("button", name="Sign in").click()
     expect(page).to_have_url(f"{server.url}/admin")

@@ -74,7 +74,7 @@ def test_history_filters_and_pages(
     api = page.request
     book = api.post(
         f"{server.url}/api/v1/books",
-        data={"name": "History", "max_codes_per_user": None},
+        data={"name": f"History {uuid.uuid4().hex[:8]}", "max_codes_per_user": None},
         headers=headers,
     ).json()
     api.post(
@@ -90,13 +90,19 @@ def test_history_filters_and_pages(
         )
         assert response.status == 201, response.text()
 
+    # The campaign filter lists campaigns by name: the new one after a reload.
+    page.reload()
     form = page.locator("#history-form")
-    form.get_by_label("Book id").fill(book["id"])
+    form.get_by_label("Campaign", exact=True).select_option(label=book["name"])
     form.get_by_label("Action").select_option("assigned")
     form.get_by_label("Per page").select_option("10")
     form.get_by_role("button", name="Show history").click()
     rows = page.locator("#entries tbody tr")
     expect(rows).to_have_count(10)
+    # Names first: the campaign's name, its id second; the user's id shortened with a copy.
+    expect(rows.first).to_contain_text(book["name"])
+    expect(rows.first.locator("code.id").first).to_have_text(book["id"][:8])
+    expect(rows.first).to_contain_text(user.email)
     expect(page.locator("#page-label")).to_have_text("· page 1")
     page.get_by_role("button", name="Next page").click()
     expect(rows).to_have_count(2)
@@ -109,6 +115,7 @@ def test_history_filters_and_pages(
     user_page = new_page(390, 844)
     sign_in(user_page, server, user, "/app/history")
     expect(user_page.locator("#entries tbody tr")).to_have_count(12)
+    expect(user_page.locator("#entries tbody tr").first).to_contain_text(book["name"])
 
 
 def test_rule_segment_is_created_and_edited(

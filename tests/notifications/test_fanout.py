@@ -147,6 +147,9 @@ async def test_inbox_lists_and_marks_read_only_own_notifications(
     assert item["promo_id"] == str(promo)
     assert item["title"] == "Pan au chocolat"
     assert item["status"] == "unread"
+    # What the user needs to act on it: the price against the regular one, the store, the end.
+    assert (item["promo_price_cents"], item["price_cents"], item["currency"]) == (100, 180, "EUR")
+    assert item["store_name"] == "Bakery" and item["ends_at"]
     assert page["next_cursor"] is None
     empty = await live_client.get("/api/v1/me/notifications", headers=other.headers)
     assert empty.json() == {"items": [], "next_cursor": None}

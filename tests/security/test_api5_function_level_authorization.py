@@ -33,6 +33,8 @@ CONTRACT_ADMIN_ROUTES = {
     "GET /imports/{import_id}",
     "GET /imports/{import_id}/errors.csv",
     "DELETE /imports/{import_id}",
+    "POST /books/{book_id}/distribute/preview",  # additions: docs/decisions.md
+    "GET /books/{book_id}/report",
     "POST /codes/{code}/rollback",
     "GET /history",
     "POST /segments",
@@ -60,6 +62,7 @@ CONTRACT_ADMIN_ROUTES = {
     "DELETE /promos/{promo_id}",
     "POST /promos/{promo_id}/cancel",
     "GET /promos/{promo_id}/stats",
+    "GET /promos/{promo_id}/report",
     "GET /notifications/dead-letters",
     "POST /notifications/dead-letters/{job_id}/retry",
 }

@@ -13,7 +13,10 @@ import {
   every,
   flash,
   fmtTime,
+  idChip,
   onSubmit,
+  userCell,
+  userEmails,
   problemFrom,
   query,
   showProblem,
@@ -23,6 +26,7 @@ import {
   tiles,
 } from "./api.js";
 import { bookBody, fillBookForm } from "./book-form.js";
+import { drawReport } from "./charts.js";
 
 const bookId = $("#book").dataset.bookId;
 const base = `/books/${bookId}`;
@@ -39,6 +43,7 @@ $("#export").href = `${API}${base}/codes.csv`;
 function renderStats(book) {
   const s = book.stats || {};
   $("#book-name").textContent = book.name;
+  if (!$("#book-id").firstChild) $("#book-id").append(idChip(book.id, "book id"));
   document.title = `${book.name} · Coupon console`;
   $("#book-status").replaceChildren(el("span", { class: "status status-" + book.status }, book.status));
   $("#stats").replaceChildren(
@@ -275,27 +280,147 @@ async function loadSegments() {
   }
 }
 
+// A distribution to this book within this many minutes makes the next one warn.
+const REPEAT_MINUTES = 15;
+let pending = null; // the body the shown preview is for
+
+const plural = (n, one, many) => `${Number(n).toLocaleString()} ${n === 1 ? one : many}`;
+
+async function recentDistribution() {
+  const since = new Date(Date.now() - REPEAT_MINUTES * 60_000).toISOString();
+  const page = await api("GET", "/history" + query({ book_id: bookId, action: "assigned", since, limit: 500 }));
+  const handed = page.items.filter((h) => h.details && h.details.distribute);
+  return handed.length ? { count: handed.length, at: handed[0].at, more: Boolean(page.next_cursor) } : null;
+}
+
+function hideConfirm() {
+  pending = null;
+  $("#distribute-confirm").hidden = true;
+}
+
 onSubmit($("#distribute-form"), async (data) => {
-  const r = await api("POST", `${base}/distribute`, { segment_id: data.get("segment_id") });
-  const skipped = r.skipped || {};
-  $("#distribute-result").replaceChildren(
-    el("p", { class: "ok" }, `${r.assigned} codes assigned.`),
-    table(
-      ["Assigned", "Skipped: at limit", "Skipped: no codes left", "Skipped: unknown users"],
-      [[r.assigned, skipped.limit_reached ?? 0, skipped.exhausted ?? 0, skipped.unknown_users ?? 0]],
-      "Distribution result",
-    ),
-  );
-  refresh();
+  const body = { segment_id: data.get("segment_id") };
+  const select = $("#dist-segment");
+  const segmentName = select.selectedOptions[0] ? select.selectedOptions[0].textContent : "the segment";
+  const [p, recent] = await Promise.all([api("POST", `${base}/distribute/preview`, body), recentDistribution()]);
+  const skipped = p.skipped || {};
+  $("#distribute-result").replaceChildren();
+  $("#dist-problem").replaceChildren();
+  $("#dist-name").textContent = segmentName;
+  $("#dist-summary").textContent =
+    `${plural(p.audience, "person", "people")}: ${p.would_assign} will get a code` +
+    (skipped.limit_reached ? `, ${skipped.limit_reached} already at their limit` : "") +
+    (skipped.exhausted ? `, ${skipped.exhausted} will get none because codes run out` : "") +
+    ".";
+  const details = [el("li", {}, `${plural(p.free_codes, "code", "codes")} of this book not handed out yet.`)];
+  if (p.already_holding) {
+    details.push(
+      el("li", {}, `${plural(p.already_holding, "person already holds", "people already hold")} a code of this book` +
+        (p.would_assign ? "; those under their limit will get another." : ".")),
+    );
+  }
+  $("#dist-details").replaceChildren(...details);
+  const repeat = $("#dist-repeat");
+  repeat.hidden = !recent;
+  repeat.textContent = recent
+    ? `This book's codes were distributed ${Math.max(1, Math.round((Date.now() - new Date(recent.at)) / 60000))} minute(s) ago ` +
+      `(${recent.more ? "over " : ""}${plural(recent.count, "code", "codes")}). Distributing again gives people further codes where the limit allows.`
+    : "";
+  const go = $("#dist-go");
+  go.disabled = p.would_assign === 0;
+  go.textContent = p.would_assign ? `Distribute ${plural(p.would_assign, "code", "codes")}` : "Nobody would get a code";
+  pending = body;
+  const box = $("#distribute-confirm");
+  box.hidden = false;
+  box.focus();
 });
 
+$("#dist-cancel").addEventListener("click", () => {
+  hideConfirm();
+  $("#dist-segment").focus();
+});
+
+$("#dist-go").addEventListener("click", async () => {
+  if (!pending) return;
+  const go = $("#dist-go");
+  go.disabled = true;
+  try {
+    const r = await api("POST", `${base}/distribute`, pending);
+    const skipped = r.skipped || {};
+    hideConfirm();
+    const result = $("#distribute-result");
+    result.replaceChildren(
+      el("p", { class: "ok", tabindex: "-1" }, `${plural(r.assigned, "code", "codes")} assigned.`),
+      table(
+        ["Assigned", "Skipped: at limit", "Skipped: no codes left", "Skipped: unknown users"],
+        [[r.assigned, skipped.limit_reached ?? 0, skipped.exhausted ?? 0, skipped.unknown_users ?? 0]],
+        "Distribution result",
+      ),
+    );
+    result.querySelector("p").focus();
+    refresh();
+    loadReport();
+  } catch (err) {
+    showProblem($("#dist-problem"), err);
+  } finally {
+    go.disabled = false;
+  }
+});
+
+$("#dist-segment").addEventListener("change", hideConfirm);
+
 // ---- find a code and its history ----
+
+/** "Roll back" opens a reason field and a confirmation in place (no browser prompt). */
+function rollbackControl(code, redemptionId, problem) {
+  const holder = el("div", { class: "rollback" });
+  const id = `reason-${redemptionId}`;
+  const open = el("button", { type: "button", class: "secondary" }, "Roll back");
+  const form = el(
+    "form",
+    { class: "rollback-form", hidden: true },
+    el("label", { for: id }, "Reason for the rollback ", el("span", { class: "hint" }, "(optional)")),
+    el("input", { id, name: "reason", maxlength: "500", autocomplete: "off" }),
+    el(
+      "div",
+      { class: "actions" },
+      el("button", { type: "submit" }, "Confirm roll back"),
+      el("button", { type: "button", class: "secondary", "data-cancel": "" }, "Cancel"),
+    ),
+  );
+  open.addEventListener("click", () => {
+    open.hidden = true;
+    form.hidden = false;
+    form.querySelector("input").focus();
+  });
+  form.querySelector("[data-cancel]").addEventListener("click", () => {
+    form.hidden = true;
+    open.hidden = false;
+    open.focus();
+  });
+  onSubmit(form, async (data) => {
+    const reason = String(data.get("reason") || "").trim();
+    await api("POST", `/codes/${encodeURIComponent(code)}/rollback`, {
+      redemption_id: redemptionId,
+      ...(reason ? { reason } : {}),
+    });
+    problem.replaceChildren();
+    await showCode(code);
+    refresh();
+    const status = $("#find-result td:nth-child(2)");
+    flash(`Redemption rolled back; ${code} is ${status ? status.textContent : "usable again"}.`);
+    $("#find-code").focus();
+  });
+  holder.append(open, form);
+  return holder;
+}
 
 async function showCode(code) {
   const [c, history] = await Promise.all([
     api("GET", `/codes/${encodeURIComponent(code)}`),
     api("GET", "/history" + query({ code, limit: 100 })),
   ]);
+  await userEmails([c.user_id, ...history.items.flatMap((h) => [h.user_id, h.actor_id])]);
   const box = $("#find-result");
   const problem = el("div");
   const actions = el("div", { class: "actions" });
@@ -308,21 +433,11 @@ async function showCode(code) {
     );
   }
   const rows = history.items.map((h) => {
-    const cells = [fmtTime(h.at), h.action, h.user_id || "—", h.actor_id || "—"];
+    const cells = [fmtTime(h.at), h.action, userCell(h.user_id), userCell(h.actor_id)];
     const tr = el("tr", {}, cells.map((v) => el("td", {}, v)));
     const td = el("td");
     if (h.action === "redeemed") {
-      td.append(
-        actionButton("Roll back", async () => {
-          const reason = prompt("Reason for the rollback (optional)") ?? "";
-          await api("POST", `/codes/${encodeURIComponent(c.code)}/rollback`, {
-            redemption_id: h.id,
-            ...(reason ? { reason } : {}),
-          });
-          await showCode(c.code);
-          refresh();
-        }, problem, { class: "secondary" }),
-      );
+      td.append(rollbackControl(c.code, h.id, problem));
     }
     tr.append(td);
     return tr;
@@ -330,12 +445,12 @@ async function showCode(code) {
   box.replaceChildren(
     table(
       ["Code", "Status", "User", "Assigned", "Locked until", "Redemptions", "Left"],
-      [[el("code", {}, c.code), c.status, c.user_id || "—", fmtTime(c.assigned_at), fmtTime(c.locked_until), c.redemptions, c.redemptions_left ?? "∞"]],
+      [[el("code", {}, c.code), c.status, userCell(c.user_id), fmtTime(c.assigned_at), fmtTime(c.locked_until), c.redemptions, c.redemptions_left ?? "∞"]],
       "Code",
     ),
     actions,
     problem,
-    table(["When", "Action", "User", "By", ""], rows, "History"),
+    table(["When", "Action", "User", "By", "Actions"], rows, "History"),
   );
 }
 
@@ -355,7 +470,7 @@ async function loadCodes(cursor) {
     $("#codes").replaceChildren(
       table(
         ["Code", "Status", "User", "Assigned", "Redemptions"],
-        page.items.map((c) => [el("code", {}, c.code), c.status, c.user_id || "—", fmtTime(c.assigned_at), c.redemptions]),
+        page.items.map((c) => [el("code", {}, c.code), c.status, idChip(c.user_id, "user id"), fmtTime(c.assigned_at), c.redemptions]),
       ),
     );
     $("#codes-next").hidden = !codesCursor;
@@ -375,3 +490,25 @@ $("#codes-first").addEventListener("click", () => loadCodes(null));
 every(3000, refresh);
 loadSegments();
 loadCodes(null);
+
+// ---- report ----
+
+const BOOK_SERIES = [
+  { key: "assigned", label: "Assigned", color: "#3b7dd8" },
+  { key: "locked", label: "Locked", color: "#b36b00" },
+  { key: "redeemed", label: "Redeemed", color: "#1d8a3d" },
+  { key: "rolled_back", label: "Rolled back", color: "#a3161b" },
+];
+
+async function loadReport() {
+  try {
+    const report = await api("GET", `${base}/report` + query({ bucket: $("#report-bucket").value }));
+    drawReport($("#report"), report, BOOK_SERIES, "Codes over time");
+    $("#report-problem").replaceChildren();
+  } catch (err) {
+    showProblem($("#report-problem"), err);
+  }
+}
+
+$("#report-bucket").addEventListener("change", loadReport);
+every(30000, loadReport);

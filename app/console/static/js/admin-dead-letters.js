@@ -1,8 +1,17 @@
 // /admin/dead-letters: failed notification jobs, with replay.
-import { $, actionButton, api, el, flash, fmtTime, query, showProblem, table } from "./api.js";
+import { $, actionButton, allPages, api, el, flash, fmtTime, named, query, showProblem, table } from "./api.js";
 
 let cursor = null;
 const rows = [];
+let promoNames = null;
+
+// Promos by name; the id stays second.
+async function promoName(id) {
+  if (!promoNames) {
+    promoNames = new Map((await allPages("/promos")).map((p) => [p.id, p.title ?? p.name]));
+  }
+  return promoNames.get(id);
+}
 
 async function load(more = false) {
   const box = $("#dl-problem");
@@ -11,6 +20,7 @@ async function load(more = false) {
     if (!more) rows.length = 0;
     rows.push(...page.items);
     cursor = page.next_cursor;
+    for (const d of rows) if (d.promo_id) d.promo_name = await promoName(d.promo_id);
     box.replaceChildren();
   } catch (err) {
     showProblem(box, err);
@@ -18,11 +28,11 @@ async function load(more = false) {
   }
   $("#dead-letters").replaceChildren(
     table(
-      ["Job", "Topic", "Promo", "Notifications", "Attempts", "Last error", "Updated", ""],
+      ["Job", "Topic", "Promo", "Notifications", "Attempts", "Last error", "Updated", "Actions"],
       rows.map((d) => [
         d.id,
         d.topic,
-        d.promo_id || "—",
+        d.promo_id ? named(d.promo_name ?? "Promo", d.promo_id, "promo id") : "—",
         d.notifications,
         `${d.attempts} / ${d.max_attempts}`,
         d.last_error || "—",

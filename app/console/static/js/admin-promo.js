@@ -1,5 +1,6 @@
 // /admin/promos/{id}: live stats while the promo runs, edit, cancel.
-import { $, api, changed, el, every, flash, fmtTime, onSubmit, showProblem, tiles } from "./api.js";
+import { $, api, changed, el, every, flash, fmtTime, onSubmit, query, showProblem, tiles } from "./api.js";
+import { drawReport } from "./charts.js";
 import { fillPromo, prepare, promoBody } from "./promo-form.js";
 
 const id = $("#promo").dataset.promoId;
@@ -86,3 +87,25 @@ every(1000, () => {
     refresh();
   }
 });
+
+// ---- report ----
+
+const PROMO_SERIES = [
+  { key: "reserved", label: "Reserved", color: "#3b7dd8" },
+  { key: "purchased", label: "Sold", color: "#1d8a3d" },
+  { key: "notified", label: "Notified", color: "#6b4fa3" },
+  { key: "read", label: "Notifications read", color: "#b36b00" },
+];
+
+async function loadReport() {
+  try {
+    const report = await api("GET", `/promos/${id}/report` + query({ bucket: $("#report-bucket").value }));
+    drawReport($("#report"), report, PROMO_SERIES, "Sales and notifications");
+    $("#report-problem").replaceChildren();
+  } catch (err) {
+    showProblem($("#report-problem"), err);
+  }
+}
+
+$("#report-bucket").addEventListener("change", loadReport);
+every(30000, loadReport);

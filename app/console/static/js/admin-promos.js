@@ -1,12 +1,16 @@
 // /admin/promos: every promo with its status, and the "new promo" form.
 import { $, api, el, every, fmtTime, money, onSubmit, query, showProblem, table } from "./api.js";
-import { defaultWindow, prepare, promoBody } from "./promo-form.js";
+import { currencyOf, defaultWindow, prepare, promoBody } from "./promo-form.js";
 
 const form = $("#promo-form");
 let pages = 1;
 let nextCursor = null;
 
+// Prices show in their product's currency: the products are read first.
+const ready = prepare(form).catch((err) => showProblem(form.querySelector(".problem"), err));
+
 async function load() {
+  await ready;
   const promos = [];
   let cursor = null;
   try {
@@ -31,7 +35,7 @@ async function load() {
           { dataset: { promo: p.id } },
           el("td", {}, el("a", { href: `/admin/promos/${p.id}` }, p.title)),
           el("td", {}, el("span", { class: "status status-" + p.status }, p.status)),
-          el("td", {}, money(p.promo_price_cents)),
+          el("td", {}, money(p.promo_price_cents, currencyOf(p.product_id))),
           el("td", { class: "num" }, p.quantity),
           el("td", {}, fmtTime(p.starts_at)),
           el("td", {}, fmtTime(p.ends_at)),
@@ -54,5 +58,4 @@ onSubmit(form, async (data) => {
 });
 
 defaultWindow(form);
-prepare(form).catch((err) => showProblem(form.querySelector(".problem"), err));
 every(10000, load);

@@ -44,10 +44,14 @@ $("#delete").addEventListener("click", async () => {
   }
 });
 
+let membersSeq = 0; // a listing answered after a newer one was asked for is dropped
+
 async function loadMembers(more = false) {
   const box = $("#members-problem");
+  const seq = ++membersSeq;
   try {
     const page = await api("GET", `${base}/members` + query({ limit: 100, cursor: more ? membersCursor : null }));
+    if (seq !== membersSeq) return;
     if (!more) members.length = 0;
     members.push(...page.items);
     membersCursor = page.next_cursor;
@@ -57,7 +61,7 @@ async function loadMembers(more = false) {
   }
   $("#members").replaceChildren(
     table(
-      ["Email", "User id", ""],
+      ["Email", "User id", "Actions"],
       members.map((m) => [
         m.email,
         el("code", {}, m.user_id),
@@ -98,7 +102,7 @@ async function loadUsers(more = false) {
   const box = $("#members-problem");
   $("#users").replaceChildren(
     table(
-      ["Email", "Role", ""],
+      ["Email", "Role", "Actions"],
       users.map((u) => [
         u.email,
         u.role,

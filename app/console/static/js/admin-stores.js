@@ -1,5 +1,5 @@
 // /admin/stores: stores and products (list/create/edit/delete) and a distance table.
-import { $, actionButton, api, el, flash, money, onSubmit, query, showProblem, table } from "./api.js";
+import { $, actionButton, api, el, flash, fromMinor, money, onSubmit, query, showProblem, table, toMinor } from "./api.js";
 import { distanceM, fmtDistance, here } from "./geo.js";
 
 let stores = [];
@@ -46,7 +46,7 @@ function renderStores() {
   const box = $("#stores-problem");
   $("#stores").replaceChildren(
     table(
-      ["Name", "Latitude", "Longitude", "Address", ""],
+      ["Name", "Latitude", "Longitude", "Address", "Actions"],
       stores.map((s) => [
         s.name,
         s.lat,
@@ -76,7 +76,7 @@ function renderProducts() {
   const names = new Map(stores.map((s) => [s.id, s.name]));
   $("#products").replaceChildren(
     table(
-      ["Name", "Store", "Price", ""],
+      ["Name", "Store", "Price", "Actions"],
       products.map((p) => [
         p.name,
         names.get(p.store_id) || p.store_id,
@@ -84,7 +84,7 @@ function renderProducts() {
         el(
           "div",
           { class: "actions" },
-          el("button", { type: "button", class: "secondary", "aria-label": `Edit ${p.name}`, onclick: () => productForm.edit(p) }, "Edit"),
+          el("button", { type: "button", class: "secondary", "aria-label": `Edit ${p.name}`, onclick: () => productForm.edit({ ...p, price: fromMinor(p.price_cents, p.currency) }) }, "Edit"),
           actionButton("Delete", async () => {
             if (!confirm(`Delete ${p.name}?`)) return;
             await api("DELETE", `/products/${p.id}`);
@@ -123,9 +123,9 @@ onSubmit($("#product-form"), async (data) => {
   const body = {
     store_id: data.get("store_id"),
     name: String(data.get("name")).trim(),
-    price_cents: Number.parseInt(data.get("price_cents"), 10),
     currency: String(data.get("currency")).trim().toUpperCase(),
   };
+  body.price_cents = toMinor(data.get("price"), body.currency, "price_cents");
   await api(id ? "PATCH" : "POST", id ? `/products/${id}` : "/products", body);
   flash(id ? "Product saved." : "Product created.");
   productForm.done();

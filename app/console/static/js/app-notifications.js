@@ -1,5 +1,5 @@
 // /app/notifications: my inbox, live over Server-Sent Events when the stream is available.
-import { $, API, actionButton, api, el, fmtTime, query, showProblem } from "./api.js";
+import { $, API, actionButton, api, el, fmtTime, money, query, showProblem } from "./api.js";
 
 const list = $("#notifications");
 const seen = new Set();
@@ -9,8 +9,24 @@ function item(n) {
   const li = el(
     "li",
     { class: n.status === "unread" ? "unread" : "", dataset: { notification: n.id } },
-    el("article", {}, el("h3", {}, n.title || "A promo near you has started"), el("p", { class: "muted" }, fmtTime(n.created_at)),
-      el("p", {}, el("a", { href: "/app/promos" }, "See promos near me"))),
+    el(
+      "article",
+      {},
+      el("h3", {}, n.title || "A promo near you has started"),
+      n.promo_price_cents != null
+        ? el(
+            "p",
+            { class: "offer" },
+            el("strong", {}, money(n.promo_price_cents, n.currency)),
+            " instead of ",
+            el("s", {}, money(n.price_cents, n.currency)),
+            n.store_name ? ` at ${n.store_name}` : "",
+            n.ends_at ? ` · until ${fmtTime(n.ends_at)}` : "",
+          )
+        : null,
+      el("p", { class: "muted" }, "Sent ", fmtTime(n.created_at)),
+      el("p", {}, el("a", { href: `/app/promos#promo-${n.promo_id}` }, `See ${n.title || "this promo"}`)),
+    ),
   );
   if (n.status === "unread") {
     li.append(

@@ -22,7 +22,10 @@ export function bookBody(data, patch = false) {
       metadata = null;
     }
     if (!metadata || typeof metadata !== "object" || Array.isArray(metadata)) {
-      throw new ApiError(422, { detail: "Metadata must be a JSON object, like {\"key\": \"value\"}." });
+      throw new ApiError(422, {
+        detail: "Metadata must be a JSON object.",
+        errors: [{ loc: ["metadata"], msg: "Metadata must be a JSON object, like {\"key\": \"value\"}." }],
+      });
     }
   }
   if (patch) {

@@ -1,11 +1,12 @@
 // History with filters and cursor paging (admin: /history, user: /me/history).
-import { $, api, el, fmtTime, localToIso, onSubmit, query, showProblem, table } from "./api.js";
+import { $, api, bookNames, el, fmtTime, localToIso, named, onSubmit, query, showProblem, table, userCell, userEmails } from "./api.js";
 
 const path = document.querySelector("script[data-path]").dataset.path;
 const form = $("#history-form");
 const cursors = [null]; // cursors[i] opens page i
 let index = 0;
 let filters = {};
+let names = new Map();
 
 function readFilters(data) {
   const f = {};
@@ -17,21 +18,36 @@ function readFilters(data) {
   return f;
 }
 
+async function loadNames() {
+  names = await bookNames(path === "/history");
+  const select = $("#h-book");
+  const keep = select.value;
+  const sorted = [...names].sort((a, b) => a[1].localeCompare(b[1]));
+  select.replaceChildren(
+    el("option", { value: "" }, "Any"),
+    ...sorted.map(([id, name]) => el("option", { value: id, selected: id === keep }, name)),
+  );
+}
+
 async function show(i) {
   const page = await api("GET", path + query({ ...filters, cursor: cursors[i] }));
+  // A campaign created since the names were read: read them again, once per page shown.
+  if (page.items.some((h) => !names.has(h.book_id))) await loadNames();
+  const admin = path === "/history";
+  if (admin) await userEmails(page.items.flatMap((h) => [h.user_id, h.actor_id]));
   index = i;
   cursors[i + 1] = page.next_cursor;
   cursors.length = i + 2;
   $("#entries").replaceChildren(
     table(
-      ["When", "Action", "Code", "Book", "User", "By", "Details"],
+      ["When", "Action", "Code", "Campaign", "User", "By", "Details"],
       page.items.map((h) => [
         fmtTime(h.at),
         el("span", { class: "status status-" + h.action }, h.action),
         el("code", {}, h.code),
-        h.book_id,
-        h.user_id || "—",
-        h.actor_id || "—",
+        named(names.get(h.book_id) ?? "Campaign", h.book_id, "campaign id"),
+        admin ? userCell(h.user_id) : "you",
+        h.actor_id === h.user_id ? (admin ? "themself" : "you") : admin ? userCell(h.actor_id) : "an admin",
         h.details && Object.keys(h.details).length ? JSON.stringify(h.details) : "",
       ]),
     ),
@@ -44,11 +60,32 @@ async function show(i) {
 onSubmit(form, async (data) => {
   filters = readFilters(data);
   cursors.length = 1;
-  await show(0);
+  try {
+    await show(0);
+  } catch (err) {
+    $("#entries").replaceChildren();
+    $("#page-label").textContent = "";
+    throw err;
+  }
 });
 
 const problem = () => form.querySelector(".problem");
-$("#next").addEventListener("click", () => show(index + 1).catch((e) => showProblem(problem(), e)));
-$("#prev").addEventListener("click", () => show(index - 1).catch((e) => showProblem(problem(), e)));
+// A page that could not be read leaves no stale rows under its problem.
+function failed(err) {
+  $("#entries").replaceChildren();
+  $("#page-label").textContent = "";
+  showProblem(problem(), err);
+}
+$("#next").addEventListener("click", () => show(index + 1).catch(failed));
+$("#prev").addEventListener("click", () => show(index - 1).catch(failed));
 
-form.requestSubmit();
+// Campaigns by name in the filter and the table; the ids stay second.
+async function start() {
+  try {
+    await loadNames();
+  } catch (err) {
+    showProblem(problem(), err);
+  }
+  form.requestSubmit();
+}
+start();

@@ -1,5 +1,5 @@
 // The promo form (new and edit): products and segments to choose from, body building.
-import { api, el, intOrNull, isoToLocal, localToIso, money, query } from "./api.js";
+import { api, el, fromMinor, intOrNull, isoToLocal, localToIso, money, query, toMinor } from "./api.js";
 
 async function all(path) {
   const items = [];
@@ -10,6 +10,14 @@ async function all(path) {
     cursor = page.next_cursor;
   } while (cursor);
   return items;
+}
+
+/** Products by id, for their currency. */
+export const productsById = new Map();
+
+export function currencyOf(productId) {
+  const product = productsById.get(productId);
+  return product ? product.currency : "EUR";
 }
 
 /** Fill the product select and the segment checkboxes; returns {products, stores}. */
@@ -23,6 +31,15 @@ export async function prepare(form) {
       el("option", { value: p.id }, `${p.name} · ${storeNames.get(p.store_id) || "?"} · ${money(p.price_cents, p.currency)}`),
     ),
   );
+  for (const p of products) productsById.set(p.id, p);
+  const showCurrency = () => {
+    const product = productsById.get(select.value);
+    form.querySelector("[data-currency]").textContent = product
+      ? `(in ${product.currency}; regular price ${money(product.price_cents, product.currency)})`
+      : "";
+  };
+  select.addEventListener("change", showCurrency);
+  form.showCurrency = showCurrency;
   const box = form.querySelector("[data-segments]");
   box.replaceChildren(
     ...(segments.length
@@ -38,7 +55,7 @@ export function promoBody(data, form) {
   return {
     product_id: data.get("product_id"),
     title: String(data.get("title")).trim(),
-    promo_price_cents: intOrNull(data.get("promo_price_cents")),
+    promo_price_cents: toMinor(data.get("promo_price"), currencyOf(data.get("product_id")), "promo_price_cents"),
     quantity: intOrNull(data.get("quantity")),
     max_per_user: intOrNull(data.get("max_per_user")),
     radius_m: intOrNull(data.get("radius_m")),
@@ -50,9 +67,11 @@ export function promoBody(data, form) {
 }
 
 export function fillPromo(form, promo) {
-  for (const key of ["title", "promo_price_cents", "quantity", "max_per_user", "radius_m", "product_id"]) {
+  for (const key of ["title", "quantity", "max_per_user", "radius_m", "product_id"]) {
     form.elements[key].value = promo[key] ?? "";
   }
+  form.elements.promo_price.value = fromMinor(promo.promo_price_cents, currencyOf(promo.product_id));
+  if (form.showCurrency) form.showCurrency();
   form.elements.starts_at.value = isoToLocal(promo.starts_at);
   form.elements.ends_at.value = isoToLocal(promo.ends_at);
   form.elements.active.checked = promo.active;
