@@ -16,10 +16,12 @@ from app.api.services import STATE_KEY, Services
 from app.api_links import install_links
 from app.auth.external import ExternalUsers
 from app.auth.router import router as auth_router
+from app.books.checksum import load_prefixes
 from app.books.codes_router import router as codes_router
 from app.books.history_router import router as history_router
 from app.books.router import router as books_router
 from app.console.router import router as console_router
+from app.core.cache import Cached
 from app.core.db import Database
 from app.core.front import ServiceApp
 from app.core.idempotency import install_idempotency_handler
@@ -76,6 +78,7 @@ def build_services(settings: Settings) -> Services:
         ),
         external_users=ExternalUsers(settings, db),
         migration_heads=frozenset(head_revisions()),
+        checksum_prefixes=Cached(load_prefixes, (), settings.checksum_refresh_seconds),
     )
 
 

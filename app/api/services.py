@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from starlette.requests import HTTPConnection
 
+from app.core.cache import Cached
 from app.core.db import Database
 from app.core.ratelimit import RateLimits
 from app.core.security import ExternalUsers, TokenService
@@ -23,6 +24,8 @@ class Services:
     rate_limits: RateLimits
     external_users: ExternalUsers
     migration_heads: frozenset[str]
+    # Claimed checksum prefixes (app/books/checksum.py), longest first.
+    checksum_prefixes: Cached[tuple[str, ...]]
 
 
 def services_of(connection: HTTPConnection) -> Services:

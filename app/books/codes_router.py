@@ -13,8 +13,9 @@ from typing import Annotated
 import asyncpg
 from fastapi import APIRouter, Body, Response, status
 
-from app.api.deps import AdminUser, CurrentUser, RateLimit, Tx
-from app.books import assign, redeem, service
+from app.api.deps import AdminUser, AppServices, CurrentUser, RateLimit, Tx
+from app.api.services import Services
+from app.books import assign, checksum, redeem, service
 from app.books.schemas import (
     AssignIn,
     CodeOut,
@@ -36,6 +37,12 @@ from app.core.transaction import Transaction
 
 router = APIRouter(tags=["codes"], route_class=LeanRoute)
 CODE_ERRORS = problems(*AUTH, 403, 404, 409)
+
+
+async def _refuse_mistyped(services: Services, conn: asyncpg.Connection, code: str) -> None:
+    """422 `code-mistyped` for a code whose check character is wrong, before any code table
+    is read (the claimed prefixes are cached; no query while the cache is fresh)."""
+    checksum.refuse_mistyped(await services.checksum_prefixes.get(conn), code)
 
 
 def _owner(user: Principal) -> uuid.UUID | None:
@@ -62,12 +69,14 @@ async def assign_code(
     tx: Tx,
     response: Response,
     limits: RateLimit,
+    services: AppServices,
     body: Annotated[AssignIn | None, Body()] = None,
 ) -> CodeOut:
     """Claim this specific code (a user for themself, an admin for `user_id`).
-    409 `code-unavailable`, `code-limit-reached`, `book-inactive`."""
+    409 `code-unavailable`, `code-limit-reached`, `book-inactive`; 422 `code-mistyped`."""
 
     async def claim(conn: asyncpg.Connection, target: uuid.UUID) -> CodeOut:
+        await _refuse_mistyped(services, conn, code)
         return await assign.assign_code(conn, code, target, user.id)
 
     return await _assign(user, tx, response, limits, body, claim)
@@ -78,13 +87,15 @@ async def lock_code(
     code: str,
     user: CurrentUser,
     tx: Tx,
+    services: AppServices,
     body: Annotated[LockIn | None, Body()] = None,
 ) -> LockedCodeOut:
     """Hold the code for checkout for `ttl_seconds` (default and maximum: the book's lock
     TTL). Locking a locked code is 409 `code-locked` unless `lock_id` is the live one, which
-    extends the lock."""
+    extends the lock. 422 `code-mistyped`."""
     body = body or LockIn()
     async with tx as conn:
+        await _refuse_mistyped(services, conn, code)
         out = await redeem.lock(
             conn,
             code,
@@ -123,13 +134,15 @@ async def redeem_code(
     code: str,
     user: CurrentUser,
     tx: Tx,
+    services: AppServices,
     body: Annotated[RedeemIn | None, Body()] = None,
 ) -> RedeemOut:
     """Use the code once (from `assigned`, or `locked` with its `lock_id`). 409
     `code-locked`, `code-not-assigned`, `redemption-limit-reached`,
-    `user-redemption-limit-reached`, `book-inactive`."""
+    `user-redemption-limit-reached`, `book-inactive`; 422 `code-mistyped`."""
     body = body or RedeemIn()
     async with tx as conn:
+        await _refuse_mistyped(services, conn, code)
         out = await redeem.redeem(
             conn,
             code,
@@ -148,10 +161,13 @@ async def validate_code(
     code: str,
     user: CurrentUser,
     tx: Tx,
+    services: AppServices,
     body: Annotated[ValidateIn | None, Body()] = None,
 ) -> ValidateOut:
-    """Would redeeming work now? Changes nothing; names the problem redeem would raise."""
+    """Would redeeming work now? Changes nothing; names the problem redeem would raise.
+    422 `code-mistyped` for a code whose check character is wrong."""
     async with tx as conn:
+        await _refuse_mistyped(services, conn, code)
         slug = await redeem.validate(
             conn, code, owner=_owner(user), lock_id=body.lock_id if body else None
         )

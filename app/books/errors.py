@@ -51,3 +51,9 @@ class InvalidCsv(ProblemError):
     """Import rejected; `errors: [{line, code, reason}]` (first 100), nothing stored."""
 
     status, slug, title = 422, "invalid-csv", "Invalid CSV"
+
+
+class CodeMistyped(ProblemError):
+    """The code's check character is wrong for its checksum namespace: refused unread."""
+
+    status, slug, title = 422, "code-mistyped", "Code mistyped"

@@ -11,7 +11,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
 
-from app.api.deps import AdminUser, Idempotent, IdempotentUpload, Session
+from app.api.deps import AdminUser, AppServices, Idempotent, IdempotentUpload, Session
 from app.books import assign, export, generate, imports, service
 from app.books.schemas import (
     BookIn,
@@ -126,11 +126,17 @@ async def generate_codes(
     session: Session,
     response: Response,
     idem: Idempotent,
+    services: AppServices,
 ) -> GenerateOut:
     """Generate `count` globally unique codes from a pattern (`#` digit 2-9, `?` letter,
-    `*` either, other characters literal) or a prefix and length; no 0/O or 1/I/L."""
-    await service.get_book(session, book_id)
-    inserted = await generate.generate(session, book_id, body)
+    `*` either, other characters literal) or a prefix and length; no 0/O or 1/I/L.
+    `checksum` (default: the book's): each code ends in a check character, and the
+    pattern's literal prefix becomes a checksum namespace."""
+    book = await service.get_book(session, book_id)
+    checked = book.checksum if body.checksum is None else body.checksum
+    inserted = await generate.generate(session, book_id, body, checked=checked)
+    if checked:
+        services.checksum_prefixes.stale()
     out = GenerateOut(inserted=inserted)
     response.headers["Location"] = f"/api/v1/books/{book_id}/codes"
     await idem.remember(status.HTTP_201_CREATED, out)

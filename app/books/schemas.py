@@ -12,6 +12,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictBool,
     StringConstraints,
     model_validator,
 )
@@ -87,6 +88,8 @@ class BookIn(BaseModel):
     starts_at: Timestamp | None = None
     expires_at: Timestamp | None = None
     metadata: Metadata = Field(default_factory=dict)
+    # Generated codes end in a check character unless a generate says `checksum: false`.
+    checksum: StrictBool = False
 
     @model_validator(mode="after")
     def _window(self) -> BookIn:
@@ -111,10 +114,11 @@ class BookPatch(BaseModel):
     starts_at: Timestamp | None = None
     expires_at: Timestamp | None = None
     metadata: Metadata | None = None
+    checksum: StrictBool | None = None
 
     @model_validator(mode="after")
     def _not_null(self) -> BookPatch:
-        for field in ("name", "status", "max_redemptions_per_code", "lock_ttl_seconds"):
+        for field in ("name", "status", "max_redemptions_per_code", "lock_ttl_seconds", "checksum"):
             if field in self.model_fields_set and getattr(self, field) is None:
                 raise ValueError(f"{field} cannot be null")
         _check_window(self.starts_at, self.expires_at)
@@ -153,6 +157,7 @@ class BookOut(BaseModel):
     starts_at: datetime | None
     expires_at: datetime | None
     metadata: dict[str, Any]
+    checksum: bool = False
     created_at: datetime
     stats: Stats
 
@@ -374,6 +379,9 @@ class GenerateIn(BaseModel):
     pattern: CodePattern | None = None
     prefix: CodePrefix | None = None
     length: Annotated[int, Field(strict=True, ge=1, le=CODE_MAX_LENGTH)] = 10
+    # End each code in a check character (default: the book's `checksum`); needs a literal
+    # prefix (pattern or `prefix`), which becomes the checksum namespace.
+    checksum: StrictBool | None = None
 
 
 class GenerateOut(BaseModel):

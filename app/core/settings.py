@@ -91,6 +91,9 @@ class Settings(BaseSettings):
     rate_limit_auth: str = "20/minute"
     rate_limit_assign: str = "600/minute"
 
+    # Claimed checksum prefixes are read again this often (another instance's new claim).
+    checksum_refresh_seconds: float = Field(default=5.0, gt=0)
+
     reservation_ttl_seconds: int = Field(default=60, ge=1)
     idempotency_ttl_hours: int = Field(default=24, ge=1)
 
