@@ -22,9 +22,11 @@ from app.books.history_router import router as history_router
 from app.books.router import router as books_router
 from app.console.router import router as console_router
 from app.core.cache import Cached
+from app.core.clientip import parse_networks
 from app.core.db import Database
 from app.core.front import ServiceApp
 from app.core.idempotency import install_idempotency_handler
+from app.core.lockout import Lockouts
 from app.core.logging import configure_logging
 from app.core.metrics import POOL
 from app.core.middleware import RequestContextMiddleware
@@ -33,6 +35,7 @@ from app.core.problems import install_problem_handlers
 from app.core.ratelimit import RateLimits
 from app.core.security import TokenService
 from app.core.settings import Environment, Settings
+from app.lockouts.router import router as lockouts_router
 from app.notifications.config import direct_url
 from app.notifications.deps import HUB_STATE_KEY
 from app.notifications.router import router as notifications_router
@@ -55,6 +58,7 @@ API_ROUTERS = (
     auth_router,
     segments_router,
     notifications_router,
+    lockouts_router,
 )
 DESCRIPTION = """
 Coupon books and flash promos: unique codes handed out fairly and never twice, and
@@ -79,6 +83,13 @@ def build_services(settings: Settings) -> Services:
         external_users=ExternalUsers(settings, db),
         migration_heads=frozenset(head_revisions()),
         checksum_prefixes=Cached(load_prefixes, (), settings.checksum_refresh_seconds),
+        lockouts=Lockouts(
+            enabled=settings.rate_limit_enabled and settings.lockout_max_failures > 0,
+            max_failures=settings.lockout_max_failures,
+            window_seconds=settings.lockout_window_seconds,
+            refresh_seconds=settings.lockout_refresh_seconds,
+            trusted_proxies=parse_networks(settings.trusted_proxies),
+        ),
     )
 
 

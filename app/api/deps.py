@@ -15,9 +15,11 @@ from fastapi.security import HTTPBearer
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.api.services import Services, services_of
+from app.core.clientip import client_address
 from app.core.db import Database, apply_timeouts
 from app.core.headers import header
 from app.core.idempotency import Idempotency, IdempotencyKey, body_hash, validated_key
+from app.core.lockout import GuessWatch
 from app.core.problems import Forbidden, Unauthenticated
 from app.core.ratelimit import RateLimits
 from app.core.security import (
@@ -180,7 +182,19 @@ async def upload_idempotency(
     return Idempotency(_idempotency_key(request, user, response), session)
 
 
+async def guess_watch(
+    request: Request,
+    user: CurrentUser,
+    acquire: Annotated[Acquire, Depends(connection_source)],
+) -> GuessWatch:
+    """The caller's lockout keys (user and client address) for counting failed lookups."""
+    services = services_of(request)
+    address = client_address(request, services.lockouts.trusted_proxies)
+    return GuessWatch(services.lockouts, (f"user:{user.id}", f"ip:{address}"), acquire)
+
+
 Tx = Annotated[Transaction, Depends(transaction)]
+Guesses = Annotated[GuessWatch, Depends(guess_watch)]
 Idempotent = Annotated[Idempotency, Depends(idempotency)]
 IdempotentUpload = Annotated[Idempotency, Depends(upload_idempotency)]
 RateLimit = Annotated[RateLimits, Depends(get_rate_limits)]

@@ -13,9 +13,10 @@ from typing import Annotated
 import asyncpg
 from fastapi import APIRouter, Body, Response, status
 
-from app.api.deps import AdminUser, AppServices, CurrentUser, RateLimit, Tx
+from app.api.deps import AdminUser, AppServices, CurrentUser, Guesses, RateLimit, Tx
 from app.api.services import Services
 from app.books import assign, checksum, redeem, service
+from app.books.errors import CodeMistyped
 from app.books.schemas import (
     AssignIn,
     CodeOut,
@@ -30,13 +31,15 @@ from app.books.schemas import (
 )
 from app.core.lean import LeanRoute
 from app.core.openapi import AUTH, problems
-from app.core.problems import Forbidden
+from app.core.problems import Forbidden, NotFound
 from app.core.ratelimit import RateLimits
 from app.core.security import Principal
 from app.core.transaction import Transaction
 
 router = APIRouter(tags=["codes"], route_class=LeanRoute)
 CODE_ERRORS = problems(*AUTH, 403, 404, 409)
+# Failed lookups a guessing caller makes; too many lock the caller out (app/core/lockout.py).
+GUESSES = (NotFound, CodeMistyped)
 
 
 async def _refuse_mistyped(services: Services, conn: asyncpg.Connection, code: str) -> None:
@@ -70,16 +73,19 @@ async def assign_code(
     response: Response,
     limits: RateLimit,
     services: AppServices,
+    guesses: Guesses,
     body: Annotated[AssignIn | None, Body()] = None,
 ) -> CodeOut:
     """Claim this specific code (a user for themself, an admin for `user_id`).
-    409 `code-unavailable`, `code-limit-reached`, `book-inactive`; 422 `code-mistyped`."""
+    409 `code-unavailable`, `code-limit-reached`, `book-inactive`; 422 `code-mistyped`;
+    429 `too-many-failures`."""
 
     async def claim(conn: asyncpg.Connection, target: uuid.UUID) -> CodeOut:
         await _refuse_mistyped(services, conn, code)
         return await assign.assign_code(conn, code, target, user.id)
 
-    return await _assign(user, tx, response, limits, body, claim)
+    async with guesses.watch(*GUESSES):
+        return await _assign(user, tx, response, limits, body, claim)
 
 
 @router.post("/codes/{code}/lock", response_model=LockedCodeOut, responses=CODE_ERRORS)
@@ -87,6 +93,7 @@ async def lock_code(
     code: str,
     user: CurrentUser,
     tx: Tx,
+    guesses: Guesses,
     services: AppServices,
     body: Annotated[LockIn | None, Body()] = None,
 ) -> LockedCodeOut:
@@ -94,18 +101,19 @@ async def lock_code(
     TTL). Locking a locked code is 409 `code-locked` unless `lock_id` is the live one, which
     extends the lock. 422 `code-mistyped`."""
     body = body or LockIn()
-    async with tx as conn:
-        await _refuse_mistyped(services, conn, code)
-        out = await redeem.lock(
-            conn,
-            code,
-            owner=_owner(user),
-            actor_id=user.id,
-            ttl_seconds=body.ttl_seconds,
-            lock_id=body.lock_id,
-        )
-        await tx.remember(conn, status.HTTP_200_OK, out)
-    return out
+    async with guesses.watch(*GUESSES):
+        async with tx as conn:
+            await _refuse_mistyped(services, conn, code)
+            out = await redeem.lock(
+                conn,
+                code,
+                owner=_owner(user),
+                actor_id=user.id,
+                ttl_seconds=body.ttl_seconds,
+                lock_id=body.lock_id,
+            )
+            await tx.remember(conn, status.HTTP_200_OK, out)
+        return out
 
 
 @router.post("/codes/{code}/unlock", response_model=CodeOut, responses=CODE_ERRORS)
@@ -113,20 +121,22 @@ async def unlock_code(
     code: str,
     user: CurrentUser,
     tx: Tx,
+    guesses: Guesses,
     body: Annotated[UnlockIn | None, Body()] = None,
 ) -> CodeOut:
     """Release a lock: the owner needs the live `lock_id`, an admin none. Unlocking a code
     that is not locked is a harmless 200."""
-    async with tx as conn:
-        out = await redeem.unlock(
-            conn,
-            code,
-            owner=_owner(user),
-            actor_id=user.id,
-            lock_id=body.lock_id if body else None,
-        )
-        await tx.remember(conn, status.HTTP_200_OK, out)
-    return out
+    async with guesses.watch(*GUESSES):
+        async with tx as conn:
+            out = await redeem.unlock(
+                conn,
+                code,
+                owner=_owner(user),
+                actor_id=user.id,
+                lock_id=body.lock_id if body else None,
+            )
+            await tx.remember(conn, status.HTTP_200_OK, out)
+        return out
 
 
 @router.post("/codes/{code}/redeem", response_model=RedeemOut, responses=CODE_ERRORS)
@@ -134,6 +144,7 @@ async def redeem_code(
     code: str,
     user: CurrentUser,
     tx: Tx,
+    guesses: Guesses,
     services: AppServices,
     body: Annotated[RedeemIn | None, Body()] = None,
 ) -> RedeemOut:
@@ -141,19 +152,20 @@ async def redeem_code(
     `code-locked`, `code-not-assigned`, `redemption-limit-reached`,
     `user-redemption-limit-reached`, `book-inactive`; 422 `code-mistyped`."""
     body = body or RedeemIn()
-    async with tx as conn:
-        await _refuse_mistyped(services, conn, code)
-        out = await redeem.redeem(
-            conn,
-            code,
-            owner=_owner(user),
-            actor_id=user.id,
-            lock_id=body.lock_id,
-            order_ref=body.order_ref,
-            metadata=body.metadata,
-        )
-        await tx.remember(conn, status.HTTP_200_OK, out)
-    return out
+    async with guesses.watch(*GUESSES):
+        async with tx as conn:
+            await _refuse_mistyped(services, conn, code)
+            out = await redeem.redeem(
+                conn,
+                code,
+                owner=_owner(user),
+                actor_id=user.id,
+                lock_id=body.lock_id,
+                order_ref=body.order_ref,
+                metadata=body.metadata,
+            )
+            await tx.remember(conn, status.HTTP_200_OK, out)
+        return out
 
 
 @router.post("/codes/{code}/validate", response_model=ValidateOut, responses=problems(*AUTH, 404))
@@ -161,17 +173,19 @@ async def validate_code(
     code: str,
     user: CurrentUser,
     tx: Tx,
+    guesses: Guesses,
     services: AppServices,
     body: Annotated[ValidateIn | None, Body()] = None,
 ) -> ValidateOut:
     """Would redeeming work now? Changes nothing; names the problem redeem would raise.
     422 `code-mistyped` for a code whose check character is wrong."""
-    async with tx as conn:
-        await _refuse_mistyped(services, conn, code)
-        slug = await redeem.validate(
-            conn, code, owner=_owner(user), lock_id=body.lock_id if body else None
-        )
-    return ValidateOut(redeemable=slug is None, problem=slug)
+    async with guesses.watch(*GUESSES):
+        async with tx as conn:
+            await _refuse_mistyped(services, conn, code)
+            slug = await redeem.validate(
+                conn, code, owner=_owner(user), lock_id=body.lock_id if body else None
+            )
+        return ValidateOut(redeemable=slug is None, problem=slug)
 
 
 @router.post("/codes/{code}/rollback", response_model=CodeOut, responses=CODE_ERRORS)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import secrets
 from enum import StrEnum
 from pathlib import Path
@@ -90,6 +91,14 @@ class Settings(BaseSettings):
     rate_limit_enabled: bool = True
     rate_limit_auth: str = "20/minute"
     rate_limit_assign: str = "600/minute"
+    # Guessing lockout (off with the rate limits): more than LOCKOUT_MAX_FAILURES failed
+    # lookups or logins in LOCKOUT_WINDOW_SECONDS lock the user and the client address until
+    # the window passes; 0 turns it off. Locks made elsewhere are seen within the refresh.
+    lockout_max_failures: int = Field(default=10, ge=0)
+    lockout_window_seconds: int = Field(default=600, ge=1)
+    lockout_refresh_seconds: float = Field(default=2.0, gt=0)
+    # Peers whose X-Forwarded-For is believed (addresses or CIDR blocks, comma-separated).
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
     # Claimed checksum prefixes are read again this often (another instance's new claim).
     checksum_refresh_seconds: float = Field(default=5.0, gt=0)
@@ -102,11 +111,18 @@ class Settings(BaseSettings):
     notify_webhook_secret: str | None = None
     notifications: NotificationSettings = Field(default_factory=NotificationSettings)
 
-    @field_validator("cors_origins", mode="before")
+    @field_validator("cors_origins", "trusted_proxies", mode="before")
     @classmethod
     def _split_origins(cls, value: object) -> object:
         if isinstance(value, str):
             return [o.strip() for o in value.split(",") if o.strip()]
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _valid_networks(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            ipaddress.ip_network(entry, strict=False)  # ValueError names the bad entry
         return value
 
     @model_validator(mode="after")

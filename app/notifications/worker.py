@@ -29,7 +29,7 @@ from typing import Any
 import asyncpg
 import structlog
 
-from app.core import idempotency, outbox
+from app.core import idempotency, lockout, outbox
 from app.core.db import libpq_url
 from app.core.outbox import Job
 from app.core.settings import Settings
@@ -75,6 +75,7 @@ class WorkerConfig:
     backoff_max_s: float = 600.0
     keep_done_hours: float = 72.0
     idempotency_ttl_hours: int = 24
+    lockout_window_seconds: int = 600
     purge_batch: int = 5000
     statement_cache_size: int = 1024
 
@@ -102,6 +103,7 @@ class WorkerConfig:
             backoff_max_s=tuning.notify_backoff_max_s,
             keep_done_hours=tuning.outbox_keep_done_hours,
             idempotency_ttl_hours=settings.idempotency_ttl_hours,
+            lockout_window_seconds=settings.lockout_window_seconds,
             statement_cache_size=settings.statement_cache_size,
         )
 
@@ -364,8 +366,9 @@ class Worker:
 
 async def purge(conn: outbox.Conn, cfg: WorkerConfig) -> bool:
     """One bounded round of deletions past their retention (finished jobs, expired
-    idempotency keys, audiences of finished fan-outs), each at most `purge_batch` rows in its
-    own short statement. True when some kind filled its batch: there is more to delete."""
+    idempotency keys, audiences of finished fan-outs, lockout windows past), each at most
+    `purge_batch` rows in its own short statement. True when some kind filled its batch:
+    there is more to delete."""
     counts = {
         "outbox_jobs": await outbox.purge_finished(
             conn, cfg.keep_done_hours * 3600, cfg.purge_batch
@@ -376,6 +379,7 @@ async def purge(conn: outbox.Conn, cfg: WorkerConfig) -> bool:
         "audience_rows": await fanout.purge_audience(
             conn, cfg.keep_done_hours * 3600, cfg.purge_batch
         ),
+        "lockouts": await lockout.purge_expired(conn, cfg.lockout_window_seconds, cfg.purge_batch),
     }
     if any(counts.values()):
         log.info("housekeeping_purged", **counts)
