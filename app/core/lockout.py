@@ -20,6 +20,8 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
+import asyncpg
+
 from app.core.clientip import Network
 from app.core.outbox import Conn
 from app.core.problems import ProblemError
@@ -106,6 +108,16 @@ class Lockouts:
                 left = max(left, r["seconds_left"])
         if left > 0:
             raise _refusal(left)
+
+
+def lend(conn: asyncpg.Connection) -> Acquire:
+    """An `Acquire` that hands out this very connection (counting inside its transaction)."""
+
+    @asynccontextmanager
+    async def acquire() -> AsyncIterator[asyncpg.Connection]:
+        yield conn
+
+    return acquire
 
 
 def _refusal(seconds_left: float) -> TooManyFailures:

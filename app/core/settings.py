@@ -73,6 +73,8 @@ class Settings(BaseSettings):
 
     jwt_secret: str | None = None
     jwt_ttl_seconds: int = Field(default=3600, ge=1)
+    # A refresh token (and its rotations) lives this long; each refresh issues a new one.
+    refresh_token_ttl_seconds: int = Field(default=30 * 86_400, ge=60)
     # Clocks of the issuer and of this process may differ this much (`exp`, `iat`, `nbf`).
     jwt_leeway_seconds: int = Field(default=30, ge=0, le=300)
     auth_jwks_url: str | None = None

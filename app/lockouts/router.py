@@ -21,8 +21,8 @@ Key = Annotated[
     Path(
         min_length=4,
         max_length=200,
-        pattern=r"^(user|ip):[^\x00/]+$",
-        description="`user:<id>` or `ip:<address>`",
+        pattern=r"^(user|ip|account):[^\x00/]+$",
+        description="`user:<id>`, `ip:<address>` or `account:<email>`",
         examples=["ip:203.0.113.7"],
     ),
 ]

@@ -29,6 +29,7 @@ from typing import Any
 import asyncpg
 import structlog
 
+from app.auth import refresh
 from app.core import idempotency, lockout, outbox
 from app.core.db import libpq_url
 from app.core.outbox import Job
@@ -366,9 +367,9 @@ class Worker:
 
 async def purge(conn: outbox.Conn, cfg: WorkerConfig) -> bool:
     """One bounded round of deletions past their retention (finished jobs, expired
-    idempotency keys, audiences of finished fan-outs, lockout windows past), each at most
-    `purge_batch` rows in its own short statement. True when some kind filled its batch:
-    there is more to delete."""
+    idempotency keys, audiences of finished fan-outs, lockout windows past, expired refresh
+    tokens), each at most `purge_batch` rows in its own short statement. True when some kind
+    filled its batch: there is more to delete."""
     counts = {
         "outbox_jobs": await outbox.purge_finished(
             conn, cfg.keep_done_hours * 3600, cfg.purge_batch
@@ -380,6 +381,7 @@ async def purge(conn: outbox.Conn, cfg: WorkerConfig) -> bool:
             conn, cfg.keep_done_hours * 3600, cfg.purge_batch
         ),
         "lockouts": await lockout.purge_expired(conn, cfg.lockout_window_seconds, cfg.purge_batch),
+        "refresh_tokens": await refresh.purge_expired(conn, cfg.purge_batch),
     }
     if any(counts.values()):
         log.info("housekeeping_purged", **counts)

@@ -7,13 +7,12 @@ clear lockouts."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
 import pytest
-from fastapi import FastAPI
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 from starlette.requests import Request
@@ -28,22 +27,6 @@ from tests.helpers import ApiUser, assert_problem, wait_for
 
 ATTACKER_IP = "203.0.113.9"
 HONEST_IP = "198.51.100.7"
-
-
-@pytest.fixture
-def lockouts(app: FastAPI) -> Iterator[Lockouts]:
-    """The app's lockouts, on (the suite runs with limits off), 10 failures per 10 minutes,
-    the test client's peer as the trusted proxy; back off afterwards."""
-    guard: Lockouts = app.state.services.lockouts
-    saved = (guard.enabled, guard.max_failures, guard.window_seconds, guard.trusted_proxies)
-    guard.enabled, guard.max_failures, guard.window_seconds = True, 10, 600
-    guard.trusted_proxies = parse_networks(["127.0.0.1/32"])
-    guard.forget()
-    try:
-        yield guard
-    finally:
-        guard.enabled, guard.max_failures, guard.window_seconds, guard.trusted_proxies = saved
-        guard.forget()
 
 
 def _from(who: ApiUser, ip: str) -> dict[str, str]:
