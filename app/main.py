@@ -14,6 +14,7 @@ from starlette.middleware import Middleware
 from app.api.health import router as health_router
 from app.api.services import STATE_KEY, Services
 from app.api_links import install_links
+from app.audit.router import router as audit_router
 from app.auth.external import ExternalUsers
 from app.auth.router import router as auth_router
 from app.books.checksum import load_prefixes
@@ -59,6 +60,7 @@ API_ROUTERS = (
     segments_router,
     notifications_router,
     lockouts_router,
+    audit_router,
 )
 DESCRIPTION = """
 Coupon books and flash promos: unique codes handed out fairly and never twice, and

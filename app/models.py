@@ -2,6 +2,7 @@
 
 from app.auth.models import User
 from app.books.models import Book, ChecksumPrefix, Code, Import, RedemptionHistory
+from app.core.audit_model import AdminAudit
 from app.core.idempotency_model import IdempotencyKey
 from app.core.models import Base
 from app.core.outbox_model import OutboxJob
@@ -11,6 +12,7 @@ from app.promos.models import Product, Promo, PromoSegment, PromoUnit, Reservati
 from app.segments.models import Segment, SegmentMember
 
 __all__ = [
+    "AdminAudit",
     "Base",
     "Book",
     "ChecksumPrefix",

@@ -15,6 +15,7 @@ from fastapi.security import HTTPBearer
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.api.services import Services, services_of
+from app.core.audit import AuditTrail
 from app.core.clientip import client_address
 from app.core.db import Database, apply_timeouts
 from app.core.headers import header
@@ -124,6 +125,14 @@ async def admin_user(user: CurrentUser) -> Principal:
 
 
 AdminUser = Annotated[Principal, Depends(admin_user)]
+
+
+async def audit_trail(request: Request, admin: AdminUser) -> AuditTrail:
+    """The admin's audit trail for this request (app/core/audit.py)."""
+    return AuditTrail(admin.id, str(request.scope.get("state", {}).get("request_id", "")))
+
+
+Audit = Annotated[AuditTrail, Depends(audit_trail)]
 
 
 async def connection_source(request: Request) -> Acquire:

@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request, Response, status
 from fastapi.security import OAuth2PasswordRequestForm
 
-from app.api.deps import AdminUser, AppServices, CurrentUser, RateLimit, Session, Tokens
+from app.api.deps import AdminUser, AppServices, Audit, CurrentUser, RateLimit, Session, Tokens
 from app.auth import refresh, service
 from app.auth.errors import BadCredentials
 from app.auth.login import login
@@ -169,7 +169,11 @@ async def get_user(user_id: uuid.UUID, admin: AdminUser, session: Session) -> Pr
     tags=["users"],
 )
 async def patch_user(
-    user_id: uuid.UUID, body: RoleIn, admin: AdminUser, session: Session
+    user_id: uuid.UUID, body: RoleIn, admin: AdminUser, session: Session, audit: Audit
 ) -> ProfileOut:
-    """Change a user's role; it takes effect when their current token expires."""
-    return ProfileOut.model_validate(await service.set_role(session, user_id, body.role))
+    """Change a user's role; it takes effect when their current token expires (or at its
+    next refresh)."""
+    before = {"role": (await service.get_user(session, user_id)).role}
+    out = ProfileOut.model_validate(await service.set_role(session, user_id, body.role))
+    await audit.changed(session, "user.role", "user", user_id, before, {"role": out.role})
+    return out

@@ -13,7 +13,7 @@ from typing import Annotated
 import asyncpg
 from fastapi import APIRouter, Body, Response, status
 
-from app.api.deps import AdminUser, AppServices, CurrentUser, Guesses, RateLimit, Tx
+from app.api.deps import AdminUser, AppServices, Audit, CurrentUser, Guesses, RateLimit, Tx
 from app.api.services import Services
 from app.books import assign, checksum, redeem, service
 from app.books.errors import CodeMistyped
@@ -189,13 +189,17 @@ async def validate_code(
 
 
 @router.post("/codes/{code}/rollback", response_model=CodeOut, responses=CODE_ERRORS)
-async def rollback_code(code: str, body: RollbackIn, admin: AdminUser, tx: Tx) -> CodeOut:
+async def rollback_code(
+    code: str, body: RollbackIn, admin: AdminUser, tx: Tx, audit: Audit
+) -> CodeOut:
     """Reverse one redemption (order cancelled, payment failed): `redemptions` - 1 and the
     code is usable again. 409 `not-redeemed` if unknown or already rolled back."""
     async with tx as conn:
         out = await redeem.rollback(
             conn, code, redemption_id=body.redemption_id, actor_id=admin.id, reason=body.reason
         )
+        after = {"redemption_id": body.redemption_id, "reason": body.reason, "code": out}
+        await audit.record(conn, "code.rollback", "code", out.code, after=after)
         await tx.remember(conn, status.HTTP_200_OK, out)
     return out
 

@@ -11,7 +11,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
 
-from app.api.deps import AdminUser, AppServices, Idempotent, IdempotentUpload, Session
+from app.api.deps import AdminUser, AppServices, Audit, Idempotent, IdempotentUpload, Session
 from app.books import assign, export, generate, imports, service
 from app.books.schemas import (
     BookIn,
@@ -24,6 +24,7 @@ from app.books.schemas import (
     GenerateIn,
     GenerateOut,
     ImportOut,
+    Stats,
 )
 from app.core.openapi import AUTH, problems
 from app.core.pagination import (
@@ -46,11 +47,18 @@ ADMIN = (*AUTH, 403)
     responses=problems(*ADMIN, 409),
 )
 async def create_book(
-    body: BookIn, admin: AdminUser, session: Session, response: Response, idem: Idempotent
+    body: BookIn,
+    admin: AdminUser,
+    session: Session,
+    response: Response,
+    idem: Idempotent,
+    audit: Audit,
 ) -> BookOut:
     """Create a coupon book with its settings (codes come later: upload or generate)."""
     book = await service.create_book(session, body)
     out = service.book_out(book, (await service.stats_for(session, [book.id]))[book.id])
+    settings = out.model_dump(mode="json", exclude={"stats"})
+    await audit.record(session, "book.create", "book", book.id, after=settings)
     response.headers["Location"] = f"/api/v1/books/{book.id}"
     await idem.remember(status.HTTP_201_CREATED, out)
     return out
@@ -82,10 +90,13 @@ async def get_book(book_id: uuid.UUID, admin: AdminUser, session: Session) -> Bo
 
 @router.patch("/books/{book_id}", response_model=BookOut, responses=problems(*ADMIN, 404))
 async def patch_book(
-    book_id: uuid.UUID, body: BookPatch, admin: AdminUser, session: Session
+    book_id: uuid.UUID, body: BookPatch, admin: AdminUser, session: Session, audit: Audit
 ) -> BookOut:
     """Change any setting or the status (active, paused, archived)."""
+    before = service.book_out(await service.get_book(session, book_id), Stats())
     book = await service.update_book(session, book_id, body)
+    after = service.book_out(book, Stats())
+    await audit.changed(session, "book.update", "book", book_id, before, after)
     return service.book_out(book, (await service.stats_for(session, [book.id]))[book.id])
 
 
@@ -103,11 +114,13 @@ async def import_codes(
     session: Session,
     response: Response,
     idem: IdempotentUpload,
+    audit: Audit,
 ) -> ImportOut:
     """Upload codes as CSV (`text/csv` body, or multipart field `file`): one code per line,
     optional `code` header. All or nothing: any invalid line is 422 `invalid-csv`; codes of
     another book are 409 `code-exists`; codes already in this book are skipped."""
     out = await imports.import_request(session, request, book_id, admin.id, idem)
+    await audit.record(session, "book.codes.upload", "book", book_id, after=out)
     response.headers["Location"] = f"/api/v1/books/{book_id}/codes"
     await idem.remember(status.HTTP_201_CREATED, out)
     return out
@@ -127,6 +140,7 @@ async def generate_codes(
     response: Response,
     idem: Idempotent,
     services: AppServices,
+    audit: Audit,
 ) -> GenerateOut:
     """Generate `count` globally unique codes from a pattern (`#` digit 2-9, `?` letter,
     `*` either, other characters literal) or a prefix and length; no 0/O or 1/I/L.
@@ -138,6 +152,9 @@ async def generate_codes(
     if checked:
         services.checksum_prefixes.stale()
     out = GenerateOut(inserted=inserted)
+    asked = body.model_dump(mode="json")
+    after = {**asked, "checksum": checked, "inserted": inserted}
+    await audit.record(session, "book.codes.generate", "book", book_id, after=after)
     response.headers["Location"] = f"/api/v1/books/{book_id}/codes"
     await idem.remember(status.HTTP_201_CREATED, out)
     return out
@@ -199,12 +216,21 @@ async def export_codes(
     responses=problems(*ADMIN, 404, 409),
 )
 async def distribute(
-    book_id: uuid.UUID, body: DistributeIn, admin: AdminUser, session: Session, idem: Idempotent
+    book_id: uuid.UUID,
+    body: DistributeIn,
+    admin: AdminUser,
+    session: Session,
+    idem: Idempotent,
+    audit: Audit,
 ) -> DistributeOut:
     """One code per user to a segment or a list of users, in ascending user id until codes
     run out, respecting `max_codes_per_user`."""
     out = await assign.distribute(
         session, book_id, admin.id, segment_id=body.segment_id, user_ids=body.user_ids
+    )
+    to = {"segment_id": body.segment_id, "users": len(body.user_ids or [])}
+    await audit.record(
+        session, "book.distribute", "book", book_id, after={**to, **out.model_dump()}
     )
     await idem.remember(status.HTTP_200_OK, out)
     return out

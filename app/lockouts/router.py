@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Response, status
 
-from app.api.deps import AdminUser, AppServices, Session
+from app.api.deps import AdminUser, AppServices, Audit, Session
 from app.core.db import raw_connection
 from app.core.openapi import AUTH, problems
 from app.core.pagination import Cursor, Limit, Page, decode_cursor, encode_cursor
@@ -48,11 +48,12 @@ async def list_lockouts(
     responses=problems(*AUTH, 403, 404),
 )
 async def clear_lockout(
-    key: Key, admin: AdminUser, session: Session, services: AppServices
+    key: Key, admin: AdminUser, session: Session, services: AppServices, audit: Audit
 ) -> None:
     """Forget a key's failures: its lockout ends at once (on other instances within
     `LOCKOUT_REFRESH_SECONDS`). 404 if the key has none."""
     before = await service.clear(await raw_connection(session), key)
     if before is None:
         raise NotFound(f"No failures are recorded for {key}.")
+    await audit.record(session, "lockout.clear", "lockout", key, before=before)
     services.lockouts.forget(key)
