@@ -42,6 +42,7 @@ from app.notifications.deps import HUB_STATE_KEY
 from app.notifications.router import router as notifications_router
 from app.notifications.stream import NotificationHub
 from app.notifications.worker import WORKER_STATE_KEY, start_worker
+from app.privacy.router import router as privacy_router
 from app.promos.reservations_router import router as reservations_router
 from app.promos.router import router as promos_router
 from app.segments.router import router as segments_router
@@ -61,6 +62,7 @@ API_ROUTERS = (
     notifications_router,
     lockouts_router,
     audit_router,
+    privacy_router,
 )
 DESCRIPTION = """
 Coupon books and flash promos: unique codes handed out fairly and never twice, and

@@ -32,6 +32,8 @@ class User(CreatedAtMixin, Base):
     birth_date: Mapped[date | None]
     tags: Mapped[list[str]] = mapped_column(ARRAY(Text), server_default="{}")
     timezone: Mapped[str] = mapped_column(Text, server_default="UTC")
+    # Set when the person was erased (app/privacy): the row stays as a pseudonym.
+    erased_at: Mapped[datetime | None]
 
 
 class RefreshToken(Base):

@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.auth.errors import BadCredentials, EmailTaken
 from app.auth.models import User
 from app.core.crud import get_or_404, page_by_id
+from app.core.problems import NotFound
 from app.core.security import Role, hash_password, verify_and_update_password
 
 
@@ -51,12 +52,16 @@ async def authenticate(session: AsyncSession, email: str, password: str) -> User
 
 
 async def get_user(session: AsyncSession, user_id: uuid.UUID) -> User:
-    return await get_or_404(session, User, user_id, "user")
+    """A user; an erased one is gone (404)."""
+    user = await get_or_404(session, User, user_id, "user")
+    if user.erased_at is not None:
+        raise NotFound(f"No user {user_id}.")
+    return user
 
 
 async def list_users(session: AsyncSession, limit: int, after: uuid.UUID | None) -> list[User]:
     """Users in id order, keyset-paginated."""
-    return await page_by_id(session, User, limit, after)
+    return await page_by_id(session, User, limit, after, User.erased_at.is_(None))
 
 
 async def set_role(session: AsyncSession, user_id: uuid.UUID, role: Role) -> User:
