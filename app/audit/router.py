@@ -9,7 +9,8 @@ from fastapi import APIRouter, Query
 
 from app.api.deps import AdminUser, Session
 from app.audit import service
-from app.audit.schemas import AuditEntry
+from app.audit.schemas import AuditEntry, ChainVerdict
+from app.books import seal
 from app.books.types import Timestamp
 from app.core.db import raw_connection
 from app.core.openapi import AUTH, problems
@@ -48,4 +49,19 @@ async def list_audit(
     page = rows[:limit]
     return Page[AuditEntry](
         items=page, next_cursor=encode_cursor(page[-1].id) if len(rows) > limit else None
+    )
+
+
+@router.get("/audit/verify", response_model=ChainVerdict, responses=problems(*AUTH, 403))
+async def verify_history(admin: AdminUser, session: Session) -> ChainVerdict:
+    """Recompute the redemption history's hash chain: every sealed block's Merkle root from
+    its rows and every block hash from the one before. `first_bad_block` is the first block
+    whose rows were changed, deleted or inserted behind the service's back (or that was
+    itself rewritten)."""
+    verdict = await seal.verify(await raw_connection(session))
+    return ChainVerdict(
+        ok=verdict.ok,
+        blocks=verdict.blocks,
+        rows=verdict.rows,
+        first_bad_block=verdict.first_bad_block,
     )

@@ -37,3 +37,16 @@ class AuditEntry(BaseModel):
     target_id: str
     before: Any = None
     after: Any = None
+
+
+class ChainVerdict(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"ok": True, "blocks": 5210, "rows": 1834002, "first_bad_block": None}]
+        }
+    )
+
+    ok: bool
+    blocks: int
+    rows: int
+    first_bad_block: int | None

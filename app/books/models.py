@@ -158,3 +158,21 @@ class Import(Base):
     duplicates_in_file: Mapped[int] = mapped_column(BigInteger, server_default="0")
     already_present: Mapped[int] = mapped_column(BigInteger, server_default="0")
     file_sha256: Mapped[str] = mapped_column(Text)
+
+
+class HistoryBlock(Base):
+    """A sealed block of the redemption history's hash chain (app/books/seal.py)."""
+
+    __tablename__ = "history_blocks"
+    __table_args__ = (
+        CheckConstraint("block_no >= 1", name="block_no"),
+        CheckConstraint("rows >= 0", name="rows"),
+    )
+
+    block_no: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    last_id: Mapped[int] = mapped_column(BigInteger, unique=True)
+    rows: Mapped[int]
+    merkle_root: Mapped[bytes]
+    prev_hash: Mapped[bytes]
+    block_hash: Mapped[bytes]
+    sealed_at: Mapped[datetime] = mapped_column(server_default=text("now()"))

@@ -16,6 +16,7 @@ class LockNamespace(IntEnum):
     PROMO_USER = 3  # promo max_per_user (reserve)
     IDEMPOTENCY = 4  # one in-flight request per (user, route, key)
     OUTBOX = 5  # a keyed outbox job (topic, key): scheduling, cancelling, settling
+    HISTORY_SEAL = 6  # one sealer at a time appends to the history's hash chain
 
 
 def xact_lock_sql(namespace: LockNamespace, key_sql: str, *, shared: bool = False) -> str:

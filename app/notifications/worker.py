@@ -30,6 +30,7 @@ import asyncpg
 import structlog
 
 from app.auth import refresh
+from app.books.seal import HistorySealer
 from app.core import idempotency, lockout, outbox
 from app.core.db import libpq_url
 from app.core.outbox import Job
@@ -77,6 +78,7 @@ class WorkerConfig:
     keep_done_hours: float = 72.0
     idempotency_ttl_hours: int = 24
     lockout_window_seconds: int = 600
+    history_seal_seconds: float = 1.0
     purge_batch: int = 5000
     statement_cache_size: int = 1024
 
@@ -105,6 +107,7 @@ class WorkerConfig:
             keep_done_hours=tuning.outbox_keep_done_hours,
             idempotency_ttl_hours=settings.idempotency_ttl_hours,
             lockout_window_seconds=settings.lockout_window_seconds,
+            history_seal_seconds=settings.history_seal_seconds,
             statement_cache_size=settings.statement_cache_size,
         )
 
@@ -124,6 +127,7 @@ class Worker:
         self._tasks: dict[asyncio.Task[None], Job] = {}
         self._pool: asyncpg.Pool | None = None
         self._webhook: WebhookSender | None = None
+        self._sealer = HistorySealer()  # not notification work: the loop on a timer runs it
         # The topics this worker runs; a job of any other topic becomes a dead letter.
         self._handlers: dict[str, Callable[[Job], Awaitable[None]]] = {
             PROMO_STARTED: self._fanout,
@@ -193,11 +197,11 @@ class Worker:
         assert self._pool is not None
         cfg = self.config
         loop = asyncio.get_running_loop()
-        last_recover = last_purge = last_mark = float("-inf")
+        last_recover = last_purge = last_mark = last_seal = float("-inf")
         purge_every = _PURGE_EVERY_S
         while not self._stop.is_set():
             self._wake.clear()
-            timeout = cfg.poll_seconds
+            timeout = min(cfg.poll_seconds, cfg.history_seal_seconds)
             try:
                 async with self._pool.acquire() as conn:
                     now = loop.time()
@@ -214,6 +218,9 @@ class Worker:
                         last_purge = now
                         behind = await purge(conn, cfg)
                         purge_every = cfg.poll_seconds if behind else _PURGE_EVERY_S
+                    if now - last_seal >= cfg.history_seal_seconds:
+                        last_seal = now
+                        await self._sealer.round(conn)
                     if now - last_mark >= _MARK_SOLD_OUT_EVERY_S:
                         last_mark = now
                         await soldout.mark_sold_out(conn, cfg.purge_batch)
