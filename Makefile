@@ -11,7 +11,7 @@ LOCKS := requirements/dev.txt requirements/runtime.txt requirements/uv.txt
 LOCK_FLAGS := --quiet --generate-hashes --python-version 3.11 \
 	--python-platform x86_64-unknown-linux-gnu --custom-compile-command 'make lock'
 
-.PHONY: install run test test-pg test-pgbouncer lint format migrate bench bench-import clean bench-notify bench-promos test-faults bench-scale bench-flash
+.PHONY: install run test test-pg test-pgbouncer lint format migrate bench bench-import clean bench-notify bench-promos test-faults bench-scale bench-flash bench-seal
 
 # Installs exactly requirements/dev.txt (hash-checked; `uv pip sync` also removes anything the
 # lock does not list), then the project itself without resolving anything.
@@ -86,6 +86,9 @@ bench-scale: install ## EXPLAIN (ANALYZE, BUFFERS) of every hot and listing stat
 bench: install ## hot paths vs the bare reference app (installs Debian's wrk); writes docs/benchmarks.md
 	@scripts/ensure-deb.sh wrk wrk
 	$(PY) -m bench.hotpaths
+
+bench-seal: install ## how fast the history sealer and the chain verifier go (prints a table)
+	$(PY) -m bench.seal
 
 bench-flash: install ## only the reserve-only flash crowd of `make bench` (installs Debian's wrk)
 	@scripts/ensure-deb.sh wrk wrk

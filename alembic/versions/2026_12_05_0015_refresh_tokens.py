@@ -28,13 +28,13 @@ def upgrade() -> None:
         " REFERENCES users (id) ON DELETE CASCADE,"
         " secret_hash bytea NOT NULL,"
         " created_at timestamptz NOT NULL DEFAULT now(),"
-        " expires_at timestamptz NOT NULL,"
+        " valid_until timestamptz NOT NULL,"
         " used_at timestamptz,"
         " revoked_at timestamptz)"
     )
     op.execute("CREATE INDEX ix_refresh_tokens_family_id ON refresh_tokens (family_id)")
     op.execute("CREATE INDEX ix_refresh_tokens_user_id ON refresh_tokens (user_id)")
-    op.execute("CREATE INDEX ix_refresh_tokens_expires_at ON refresh_tokens (expires_at)")
+    op.execute("CREATE INDEX ix_refresh_tokens_valid_until ON refresh_tokens (valid_until)")
 
 
 def downgrade() -> None:

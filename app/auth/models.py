@@ -44,7 +44,7 @@ class RefreshToken(Base):
     __table_args__ = (
         Index("ix_refresh_tokens_family_id", "family_id"),
         Index("ix_refresh_tokens_user_id", "user_id"),
-        Index("ix_refresh_tokens_expires_at", "expires_at"),
+        Index("ix_refresh_tokens_valid_until", "valid_until"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
@@ -52,6 +52,6 @@ class RefreshToken(Base):
     user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
     secret_hash: Mapped[bytes] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(server_default=text("now()"))
-    expires_at: Mapped[datetime]
+    valid_until: Mapped[datetime]
     used_at: Mapped[datetime | None]
     revoked_at: Mapped[datetime | None]

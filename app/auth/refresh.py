@@ -38,7 +38,7 @@ def _split(token: str) -> tuple[uuid.UUID, bytes] | None:
 
 
 _ISSUE = """
-INSERT INTO refresh_tokens (id, family_id, user_id, secret_hash, expires_at)
+INSERT INTO refresh_tokens (id, family_id, user_id, secret_hash, valid_until)
 VALUES ($1, $2, $3, $4, now() + $5 * interval '1 second')
 """
 
@@ -57,7 +57,7 @@ _SPEND = """
 UPDATE refresh_tokens t SET used_at = clock_timestamp()
 FROM users u
 WHERE t.id = $1 AND t.secret_hash = $2
-  AND t.used_at IS NULL AND t.revoked_at IS NULL AND t.expires_at > now()
+  AND t.used_at IS NULL AND t.revoked_at IS NULL AND t.valid_until > now()
   AND u.id = t.user_id
 RETURNING t.family_id, t.user_id, u.role
 """
@@ -104,7 +104,7 @@ async def revoke(conn: asyncpg.Connection, token: str) -> bool:
 
 _PURGE = """
 WITH doomed AS MATERIALIZED (
-    SELECT id FROM refresh_tokens WHERE expires_at < now() ORDER BY expires_at LIMIT $1
+    SELECT id FROM refresh_tokens WHERE valid_until < now() ORDER BY valid_until LIMIT $1
 )
 DELETE FROM refresh_tokens t USING doomed d WHERE t.id = d.id
 """

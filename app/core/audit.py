@@ -6,13 +6,13 @@ is append-only (a trigger refuses UPDATE, DELETE and TRUNCATE)."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
-import orjson
 from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -25,10 +25,11 @@ VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7::jsonb)
 
 
 def as_json(value: Any) -> Any:
-    """A JSON-ready copy: pydantic models as their JSON form, anything else through orjson."""
+    """A JSON-ready copy: pydantic models as their JSON form, anything else through `json`
+    (as the ORM stores JSON columns: integers of any size, as a book's metadata may hold)."""
     if isinstance(value, BaseModel):
-        return value.model_dump(mode="json")
-    return orjson.loads(orjson.dumps(value, default=str))
+        value = value.model_dump(mode="json")
+    return json.loads(json.dumps(value, default=str))
 
 
 def diff(before: Any, after: Any) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -67,8 +68,8 @@ class AuditTrail:
             action,
             target_type,
             str(target_id),
-            None if before is None else orjson.dumps(as_json(before)).decode(),
-            None if after is None else orjson.dumps(as_json(after)).decode(),
+            None if before is None else json.dumps(as_json(before)),
+            None if after is None else json.dumps(as_json(after)),
         )
 
     async def changed(

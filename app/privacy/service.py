@@ -13,20 +13,21 @@ from typing import Any
 
 import asyncpg
 
+from app.books.rules import LOCK_LIVE
 from app.core.problems import NotFound
 from app.promos import reservations
 
 _TARGET = "SELECT id FROM users WHERE id = $1 AND erased_at IS NULL FOR UPDATE"
 
-_RELEASE_LOCKS = """
+_RELEASE_LOCKS = f"""
 WITH released AS (
     UPDATE codes c SET status = 'assigned', locked_until = NULL, lock_id = NULL,
                        updated_at = now()
-    WHERE c.user_id = $1 AND c.status = 'locked' AND c.locked_until > now()
+    WHERE c.user_id = $1 AND {LOCK_LIVE}
     RETURNING c.id, c.book_id, c.user_id
 )
 INSERT INTO redemption_history (code_id, book_id, user_id, action, actor_id, details)
-SELECT id, book_id, user_id, 'unlocked', $2, '{"reason": "erasure"}'::jsonb FROM released
+SELECT id, book_id, user_id, 'unlocked', $2, '{{"reason": "erasure"}}'::jsonb FROM released
 """
 
 _HELD = "SELECT id FROM reservations WHERE user_id = $1 AND status = 'held' ORDER BY id"
@@ -90,7 +91,7 @@ _EXPORT: dict[str, str] = {
         FROM segment_members m JOIN segments s ON s.id = m.segment_id
         WHERE m.user_id = $1 ORDER BY m.created_at""",
     "sessions": """
-        SELECT family_id, created_at, expires_at, used_at, revoked_at
+        SELECT family_id, created_at, valid_until, used_at, revoked_at
         FROM refresh_tokens WHERE user_id = $1 ORDER BY created_at""",
     "admin_actions": """
         SELECT id, at, action, target_type, target_id FROM admin_audit
