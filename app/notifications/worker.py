@@ -78,7 +78,7 @@ class WorkerConfig:
     keep_done_hours: float = 72.0
     idempotency_ttl_hours: int = 24
     lockout_window_seconds: int = 600
-    history_seal_seconds: float = 1.0
+    history_seal_seconds: float = 10.0
     purge_batch: int = 5000
     statement_cache_size: int = 1024
 
