@@ -60,7 +60,7 @@ async def test_every_admin_change_is_recorded(
 ) -> None:
     admin = await make_user(Role.admin)  # a fresh actor: its entries are this test's
     user = await make_user(Role.user)
-    book, codes = await book_with_codes(client, admin, n=3)
+    book, _ = await book_with_codes(client, admin, n=3)
     calls: list[tuple[str, str, dict[str, Any]]] = [
         ("post", f"/books/{book['id']}/codes/generate", {"json": {"count": 2, "length": 8}}),
         ("post", f"/books/{book['id']}/distribute", {"json": {"user_ids": [str(user.id)]}}),
@@ -88,12 +88,16 @@ async def test_every_admin_change_is_recorded(
         resp = await client.request(method, f"{API}{path}", json=body, headers=admin.headers)
         assert resp.status_code == 200, resp.text
     redeemer = await make_user(Role.user)
-    resp = await client.post(f"{API}/codes/{codes[0]}/assign", headers=redeemer.headers)
+    resp = await client.get(
+        f"{API}/books/{book['id']}/codes?status=unassigned", headers=admin.headers
+    )
+    free = resp.json()["items"][0]["code"]  # distribute handed one of them out
+    resp = await client.post(f"{API}/codes/{free}/assign", headers=redeemer.headers)
     assert resp.status_code == 201, resp.text
-    resp = await client.post(f"{API}/codes/{codes[0]}/redeem", headers=redeemer.headers)
+    resp = await client.post(f"{API}/codes/{free}/redeem", headers=redeemer.headers)
     redemption_id = resp.json()["redemption_id"]
     resp = await client.post(
-        f"{API}/codes/{codes[0]}/rollback",
+        f"{API}/codes/{free}/rollback",
         json={"redemption_id": redemption_id, "reason": "order cancelled"},
         headers=admin.headers,
     )
