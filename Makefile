@@ -20,7 +20,7 @@ CLIENTS_STAMP := $(CLIENTS_VENV)/.installed
 NODE_DIR := tests/contract/node
 NODE_STAMP := $(NODE_DIR)/node_modules/.installed
 
-.PHONY: install contract-tools run test test-pg test-pgbouncer lint format migrate bench bench-import clean bench-notify bench-promos test-faults bench-scale bench-flash test-ha
+.PHONY: install contract-tools run test test-pg test-pgbouncer lint format migrate bench bench-import clean bench-notify bench-promos test-faults bench-scale bench-flash test-ha bench-seal
 
 # Installs exactly requirements/dev.txt (hash-checked; `uv pip sync` also removes anything the
 # lock does not list), then the project itself without resolving anything.
@@ -129,6 +129,9 @@ bench-scale: install ## EXPLAIN (ANALYZE, BUFFERS) of every hot and listing stat
 bench: install ## hot paths vs the bare reference app (installs Debian's wrk); writes docs/benchmarks.md
 	@scripts/ensure-deb.sh wrk wrk
 	$(PY) -m bench.hotpaths
+
+bench-seal: install ## how fast the history sealer and the chain verifier go (prints a table)
+	$(PY) -m bench.seal
 
 bench-flash: install ## only the reserve-only flash crowd of `make bench` (installs Debian's wrk)
 	@scripts/ensure-deb.sh wrk wrk

@@ -7,12 +7,14 @@ schema version.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
 
 from app.books import rules as books
+from app.books import seal
 from app.promos import rules as promos
 
 # A transaction left idle this long holds its locks and snapshot for nothing.
@@ -27,6 +29,8 @@ class Check:
     promise: str
     sql: str
     tables: tuple[str, ...]
+    # A check that is not one query: returns the violating rows itself.
+    run: Callable[[asyncpg.Connection], Awaitable[list[dict[str, Any]]]] | None = None
 
 
 @dataclass
@@ -38,6 +42,13 @@ class Outcome:
     @property
     def ok(self) -> bool:
         return self.skipped or not self.rows
+
+
+async def _broken_chain(conn: asyncpg.Connection) -> list[dict[str, Any]]:
+    verdict = await seal.verify(conn)
+    if verdict.ok:
+        return []
+    return [{"first_bad_block": verdict.first_bad_block, "blocks": verdict.blocks}]
 
 
 _NET_REDEMPTIONS = """
@@ -248,6 +259,14 @@ CHECKS: tuple[Check, ...] = (
         """,
         (),
     ),
+    Check(
+        "history_chain_intact",
+        "the sealed redemption history is what was sealed: every block's Merkle root and the"
+        " chain of block hashes recompute (app/books/seal.py)",
+        "",
+        ("history_blocks",),
+        run=_broken_chain,
+    ),
 )
 
 
@@ -270,6 +289,9 @@ async def run_checks(conn: asyncpg.Connection, checks: tuple[Check, ...] = CHECK
         present = [await _present(conn, name) for name in check.tables]
         if not all(present):
             outcomes.append(Outcome(check, skipped=True))
+            continue
+        if check.run is not None:
+            outcomes.append(Outcome(check, (await check.run(conn))[:ROWS_SHOWN]))
             continue
         rows = await conn.fetch(check.sql)
         outcomes.append(Outcome(check, [dict(r) for r in rows[:ROWS_SHOWN]]))

@@ -14,17 +14,22 @@ from starlette.middleware import Middleware
 from app.api.contract import contract
 from app.api.health import router as health_router
 from app.api.services import STATE_KEY, Services
+from app.audit.router import router as audit_router
 from app.auth.external import ExternalUsers
 from app.auth.router import router as auth_router
+from app.books.checksum import load_prefixes
 from app.books.codes_router import router as codes_router
 from app.books.history_router import router as history_router
 from app.books.imports_router import router as imports_router
 from app.books.router import router as books_router
 from app.console.router import router as console_router
 from app.core import tracing
+from app.core.cache import Cached
+from app.core.clientip import parse_networks
 from app.core.db import Database
 from app.core.front import ServiceApp
 from app.core.idempotency import install_idempotency_handler
+from app.core.lockout import Lockouts
 from app.core.logging import configure_logging
 from app.core.metrics import POOL
 from app.core.middleware import RequestContextMiddleware
@@ -34,11 +39,13 @@ from app.core.problems import install_problem_handlers
 from app.core.ratelimit import RateLimits
 from app.core.security import TokenService
 from app.core.settings import Environment, Settings
+from app.lockouts.router import router as lockouts_router
 from app.notifications.config import direct_url
 from app.notifications.deps import HUB_STATE_KEY
 from app.notifications.router import router as notifications_router
 from app.notifications.stream import NotificationHub
 from app.notifications.worker import WORKER_STATE_KEY, start_worker
+from app.privacy.router import router as privacy_router
 from app.promos.reservations_router import router as reservations_router
 from app.promos.router import router as promos_router
 from app.segments.router import router as segments_router
@@ -57,6 +64,9 @@ API_ROUTERS = (
     auth_router,
     segments_router,
     notifications_router,
+    lockouts_router,
+    audit_router,
+    privacy_router,
 )
 DESCRIPTION = """
 Coupon books and flash promos: unique codes handed out fairly and never twice, and
@@ -80,6 +90,14 @@ def build_services(settings: Settings) -> Services:
         ),
         external_users=ExternalUsers(settings, db),
         migration_heads=frozenset(head_revisions()),
+        checksum_prefixes=Cached(load_prefixes, (), settings.checksum_refresh_seconds),
+        lockouts=Lockouts(
+            enabled=settings.rate_limit_enabled and settings.lockout_max_failures > 0,
+            max_failures=settings.lockout_max_failures,
+            window_seconds=settings.lockout_window_seconds,
+            refresh_seconds=settings.lockout_refresh_seconds,
+            trusted_proxies=parse_networks(settings.trusted_proxies),
+        ),
     )
 
 

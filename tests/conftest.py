@@ -22,7 +22,9 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
 
 from app.api.deps import connection_source, get_session
+from app.core.clientip import parse_networks
 from app.core.db import apply_timeouts, libpq_url
+from app.core.lockout import Lockouts
 from app.core.migrations import upgrade_to_head
 from app.core.security import Role
 from app.core.settings import Settings
@@ -242,3 +244,19 @@ async def admin(make_user: MakeUser) -> ApiUser:
 @pytest.fixture
 async def user(make_user: MakeUser) -> ApiUser:
     return await make_user(Role.user)
+
+
+@pytest.fixture
+def lockouts(app: FastAPI) -> Iterator[Lockouts]:
+    """The app's lockouts, on (the suite runs with limits off), 10 failures per 10 minutes,
+    the test client's peer as the trusted proxy; back off afterwards."""
+    guard: Lockouts = app.state.services.lockouts
+    saved = (guard.enabled, guard.max_failures, guard.window_seconds, guard.trusted_proxies)
+    guard.enabled, guard.max_failures, guard.window_seconds = True, 10, 600
+    guard.trusted_proxies = parse_networks(["127.0.0.1/32"])
+    guard.forget()
+    try:
+        yield guard
+    finally:
+        guard.enabled, guard.max_failures, guard.window_seconds, guard.trusted_proxies = saved
+        guard.forget()

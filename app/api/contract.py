@@ -19,17 +19,20 @@ _REDEEM = (
     _INACTIVE,
 )
 _IN_USE = {409: ("conflict",)}  # a row still referenced (a store's products, a promo's holds)
+# Lookups of a code: a mistyped check character, and the guessing lockout.
+_GUESSES = {422: ("code-mistyped",), 429: ("too-many-failures",)}
 
 OPERATIONS = {
     # codes (the hot paths)
     "GET /codes/{code}": Operation("getCode"),
     "POST /codes/{code}/assign": Operation(
-        "assignCode", {409: ("code-unavailable", "code-limit-reached", _INACTIVE)}
+        "assignCode",
+        {409: ("code-unavailable", "code-limit-reached", _INACTIVE), **_GUESSES},
     ),
-    "POST /codes/{code}/lock": Operation("lockCode", {409: _REDEEM}),
-    "POST /codes/{code}/unlock": Operation("unlockCode", {409: ("code-locked",)}),
-    "POST /codes/{code}/redeem": Operation("redeemCode", {409: _REDEEM}),
-    "POST /codes/{code}/validate": Operation("validateCode"),
+    "POST /codes/{code}/lock": Operation("lockCode", {409: _REDEEM, **_GUESSES}),
+    "POST /codes/{code}/unlock": Operation("unlockCode", {409: ("code-locked",), **_GUESSES}),
+    "POST /codes/{code}/redeem": Operation("redeemCode", {409: _REDEEM, **_GUESSES}),
+    "POST /codes/{code}/validate": Operation("validateCode", _GUESSES),
     "POST /codes/{code}/rollback": Operation("rollbackRedemption", {409: ("not-redeemed",)}),
     "POST /books/{book_id}/assign": Operation(
         "assignRandomCode", {409: ("book-exhausted", "code-limit-reached", _INACTIVE)}
@@ -98,13 +101,23 @@ OPERATIONS = {
     "DELETE /products/{product_id}": Operation("deleteProduct", _IN_USE),
     # accounts
     "POST /auth/register": Operation("registerUser", {409: ("email-taken",)}),
-    "POST /auth/token": Operation("issueToken"),
+    "POST /auth/token": Operation("issueToken", {429: ("too-many-failures",)}),
+    "POST /auth/refresh": Operation("refreshToken"),
+    "POST /auth/logout": Operation("logout"),
     "GET /auth/me": Operation("getMe"),
     "PUT /me/location": Operation("setMyLocation"),
     "PUT /me/profile": Operation("setMyProfile"),
     "GET /users": Operation("listUsers"),
     "GET /users/{user_id}": Operation("getUser"),
     "PATCH /users/{user_id}": Operation("updateUser"),
+    "DELETE /users/{user_id}": Operation("eraseUser"),
+    # trust
+    "DELETE /me": Operation("eraseMe"),
+    "GET /me/export": Operation("exportMyData"),
+    "GET /lockouts": Operation("listLockouts"),
+    "DELETE /lockouts/{key}": Operation("clearLockout"),
+    "GET /audit": Operation("listAudit"),
+    "GET /audit/verify": Operation("verifyAuditChain"),
     # segments
     "POST /segments": Operation("createSegment"),
     "GET /segments": Operation("listSegments"),
@@ -142,6 +155,9 @@ TAGS = (
     ("promos", "Flash promos with limited units."),
     ("reservations", "Holds on promo units, then purchase or cancel."),
     ("notifications", "Promo notifications, listed and streamed."),
+    ("lockouts", "Callers locked out after too many failed lookups (admin)."),
+    ("audit", "Admin changes and the sealed history chain (admin)."),
+    ("privacy", "Erasure and export of a person's data."),
     ("operations", "Liveness, readiness and metrics."),
 )
 

@@ -16,9 +16,12 @@ from fastapi.security import HTTPBearer
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.api.services import Services, services_of
+from app.core.audit import AuditTrail
+from app.core.clientip import client_address
 from app.core.db import Database, apply_timeouts, commit
 from app.core.headers import header
 from app.core.idempotency import Idempotency, IdempotencyKey, body_hash, validated_key
+from app.core.lockout import GuessWatch
 from app.core.problems import Forbidden, Unauthenticated
 from app.core.ratelimit import RateLimits
 from app.core.security import (
@@ -125,6 +128,14 @@ async def admin_user(user: CurrentUser) -> Principal:
 AdminUser = Annotated[Principal, Depends(admin_user)]
 
 
+async def audit_trail(request: Request, admin: AdminUser) -> AuditTrail:
+    """The admin's audit trail for this request (app/core/audit.py)."""
+    return AuditTrail(admin.id, str(request.scope.get("state", {}).get("request_id", "")))
+
+
+Audit = Annotated[AuditTrail, Depends(audit_trail)]
+
+
 async def connection_source(request: Request) -> Acquire:
     """Where request transactions get their connection: the asyncpg pool. (The test suite
     overrides it with its own rolled-back connection, like any dependency.)"""
@@ -189,7 +200,19 @@ async def upload_idempotency(
     return Idempotency(_idempotency_key(request, user, response), session)
 
 
+async def guess_watch(
+    request: Request,
+    user: CurrentUser,
+    acquire: Annotated[Acquire, Depends(connection_source)],
+) -> GuessWatch:
+    """The caller's lockout keys (user and client address) for counting failed lookups."""
+    services = services_of(request)
+    address = client_address(request, services.lockouts.trusted_proxies)
+    return GuessWatch(services.lockouts, (f"user:{user.id}", f"ip:{address}"), acquire)
+
+
 Tx = Annotated[Transaction, Depends(transaction)]
+Guesses = Annotated[GuessWatch, Depends(guess_watch)]
 Idempotent = Annotated[Idempotency, Depends(idempotency)]
 IdempotentUpload = Annotated[Idempotency, Depends(upload_idempotency)]
 RateLimit = Annotated[RateLimits, Depends(get_rate_limits)]

@@ -7,7 +7,9 @@ from dataclasses import dataclass
 
 from starlette.requests import HTTPConnection
 
+from app.core.cache import Cached
 from app.core.db import Database
+from app.core.lockout import Lockouts
 from app.core.ratelimit import RateLimits
 from app.core.security import ExternalUsers, TokenService
 from app.core.settings import Settings
@@ -23,6 +25,9 @@ class Services:
     rate_limits: RateLimits
     external_users: ExternalUsers
     migration_heads: frozenset[str]
+    # Claimed checksum prefixes (app/books/checksum.py), longest first.
+    checksum_prefixes: Cached[tuple[str, ...]]
+    lockouts: Lockouts
 
 
 def services_of(connection: HTTPConnection) -> Services:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import date, datetime
 
-from sqlalchemy import CheckConstraint, Text, text
+from sqlalchemy import CheckConstraint, ForeignKey, Index, LargeBinary, Text, text
 from sqlalchemy.dialects.postgresql import ARRAY, UUID
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -32,3 +32,26 @@ class User(CreatedAtMixin, Base):
     birth_date: Mapped[date | None]
     tags: Mapped[list[str]] = mapped_column(ARRAY(Text), server_default="{}")
     timezone: Mapped[str] = mapped_column(Text, server_default="UTC")
+    # Set when the person was erased (app/privacy): the row stays as a pseudonym.
+    erased_at: Mapped[datetime | None]
+
+
+class RefreshToken(Base):
+    """One refresh token of a login's family: spent when rotated; reusing a spent one
+    revokes the whole family. Only a hash of the secret is stored."""
+
+    __tablename__ = "refresh_tokens"
+    __table_args__ = (
+        Index("ix_refresh_tokens_family_id", "family_id"),
+        Index("ix_refresh_tokens_user_id", "user_id"),
+        Index("ix_refresh_tokens_valid_until", "valid_until"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    family_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True))
+    user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    secret_hash: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(server_default=text("now()"))
+    valid_until: Mapped[datetime]
+    used_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]

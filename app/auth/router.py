@@ -7,20 +7,27 @@ from typing import Annotated
 
 from fastapi import APIRouter, Form, Request, Response, status
 
-from app.api.deps import AdminUser, CurrentUser, RateLimit, Session, Tokens
-from app.auth import service
+from app.api.deps import AdminUser, AppServices, Audit, CurrentUser, RateLimit, Session, Tokens
+from app.auth import refresh, service
+from app.auth.errors import BadCredentials
+from app.auth.login import login
 from app.auth.schemas import (
     LocationIn,
     ProfileIn,
     ProfileOut,
+    RefreshIn,
     RegisterIn,
     RoleIn,
     TokenForm,
     TokenOut,
     UserOut,
 )
+from app.core.clientip import client_address
+from app.core.db import raw_connection
+from app.core.lockout import TooManyFailures
 from app.core.openapi import AUTH, problems
 from app.core.pagination import Cursor, Limit, Page, encode_cursor, uuid_cursor
+from app.core.problems import problem_of
 from app.core.ratelimit import client_ip
 from app.core.security import Role
 
@@ -50,13 +57,58 @@ async def token(
     tokens: Tokens,
     request: Request,
     limits: RateLimit,
-) -> TokenOut:
-    """OAuth2 password flow: `username` (the email) and `password` as a form."""
+    services: AppServices,
+) -> Response | TokenOut:
+    """OAuth2 password flow: `username` (the email) and `password` as a form. Also returns
+    a `refresh_token` for `POST /auth/refresh`. Failed logins count per account and per
+    client address: past `LOCKOUT_MAX_FAILURES` both get 429 `too-many-failures`."""
     await limits.hit(limits.auth, "token", client_ip(request))
-    user = await service.authenticate(session, form.username, form.password)
-    return TokenOut(
-        access_token=tokens.issue(user.id, Role(user.role)), expires_in=tokens.ttl_seconds
+    address = client_address(request, services.lockouts.trusted_proxies)
+    try:
+        user = await login(session, services.lockouts, address, form.username, form.password)
+    except (BadCredentials, TooManyFailures) as exc:
+        return problem_of(request, exc)  # answered, not raised: the failure's count commits
+    refresh_token = await refresh.issue(
+        await raw_connection(session), user.id, services.settings.refresh_token_ttl_seconds
     )
+    return TokenOut(
+        access_token=tokens.issue(user.id, Role(user.role)),
+        expires_in=tokens.ttl_seconds,
+        refresh_token=refresh_token,
+    )
+
+
+@router.post("/auth/refresh", response_model=TokenOut, responses=problems(400, 401, 422, 503))
+async def refresh_token(
+    body: RefreshIn, session: Session, tokens: Tokens, request: Request, services: AppServices
+) -> Response | TokenOut:
+    """A new access token and a new refresh token for a refresh token, which is spent.
+    Presenting a spent refresh token again is 401 and ends every session of its login."""
+    try:
+        rotated = await refresh.rotate(
+            await raw_connection(session),
+            body.refresh_token,
+            services.settings.refresh_token_ttl_seconds,
+        )
+    except refresh.RefreshReused as exc:
+        return problem_of(request, exc)  # answered, not raised: the revocation commits
+    return TokenOut(
+        access_token=tokens.issue(rotated.user_id, Role(rotated.role)),
+        expires_in=tokens.ttl_seconds,
+        refresh_token=rotated.refresh_token,
+    )
+
+
+@router.post(
+    "/auth/logout",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
+    responses=problems(400, 422, 503),
+)
+async def logout(body: RefreshIn, session: Session) -> None:
+    """End the login the refresh token belongs to: it and every token rotated from it stop
+    working (access tokens already issued run out at their `exp`). Always 204."""
+    await refresh.revoke(await raw_connection(session), body.refresh_token)
 
 
 @router.get("/auth/me", response_model=ProfileOut, responses=problems(*AUTH, 404))
@@ -120,7 +172,11 @@ async def get_user(user_id: uuid.UUID, admin: AdminUser, session: Session) -> Pr
     tags=["users"],
 )
 async def patch_user(
-    user_id: uuid.UUID, body: RoleIn, admin: AdminUser, session: Session
+    user_id: uuid.UUID, body: RoleIn, admin: AdminUser, session: Session, audit: Audit
 ) -> ProfileOut:
-    """Change a user's role; it takes effect when their current token expires."""
-    return ProfileOut.model_validate(await service.set_role(session, user_id, body.role))
+    """Change a user's role; it takes effect when their current token expires (or at its
+    next refresh)."""
+    before = {"role": (await service.get_user(session, user_id)).role}
+    out = ProfileOut.model_validate(await service.set_role(session, user_id, body.role))
+    await audit.changed(session, "user.role", "user", user_id, before, {"role": out.role})
+    return out

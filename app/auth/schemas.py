@@ -70,9 +70,35 @@ class ProfileOut(UserOut):
 
 
 class TokenOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "access_token": "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.e30.sig",
+                    "token_type": "bearer",
+                    "expires_in": 3600,
+                    "refresh_token": "0b8e7c52-5f0c-4f7e-9d55-1c2a3b4c5d6e.q1w2e3r4t5y6",
+                }
+            ]
+        }
+    )
+
     access_token: str
     token_type: str = "bearer"  # noqa: S105 - the OAuth2 token type, not a secret
     expires_in: int
+    # Rotating: `POST /auth/refresh` spends it and answers a new pair.
+    refresh_token: str
+
+
+class RefreshIn(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"refresh_token": "0b8e7c52-5f0c-4f7e-9d55-1c2a3b4c5d6e.q1w2e3r4t5y6"}]
+        },
+    )
+
+    refresh_token: Annotated[str, Field(min_length=1, max_length=200), NoNul]
 
 
 class RoleIn(BaseModel):

@@ -13,7 +13,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.auth.errors import BadCredentials, EmailTaken
 from app.auth.models import User
 from app.core.crud import get_or_404, page_by_id
-from app.core.security import Role, hash_password, verify_password
+from app.core.problems import NotFound
+from app.core.security import Role, hash_password, verify_and_update_password
 
 
 def normalise_email(email: str) -> str:
@@ -36,23 +37,31 @@ async def register(session: AsyncSession, email: str, password: str) -> User:
 
 
 async def authenticate(session: AsyncSession, email: str, password: str) -> User:
-    """The user with these credentials, else 401 (same work whether the email exists)."""
+    """The user with these credentials, else 401 (same work whether the email exists). A
+    hash made with older parameters is replaced by one with the current ones."""
     user = (
         await session.execute(select(User).where(User.email == normalise_email(email)))
     ).scalar_one_or_none()
-    ok = await verify_password(password, user.password_hash if user else None)
+    ok, new_hash = await verify_and_update_password(password, user.password_hash if user else None)
     if user is None or not ok:
         raise BadCredentials("Email or password is wrong.")
+    if new_hash is not None:
+        user.password_hash = new_hash
+        await session.flush()
     return user
 
 
 async def get_user(session: AsyncSession, user_id: uuid.UUID) -> User:
-    return await get_or_404(session, User, user_id, "user")
+    """A user; an erased one is gone (404)."""
+    user = await get_or_404(session, User, user_id, "user")
+    if user.erased_at is not None:
+        raise NotFound(f"No user {user_id}.")
+    return user
 
 
 async def list_users(session: AsyncSession, limit: int, after: uuid.UUID | None) -> list[User]:
     """Users in id order, keyset-paginated."""
-    return await page_by_id(session, User, limit, after)
+    return await page_by_id(session, User, limit, after, User.erased_at.is_(None))
 
 
 async def set_role(session: AsyncSession, user_id: uuid.UUID, role: Role) -> User:

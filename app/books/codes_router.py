@@ -13,8 +13,10 @@ from typing import Annotated
 import asyncpg
 from fastapi import APIRouter, Body, Response, status
 
-from app.api.deps import AdminUser, CurrentUser, RateLimit, Tx
-from app.books import assign, redeem, service
+from app.api.deps import AdminUser, AppServices, Audit, CurrentUser, Guesses, RateLimit, Tx
+from app.api.services import Services
+from app.books import assign, checksum, redeem, service
+from app.books.errors import CodeMistyped
 from app.books.schemas import (
     AssignIn,
     CodeOut,
@@ -29,13 +31,21 @@ from app.books.schemas import (
 )
 from app.core.lean import LeanRoute
 from app.core.openapi import AUTH, problems
-from app.core.problems import Forbidden
+from app.core.problems import Forbidden, NotFound
 from app.core.ratelimit import RateLimits
 from app.core.security import Principal
 from app.core.transaction import Transaction
 
 router = APIRouter(tags=["codes"], route_class=LeanRoute)
 CODE_ERRORS = problems(*AUTH, 403, 404, 409)
+# Failed lookups a guessing caller makes; too many lock the caller out (app/core/lockout.py).
+GUESSES = (NotFound, CodeMistyped)
+
+
+async def _refuse_mistyped(services: Services, conn: asyncpg.Connection, code: str) -> None:
+    """422 `code-mistyped` for a code whose check character is wrong, before any code table
+    is read (the claimed prefixes are cached; no query while the cache is fresh)."""
+    checksum.refuse_mistyped(await services.checksum_prefixes.get(conn), code)
 
 
 def _owner(user: Principal) -> uuid.UUID | None:
@@ -62,15 +72,20 @@ async def assign_code(
     tx: Tx,
     response: Response,
     limits: RateLimit,
+    services: AppServices,
+    guesses: Guesses,
     body: Annotated[AssignIn | None, Body()] = None,
 ) -> CodeOut:
     """Claim this specific code (a user for themself, an admin for `user_id`).
-    409 `code-unavailable`, `code-limit-reached`, `book-inactive`."""
+    409 `code-unavailable`, `code-limit-reached`, `book-inactive`; 422 `code-mistyped`;
+    429 `too-many-failures`."""
 
     async def claim(conn: asyncpg.Connection, target: uuid.UUID) -> CodeOut:
+        await _refuse_mistyped(services, conn, code)
         return await assign.assign_code(conn, code, target, user.id)
 
-    return await _assign(user, tx, response, limits, body, claim)
+    async with guesses.watch(*GUESSES):
+        return await _assign(user, tx, response, limits, body, claim)
 
 
 @router.post("/codes/{code}/lock", response_model=LockedCodeOut, responses=CODE_ERRORS)
@@ -78,23 +93,27 @@ async def lock_code(
     code: str,
     user: CurrentUser,
     tx: Tx,
+    guesses: Guesses,
+    services: AppServices,
     body: Annotated[LockIn | None, Body()] = None,
 ) -> LockedCodeOut:
     """Hold the code for checkout for `ttl_seconds` (default and maximum: the book's lock
     TTL). Locking a locked code is 409 `code-locked` unless `lock_id` is the live one, which
-    extends the lock."""
+    extends the lock. 422 `code-mistyped`."""
     body = body or LockIn()
-    async with tx as conn:
-        out = await redeem.lock(
-            conn,
-            code,
-            owner=_owner(user),
-            actor_id=user.id,
-            ttl_seconds=body.ttl_seconds,
-            lock_id=body.lock_id,
-        )
-        await tx.remember(conn, status.HTTP_200_OK, out)
-    return out
+    async with guesses.watch(*GUESSES):
+        async with tx as conn:
+            await _refuse_mistyped(services, conn, code)
+            out = await redeem.lock(
+                conn,
+                code,
+                owner=_owner(user),
+                actor_id=user.id,
+                ttl_seconds=body.ttl_seconds,
+                lock_id=body.lock_id,
+            )
+            await tx.remember(conn, status.HTTP_200_OK, out)
+        return out
 
 
 @router.post("/codes/{code}/unlock", response_model=CodeOut, responses=CODE_ERRORS)
@@ -102,20 +121,22 @@ async def unlock_code(
     code: str,
     user: CurrentUser,
     tx: Tx,
+    guesses: Guesses,
     body: Annotated[UnlockIn | None, Body()] = None,
 ) -> CodeOut:
     """Release a lock: the owner needs the live `lock_id`, an admin none. Unlocking a code
     that is not locked is a harmless 200."""
-    async with tx as conn:
-        out = await redeem.unlock(
-            conn,
-            code,
-            owner=_owner(user),
-            actor_id=user.id,
-            lock_id=body.lock_id if body else None,
-        )
-        await tx.remember(conn, status.HTTP_200_OK, out)
-    return out
+    async with guesses.watch(*GUESSES):
+        async with tx as conn:
+            out = await redeem.unlock(
+                conn,
+                code,
+                owner=_owner(user),
+                actor_id=user.id,
+                lock_id=body.lock_id if body else None,
+            )
+            await tx.remember(conn, status.HTTP_200_OK, out)
+        return out
 
 
 @router.post("/codes/{code}/redeem", response_model=RedeemOut, responses=CODE_ERRORS)
@@ -123,24 +144,28 @@ async def redeem_code(
     code: str,
     user: CurrentUser,
     tx: Tx,
+    guesses: Guesses,
+    services: AppServices,
     body: Annotated[RedeemIn | None, Body()] = None,
 ) -> RedeemOut:
     """Use the code once (from `assigned`, or `locked` with its `lock_id`). 409
     `code-locked`, `code-not-assigned`, `redemption-limit-reached`,
-    `user-redemption-limit-reached`, `book-inactive`."""
+    `user-redemption-limit-reached`, `book-inactive`; 422 `code-mistyped`."""
     body = body or RedeemIn()
-    async with tx as conn:
-        out = await redeem.redeem(
-            conn,
-            code,
-            owner=_owner(user),
-            actor_id=user.id,
-            lock_id=body.lock_id,
-            order_ref=body.order_ref,
-            metadata=body.metadata,
-        )
-        await tx.remember(conn, status.HTTP_200_OK, out)
-    return out
+    async with guesses.watch(*GUESSES):
+        async with tx as conn:
+            await _refuse_mistyped(services, conn, code)
+            out = await redeem.redeem(
+                conn,
+                code,
+                owner=_owner(user),
+                actor_id=user.id,
+                lock_id=body.lock_id,
+                order_ref=body.order_ref,
+                metadata=body.metadata,
+            )
+            await tx.remember(conn, status.HTTP_200_OK, out)
+        return out
 
 
 @router.post("/codes/{code}/validate", response_model=ValidateOut, responses=problems(*AUTH, 404))
@@ -148,24 +173,33 @@ async def validate_code(
     code: str,
     user: CurrentUser,
     tx: Tx,
+    guesses: Guesses,
+    services: AppServices,
     body: Annotated[ValidateIn | None, Body()] = None,
 ) -> ValidateOut:
-    """Would redeeming work now? Changes nothing; names the problem redeem would raise."""
-    async with tx as conn:
-        slug = await redeem.validate(
-            conn, code, owner=_owner(user), lock_id=body.lock_id if body else None
-        )
-    return ValidateOut(redeemable=slug is None, problem=slug)
+    """Would redeeming work now? Changes nothing; names the problem redeem would raise.
+    422 `code-mistyped` for a code whose check character is wrong."""
+    async with guesses.watch(*GUESSES):
+        async with tx as conn:
+            await _refuse_mistyped(services, conn, code)
+            slug = await redeem.validate(
+                conn, code, owner=_owner(user), lock_id=body.lock_id if body else None
+            )
+        return ValidateOut(redeemable=slug is None, problem=slug)
 
 
 @router.post("/codes/{code}/rollback", response_model=CodeOut, responses=CODE_ERRORS)
-async def rollback_code(code: str, body: RollbackIn, admin: AdminUser, tx: Tx) -> CodeOut:
+async def rollback_code(
+    code: str, body: RollbackIn, admin: AdminUser, tx: Tx, audit: Audit
+) -> CodeOut:
     """Reverse one redemption (order cancelled, payment failed): `redemptions` - 1 and the
     code is usable again. 409 `not-redeemed` if unknown or already rolled back."""
     async with tx as conn:
         out = await redeem.rollback(
             conn, code, redemption_id=body.redemption_id, actor_id=admin.id, reason=body.reason
         )
+        after = {"redemption_id": body.redemption_id, "reason": body.reason, "code": out}
+        await audit.record(conn, "code.rollback", "code", out.code, after=after)
         await tx.remember(conn, status.HTTP_200_OK, out)
     return out
 

@@ -57,3 +57,9 @@ class ImportFinished(ProblemError):
     """Cancel of an import job that already ended (done or failed)."""
 
     status, slug, title = 409, "import-finished", "Import finished"
+
+
+class CodeMistyped(ProblemError):
+    """The code's check character is wrong for its checksum namespace: refused unread."""
+
+    status, slug, title = 422, "code-mistyped", "Code mistyped"

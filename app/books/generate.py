@@ -14,6 +14,7 @@ import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.books import checksum
 from app.books.rules import CODE_MAX_LENGTH
 from app.books.schemas import GenerateIn
 from app.core.db import raw_connection
@@ -48,6 +49,32 @@ def slots_for(body: GenerateIn) -> list[Slot]:
     return slots
 
 
+def checksum_prefix(slots: list[Slot]) -> str:
+    """The literal prefix that names the checksum namespace of these slots (and so of
+    their codes); 422 if there is none, or if a check character would not fit."""
+    prefix = ""
+    for slot in slots:
+        if len(slot) > 1:
+            break
+        prefix += slot.decode()
+    if not prefix or len(prefix) == len(slots):
+        raise _invalid(
+            "pattern", "checksum codes need a literal prefix followed by random characters"
+        )
+    for slot in slots[len(prefix) :]:
+        if len(slot) == 1 and chr(slot[0]) not in checksum.ALPHABET + "-_":
+            raise _invalid(
+                "pattern",
+                f"after the prefix, checksum codes use only {checksum.ALPHABET}, - and _",
+            )
+    if len(slots) + 1 > CODE_MAX_LENGTH:
+        raise _invalid(
+            "pattern",
+            f"codes with their check character would be longer than {CODE_MAX_LENGTH} characters",
+        )
+    return prefix
+
+
 def capacity(slots: list[Slot]) -> int:
     return math.prod(len(s) for s in slots if len(s) > 1)
 
@@ -78,6 +105,14 @@ def make_batch(slots: list[Slot], n: int) -> bytes:
     return bytes(buf)
 
 
+def with_check_characters(batch: bytes, prefix_length: int) -> bytes:
+    """The batch's codes, each followed by its check character."""
+    lines = batch.decode().split("\n")[:-1]
+    return "".join(
+        f"{line}{checksum.check_char(line[prefix_length:])}\n" for line in lines
+    ).encode()
+
+
 def draws(missing: int, room: int, shortfalls: int) -> int:
     """Candidates to draw for one round: a tenth more than the codes still missing, four
     times as many after each round that fell short, never more than one batch nor eight
@@ -89,20 +124,35 @@ def draws(missing: int, room: int, shortfalls: int) -> int:
 _INSERT = """
 WITH fresh AS (
     SELECT DISTINCT g.code FROM generated_codes g
-    WHERE NOT EXISTS (SELECT 1 FROM codes c WHERE c.code = g.code)
+    WHERE NOT EXISTS (SELECT 1 FROM codes c WHERE c.code = g.code) {namespaces}
     LIMIT $2
 )
 INSERT INTO codes (book_id, code) SELECT $1, code FROM fresh ORDER BY code
 ON CONFLICT (code) DO NOTHING
 """
+# Codes under a claimed checksum prefix must pass its check (app/books/checksum.py).
+_INSERT_PLAIN = _INSERT.format(namespaces="")
+_INSERT_CHECKED = _INSERT.format(namespaces=f"AND NOT {checksum.unchecked_in_namespace('g.code')}")
 
 
-async def generate(session: AsyncSession, book_id: uuid.UUID, body: GenerateIn) -> int:
-    """Insert `count` new globally unique codes into the book; all or nothing."""
+async def generate(
+    session: AsyncSession, book_id: uuid.UUID, body: GenerateIn, *, checked: bool
+) -> int:
+    """Insert `count` new globally unique codes into the book; all or nothing. `checked`:
+    each code ends in a check character and its prefix is claimed as a checksum namespace."""
     slots = checked_slots(body)
+    prefix = checksum_prefix(slots) if checked else None
     conn = await raw_connection(session)
+    if prefix is not None:
+        unchecked = await checksum.claim(conn, prefix, book_id)
+        if unchecked:
+            raise _invalid(
+                "pattern",
+                f"codes without a check character already use the prefix {prefix}"
+                f" (e.g. {', '.join(unchecked)})",
+            )
     await conn.execute("SELECT set_config('statement_timeout', '600s', true)")
-    return await generate_into(conn, book_id, slots, body.count)
+    return await generate_into(conn, book_id, slots, body.count, check_prefix=prefix)
 
 
 def checked_slots(body: GenerateIn) -> list[Slot]:
@@ -119,10 +169,13 @@ async def generate_into(
     slots: list[Slot],
     count: int,
     after_round: Callable[[int], Awaitable[None]] | None = None,
+    *,
+    check_prefix: str | None = None,
 ) -> int:
     """Insert `count` new codes drawn from `slots`, in the caller's transaction, a round of
     at most one batch at a time; `after_round(inserted so far)` runs after each round (it
-    may raise to stop)."""
+    may raise to stop). `check_prefix`: each code gets a check character after it."""
+    insert = _INSERT_CHECKED if await checksum.any_claimed(conn) else _INSERT_PLAIN
     await conn.execute("CREATE TEMP TABLE IF NOT EXISTS generated_codes (code text) ON COMMIT DROP")
     room = capacity(slots)
     inserted, fruitless, shortfalls = 0, 0, 0
@@ -130,9 +183,11 @@ async def generate_into(
         missing = count - inserted
         n = draws(missing, room, shortfalls)
         data = await anyio.to_thread.run_sync(make_batch, slots, n)
+        if check_prefix is not None:
+            data = await anyio.to_thread.run_sync(with_check_characters, data, len(check_prefix))
         await conn.execute("TRUNCATE generated_codes")
         await conn.copy_to_table("generated_codes", source=io.BytesIO(data), columns=["code"])
-        status = await conn.execute(_INSERT, book_id, missing)
+        status = await conn.execute(insert, book_id, missing)
         added = int(status.rsplit(" ", 1)[-1])
         inserted += added
         shortfalls += added < missing

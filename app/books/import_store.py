@@ -10,7 +10,7 @@ from collections.abc import Callable
 import asyncpg
 import orjson
 
-from app.books import generate
+from app.books import checksum, generate
 from app.books.import_jobs import FOREIGN_REASON
 from app.books.import_schemas import JobState
 from app.books.import_side import Conn, Failed, Outcome, Side, Stop, Totals
@@ -83,6 +83,23 @@ async def store_csv(
     )
     assert totals is not None
     received, distinct = int(totals["received"]), int(totals["distinct_"])
+    if await checksum.any_claimed(work):
+        # Codes under a claimed checksum prefix must pass its check, as in the upload route.
+        unchecked = await work.fetch(
+            f"SELECT line, code FROM job_codes WHERE {checksum.unchecked_in_namespace('code')}"
+            f" ORDER BY line LIMIT {MAX_REPORTED}"
+        )
+        if unchecked:
+            raise Failed(
+                "Codes under a checksum prefix have a wrong check character (first at line"
+                f" {unchecked[0]['line']}); nothing stored.",
+                [
+                    {"line": r["line"], "code": r["code"], "reason": "wrong check character"}
+                    for r in unchecked
+                ],
+                len(unchecked),
+                "invalid",
+            )
     present = await _check_foreign(work, book_id)
     await side.enter(JobState.inserting)
     last, lines, inserted, raced = "", 0, 0, False

@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.datastructures import UploadFile
 from starlette.requests import ClientDisconnect
 
+from app.books import checksum
 from app.books.errors import CodeExists, InvalidCsv
 from app.books.rules import CODE_MAX_LENGTH
 from app.books.schemas import ImportOut
@@ -161,6 +162,13 @@ FROM import_lines WHERE {DATA_LINE}
 GROUP BY 1
 """
 
+# Codes under a claimed checksum prefix whose check character is wrong.
+_UNCHECKED = f"""
+SELECT line, code, 'wrong check character for its checksum prefix' AS reason
+FROM import_codes i WHERE {checksum.unchecked_in_namespace("i.code")}
+ORDER BY line LIMIT {MAX_REPORTED}
+"""
+
 _OVERLAP = """
 SELECT count(*) FILTER (WHERE c.book_id = $1) AS present,
        count(*) FILTER (WHERE c.book_id <> $1) AS foreign_
@@ -231,6 +239,14 @@ async def import_chunks(
         "SELECT coalesce(sum(n), 0) AS received, count(*) AS distinct_ FROM import_codes"
     )
     assert totals is not None
+    if await checksum.any_claimed(conn):
+        unchecked = await conn.fetch(_UNCHECKED)
+        if unchecked:
+            raise InvalidCsv(
+                f"Codes under a checksum prefix have a wrong check character (first at line"
+                f" {unchecked[0]['line']}); nothing stored.",
+                errors=[dict(r) for r in unchecked],
+            )
     overlap = await conn.fetchrow(_OVERLAP, book_id)
     assert overlap is not None
     if overlap["foreign_"]:

@@ -50,6 +50,20 @@ class Book(CreatedAtMixin, Base):
     starts_at: Mapped[datetime | None]
     expires_at: Mapped[datetime | None]
     metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JSONB, server_default="{}")
+    # Generated codes end in a check character unless a generate says otherwise.
+    checksum: Mapped[bool] = mapped_column(server_default=text("false"))
+
+
+class ChecksumPrefix(Base):
+    """A prefix whose codes carry a check character (app/books/checksum.py); claimed by the
+    first book that generated checksum codes under it."""
+
+    __tablename__ = "checksum_prefixes"
+    __table_args__ = (CheckConstraint("prefix ~ '^[A-Z0-9_-]{1,62}$'", name="prefix"),)
+
+    prefix: Mapped[str] = mapped_column(Text, primary_key=True)
+    book_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("books.id"))
+    claimed_at: Mapped[datetime] = mapped_column(server_default=text("now()"))
 
 
 class Code(Base):
@@ -144,3 +158,21 @@ class Import(Base):
     duplicates_in_file: Mapped[int] = mapped_column(BigInteger, server_default="0")
     already_present: Mapped[int] = mapped_column(BigInteger, server_default="0")
     file_sha256: Mapped[str] = mapped_column(Text)
+
+
+class HistoryBlock(Base):
+    """A sealed block of the redemption history's hash chain (app/books/seal.py)."""
+
+    __tablename__ = "history_blocks"
+    __table_args__ = (
+        CheckConstraint("block_no >= 1", name="block_no"),
+        CheckConstraint("rows >= 0", name="rows"),
+    )
+
+    block_no: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    last_id: Mapped[int] = mapped_column(BigInteger, unique=True)
+    rows: Mapped[int]
+    merkle_root: Mapped[bytes]
+    prev_hash: Mapped[bytes]
+    block_hash: Mapped[bytes]
+    sealed_at: Mapped[datetime] = mapped_column(server_default=text("now()"))

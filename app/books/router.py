@@ -12,7 +12,7 @@ from fastapi import APIRouter, Query, Request, Response, status
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from app.api.deps import AdminUser, Idempotent, IdempotentUpload, Session
+from app.api.deps import AdminUser, AppServices, Audit, Idempotent, IdempotentUpload, Session
 from app.books import assign, export, generate, import_jobs, imports, reports, service
 from app.books.import_schemas import ImportJobOut
 from app.books.imports_router import job_location
@@ -30,6 +30,7 @@ from app.books.schemas import (
     GenerateIn,
     GenerateOut,
     ImportOut,
+    Stats,
 )
 from app.books.types import Timestamp
 from app.core.openapi import AUTH, problems
@@ -41,6 +42,7 @@ from app.core.pagination import (
     int_cursor,
     time_id_cursor,
 )
+from app.core.problems import ValidationFailed
 from app.core.report import Bucket
 
 router = APIRouter(tags=["books"])
@@ -54,11 +56,18 @@ ADMIN = (*AUTH, 403)
     responses=problems(*ADMIN, 409),
 )
 async def create_book(
-    body: BookIn, admin: AdminUser, session: Session, response: Response, idem: Idempotent
+    body: BookIn,
+    admin: AdminUser,
+    session: Session,
+    response: Response,
+    idem: Idempotent,
+    audit: Audit,
 ) -> BookOut:
     """Create a coupon book with its settings (codes come later: upload or generate)."""
     book = await service.create_book(session, body)
     out = service.book_out(book, (await service.stats_for(session, [book.id]))[book.id])
+    settings = out.model_dump(mode="json", exclude={"stats"})
+    await audit.record(session, "book.create", "book", book.id, after=settings)
     response.headers["Location"] = f"/api/v1/books/{book.id}"
     await idem.remember(status.HTTP_201_CREATED, out)
     return out
@@ -90,10 +99,13 @@ async def get_book(book_id: uuid.UUID, admin: AdminUser, session: Session) -> Bo
 
 @router.patch("/books/{book_id}", response_model=BookOut, responses=problems(*ADMIN, 404))
 async def patch_book(
-    book_id: uuid.UUID, body: BookPatch, admin: AdminUser, session: Session
+    book_id: uuid.UUID, body: BookPatch, admin: AdminUser, session: Session, audit: Audit
 ) -> BookOut:
     """Change any setting or the status (active, paused, archived)."""
+    before = service.book_out(await service.get_book(session, book_id), Stats())
     book = await service.update_book(session, book_id, body)
+    after = service.book_out(book, Stats())
+    await audit.changed(session, "book.update", "book", book_id, before, after)
     return service.book_out(book, (await service.stats_for(session, [book.id]))[book.id])
 
 
@@ -111,11 +123,13 @@ async def import_codes(
     session: Session,
     response: Response,
     idem: IdempotentUpload,
+    audit: Audit,
 ) -> ImportOut:
     """Upload codes as CSV (`text/csv` body, or multipart field `file`): one code per line,
     optional `code` header. All or nothing: any invalid line is 422 `invalid-csv`; codes of
     another book are 409 `code-exists`; codes already in this book are skipped."""
     out = await imports.import_request(session, request, book_id, admin.id, idem)
+    await audit.record(session, "book.codes.upload", "book", book_id, after=out)
     response.headers["Location"] = f"/api/v1/books/{book_id}/codes"
     await idem.remember(status.HTTP_201_CREATED, out)
     return out
@@ -141,15 +155,29 @@ async def generate_codes(
     session: Session,
     response: Response,
     idem: Idempotent,
+    services: AppServices,
+    audit: Audit,
 ) -> GenerateOut | JSONResponse:
     """Generate `count` globally unique codes from a pattern (`#` digit 2-9, `?` letter,
     `*` either, other characters literal) or a prefix and length; no 0/O or 1/I/L.
     Up to 1,000,000 codes answer 201 when done; with `async: true` or more codes (up to
-    10,000,000) the generation is a background job: 202 and `Location: /imports/{id}`."""
-    await service.get_book(session, book_id)
+    10,000,000) the generation is a background job: 202 and `Location: /imports/{id}`.
+    `checksum` (default: the book's): each code ends in a check character, and the
+    pattern's literal prefix becomes a checksum namespace (generated in the request only)."""
+    book = await service.get_book(session, book_id)
+    checked = book.checksum if body.checksum is None else body.checksum
     if body.as_job:
+        if checked:
+            raise ValidationFailed(
+                "checksum: codes with a check character are generated in the request, up to"
+                f" {GENERATE_SYNC_MAX:,} at a time.",
+                errors=[{"loc": ["body", "checksum"], "msg": "not with a background job"}],
+            )
         generate.checked_slots(body)  # a pattern too small is 422 now, not a failed job
         job = await import_jobs.start_generation(session, book_id, admin.id, body)
+        await audit.record(
+            session, "book.codes.generate", "book", book_id, after=body.model_dump(mode="json")
+        )
         response.headers["Location"] = location = job_location(job.id)
         await idem.remember(status.HTTP_202_ACCEPTED, job)
         return JSONResponse(
@@ -157,8 +185,13 @@ async def generate_codes(
             status_code=status.HTTP_202_ACCEPTED,
             headers={"Location": location},
         )
-    inserted = await generate.generate(session, book_id, body)
+    inserted = await generate.generate(session, book_id, body, checked=checked)
+    if checked:
+        services.checksum_prefixes.stale()
     out = GenerateOut(inserted=inserted)
+    asked = body.model_dump(mode="json")
+    after = {**asked, "checksum": checked, "inserted": inserted}
+    await audit.record(session, "book.codes.generate", "book", book_id, after=after)
     response.headers["Location"] = f"/api/v1/books/{book_id}/codes"
     await idem.remember(status.HTTP_201_CREATED, out)
     return out
@@ -255,12 +288,21 @@ async def preview_distribute(
     responses=problems(*ADMIN, 404, 409),
 )
 async def distribute(
-    book_id: uuid.UUID, body: DistributeIn, admin: AdminUser, session: Session, idem: Idempotent
+    book_id: uuid.UUID,
+    body: DistributeIn,
+    admin: AdminUser,
+    session: Session,
+    idem: Idempotent,
+    audit: Audit,
 ) -> DistributeOut:
     """One code per user to a segment or a list of users, in ascending user id until codes
     run out, respecting `max_codes_per_user`."""
     out = await assign.distribute(
         session, book_id, admin.id, segment_id=body.segment_id, user_ids=body.user_ids
+    )
+    to = {"segment_id": body.segment_id, "users": len(body.user_ids or [])}
+    await audit.record(
+        session, "book.distribute", "book", book_id, after={**to, **out.model_dump()}
     )
     await idem.remember(status.HTTP_200_OK, out)
     return out

@@ -13,6 +13,7 @@ from pydantic import (
     ConfigDict,
     Field,
     GetJsonSchemaHandler,
+    StrictBool,
     StringConstraints,
     model_validator,
 )
@@ -92,6 +93,8 @@ class BookIn(BaseModel):
     starts_at: Timestamp | None = None
     expires_at: Timestamp | None = None
     metadata: Metadata = Field(default_factory=dict)
+    # Generated codes end in a check character unless a generate says `checksum: false`.
+    checksum: StrictBool = False
 
     @model_validator(mode="after")
     def _window(self) -> BookIn:
@@ -116,12 +119,14 @@ class BookPatch(BaseModel):
     starts_at: Timestamp | None = None
     expires_at: Timestamp | None = None
     metadata: Metadata | None = None
+    checksum: StrictBool | None = None
 
     _NOT_NULL: ClassVar[tuple[str, ...]] = (
         "name",
         "status",
         "max_redemptions_per_code",
         "lock_ttl_seconds",
+        "checksum",
     )
 
     @classmethod
@@ -173,6 +178,7 @@ class BookOut(BaseModel):
     starts_at: datetime | None
     expires_at: datetime | None
     metadata: dict[str, Any]
+    checksum: bool = False
     created_at: datetime
     stats: Stats
 
@@ -497,6 +503,10 @@ class GenerateIn(BaseModel):
     @property
     def as_job(self) -> bool:
         return self.run_async or self.count > GENERATE_SYNC_MAX
+
+    # End each code in a check character (default: the book's `checksum`); needs a literal
+    # prefix (pattern or `prefix`), which becomes the checksum namespace.
+    checksum: StrictBool | None = None
 
 
 class GenerateOut(BaseModel):

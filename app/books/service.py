@@ -103,6 +103,7 @@ def book_out(book: Book, stats: Stats) -> BookOut:
         starts_at=book.starts_at,
         expires_at=book.expires_at,
         metadata=book.metadata_,
+        checksum=book.checksum,
         created_at=book.created_at,
         stats=stats,
     )

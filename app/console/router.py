@@ -18,8 +18,9 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from pydantic import ValidationError
 
-from app.api.deps import RateLimit, Session, Tokens
+from app.api.deps import AppServices, RateLimit, Session, Tokens
 from app.auth import service as users
+from app.auth.login import login as throttled_login
 from app.auth.schemas import RegisterIn
 from app.console.session import (
     clear_session,
@@ -31,6 +32,7 @@ from app.console.session import (
     set_session_cookie,
     viewer,
 )
+from app.core.clientip import client_address
 from app.core.problems import NotFound, ProblemError
 from app.core.ratelimit import client_ip
 from app.core.security import Principal, Role
@@ -130,11 +132,13 @@ async def login(
     email: Annotated[str, Form(max_length=320)],
     password: Annotated[str, Form(max_length=1024)],
     tokens: Tokens,
+    services: AppServices,
     csrf_token: Annotated[str, Form(max_length=128)] = "",
     next: Annotated[str, Form(max_length=2048)] = "",
 ) -> Response:
-    """Check the login form's CSRF token, then the credentials; on success the JWT goes into
-    an HttpOnly cookie and the CSRF cookie is rotated."""
+    """Check the login form's CSRF token, then the credentials (failures throttled like the
+    API's logins); on success the JWT goes into an HttpOnly cookie and the CSRF cookie is
+    rotated."""
     next_url = safe_next(next, "")
     if not csrf_matches(request, csrf_token):
         return _login_page(
@@ -145,7 +149,8 @@ async def login(
         )
     try:
         await limits.hit(limits.auth, "token", client_ip(request))
-        user = await users.authenticate(session, email, password)
+        address = client_address(request, services.lockouts.trusted_proxies)
+        user = await throttled_login(session, services.lockouts, address, email, password)
     except ProblemError as exc:
         return _login_page(
             request, error=exc.detail, next_url=next_url, status_code=exc.status, email=email

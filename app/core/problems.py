@@ -266,6 +266,12 @@ def _validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
 
 async def _on_problem(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ProblemError)
+    return problem_of(request, exc)
+
+
+def problem_of(request: Request, exc: ProblemError) -> Response:
+    """The response for a problem; a route returns it instead of raising when its
+    transaction must still commit (a failed login's count, a revoked token family)."""
     return problem_response(
         request,
         status=exc.status,

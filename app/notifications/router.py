@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Path, Query, Request
 from sse_starlette import EventSourceResponse
 
-from app.api.deps import DB, AdminUser, AppSettings, CurrentUser, Idempotent, Session
+from app.api.deps import DB, AdminUser, AppSettings, Audit, CurrentUser, Idempotent, Session
 from app.core.openapi import AUTH, problems
 from app.core.pagination import (
     Cursor,
@@ -204,10 +204,11 @@ async def list_dead_letters(
     summary="Queue a dead letter again with fresh attempts (admin)",
 )
 async def retry_dead_letter(
-    job_id: JobId, admin: AdminUser, session: Session, idem: Idempotent
+    job_id: JobId, admin: AdminUser, session: Session, idem: Idempotent, audit: Audit
 ) -> DeadLetterOut:
     """The job goes back to `pending` with its attempts reset; a worker picks it up at once.
     A job that is not dead (unknown, or already retried) is 404."""
     out = await service.retry_dead_letter(session, job_id)
+    await audit.record(session, "notification.retry", "outbox_job", job_id, after=out)
     await idem.remember(200, out)
     return out

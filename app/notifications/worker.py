@@ -32,8 +32,10 @@ from typing import Any
 import asyncpg
 import structlog
 
+from app.auth import refresh
 from app.books import import_jobs, import_runner
-from app.core import idempotency, outbox, tracing
+from app.books.seal import HistorySealer
+from app.core import idempotency, lockout, outbox, tracing
 from app.core.db import libpq_url
 from app.core.outbox import Job
 from app.core.settings import Settings
@@ -83,6 +85,8 @@ class WorkerConfig:
     import_batch_size: int = 100_000
     import_keep_hours: float = 72.0
     idempotency_ttl_hours: int = 24
+    lockout_window_seconds: int = 600
+    history_seal_seconds: float = 10.0
     purge_batch: int = 5000
     statement_cache_size: int = 1024
 
@@ -112,6 +116,8 @@ class WorkerConfig:
             import_batch_size=tuning.import_batch_size,
             import_keep_hours=tuning.import_keep_hours,
             idempotency_ttl_hours=settings.idempotency_ttl_hours,
+            lockout_window_seconds=settings.lockout_window_seconds,
+            history_seal_seconds=settings.history_seal_seconds,
             statement_cache_size=settings.statement_cache_size,
         )
 
@@ -131,6 +137,7 @@ class Worker:
         self._tasks: dict[asyncio.Task[None], Job] = {}
         self._pool: asyncpg.Pool | None = None
         self._webhook: WebhookSender | None = None
+        self._sealer = HistorySealer()  # not notification work: the loop on a timer runs it
         # The topics this worker runs; a job of any other topic becomes a dead letter.
         self._handlers: dict[str, Callable[[Job], Awaitable[None]]] = {
             PROMO_STARTED: self._fanout,
@@ -201,11 +208,11 @@ class Worker:
         assert self._pool is not None
         cfg = self.config
         loop = asyncio.get_running_loop()
-        last_recover = last_purge = last_mark = float("-inf")
+        last_recover = last_purge = last_mark = last_seal = float("-inf")
         purge_every = _PURGE_EVERY_S
         while not self._stop.is_set():
             self._wake.clear()
-            timeout = cfg.poll_seconds
+            timeout = min(cfg.poll_seconds, cfg.history_seal_seconds)
             try:
                 async with self._pool.acquire() as conn:
                     now = loop.time()
@@ -222,6 +229,9 @@ class Worker:
                         last_purge = now
                         behind = await purge(conn, cfg)
                         purge_every = cfg.poll_seconds if behind else _PURGE_EVERY_S
+                    if now - last_seal >= cfg.history_seal_seconds:
+                        last_seal = now
+                        await self._sealer.round(conn)
                     if now - last_mark >= _MARK_SOLD_OUT_EVERY_S:
                         last_mark = now
                         await soldout.mark_sold_out(conn, cfg.purge_batch)
@@ -401,8 +411,9 @@ class Worker:
 
 async def purge(conn: outbox.Conn, cfg: WorkerConfig) -> bool:
     """One bounded round of deletions past their retention (finished jobs, expired
-    idempotency keys, audiences of finished fan-outs), each at most `purge_batch` rows in its
-    own short statement. True when some kind filled its batch: there is more to delete."""
+    idempotency keys, audiences of finished fan-outs, lockout windows past, expired refresh
+    tokens), each at most `purge_batch` rows in its own short statement. True when some kind
+    filled its batch: there is more to delete."""
     counts = {
         "outbox_jobs": await outbox.purge_finished(
             conn, cfg.keep_done_hours * 3600, cfg.purge_batch
@@ -413,6 +424,8 @@ async def purge(conn: outbox.Conn, cfg: WorkerConfig) -> bool:
         "audience_rows": await fanout.purge_audience(
             conn, cfg.keep_done_hours * 3600, cfg.purge_batch
         ),
+        "lockouts": await lockout.purge_expired(conn, cfg.lockout_window_seconds, cfg.purge_batch),
+        "refresh_tokens": await refresh.purge_expired(conn, cfg.purge_batch),
     }
     # Each import job may drop a staging table: fewer per round.
     jobs = await import_runner.purge_finished(

@@ -6,7 +6,7 @@ import uuid
 
 from fastapi import APIRouter, Response, status
 
-from app.api.deps import AdminUser, Idempotent, Session
+from app.api.deps import AdminUser, Audit, Idempotent, Session
 from app.core.openapi import AUTH, problems
 from app.core.pagination import Cursor, Limit, Page, uuid_cursor
 from app.promos import catalog
@@ -29,10 +29,16 @@ ADMIN = (*AUTH, 403)
     tags=["stores"],
 )
 async def create_store(
-    body: StoreIn, admin: AdminUser, session: Session, response: Response, idem: Idempotent
+    body: StoreIn,
+    admin: AdminUser,
+    session: Session,
+    response: Response,
+    idem: Idempotent,
+    audit: Audit,
 ) -> StoreOut:
     """Create a store at `lat`/`lng` (degrees); promos are offered around it."""
     out = StoreOut.model_validate(await catalog.create_store(session, body.model_dump()))
+    await audit.record(session, "store.create", "store", out.id, after=out)
     response.headers["Location"] = f"{PREFIX}/stores/{out.id}"
     await idem.remember(201, out)
     return out
@@ -66,10 +72,13 @@ async def get_store(store_id: uuid.UUID, admin: AdminUser, session: Session) -> 
     tags=["stores"],
 )
 async def patch_store(
-    store_id: uuid.UUID, body: StorePatch, admin: AdminUser, session: Session
+    store_id: uuid.UUID, body: StorePatch, admin: AdminUser, session: Session, audit: Audit
 ) -> StoreOut:
     """Change any field; `address` may be set to null."""
-    return StoreOut.model_validate(await catalog.update_store(session, store_id, body.changes()))
+    before = StoreOut.model_validate(await catalog.get_store(session, store_id))
+    after = StoreOut.model_validate(await catalog.update_store(session, store_id, body.changes()))
+    await audit.changed(session, "store.update", "store", store_id, before, after)
+    return after
 
 
 @router.delete(
@@ -79,9 +88,13 @@ async def patch_store(
     responses=problems(*ADMIN, 404, 409),
     tags=["stores"],
 )
-async def delete_store(store_id: uuid.UUID, admin: AdminUser, session: Session) -> None:
+async def delete_store(
+    store_id: uuid.UUID, admin: AdminUser, session: Session, audit: Audit
+) -> None:
     """Delete a store without products (else 409 `conflict`)."""
+    before = StoreOut.model_validate(await catalog.get_store(session, store_id))
     await catalog.delete_store(session, store_id)
+    await audit.record(session, "store.delete", "store", store_id, before=before)
 
 
 # Products (admin)
@@ -95,10 +108,16 @@ async def delete_store(store_id: uuid.UUID, admin: AdminUser, session: Session) 
     tags=["products"],
 )
 async def create_product(
-    body: ProductIn, admin: AdminUser, session: Session, response: Response, idem: Idempotent
+    body: ProductIn,
+    admin: AdminUser,
+    session: Session,
+    response: Response,
+    idem: Idempotent,
+    audit: Audit,
 ) -> ProductOut:
     """Create a product of a store (an unknown `store_id` is 422)."""
     out = ProductOut.model_validate(await catalog.create_product(session, body.model_dump()))
+    await audit.record(session, "product.create", "product", out.id, after=out)
     response.headers["Location"] = f"{PREFIX}/products/{out.id}"
     await idem.remember(201, out)
     return out
@@ -140,12 +159,15 @@ async def get_product(product_id: uuid.UUID, admin: AdminUser, session: Session)
     tags=["products"],
 )
 async def patch_product(
-    product_id: uuid.UUID, body: ProductPatch, admin: AdminUser, session: Session
+    product_id: uuid.UUID, body: ProductPatch, admin: AdminUser, session: Session, audit: Audit
 ) -> ProductOut:
     """Change any field of a product; absent fields are unchanged."""
-    return ProductOut.model_validate(
+    before = ProductOut.model_validate(await catalog.get_product(session, product_id))
+    after = ProductOut.model_validate(
         await catalog.update_product(session, product_id, body.changes())
     )
+    await audit.changed(session, "product.update", "product", product_id, before, after)
+    return after
 
 
 @router.delete(
@@ -155,6 +177,10 @@ async def patch_product(
     responses=problems(*ADMIN, 404, 409),
     tags=["products"],
 )
-async def delete_product(product_id: uuid.UUID, admin: AdminUser, session: Session) -> None:
+async def delete_product(
+    product_id: uuid.UUID, admin: AdminUser, session: Session, audit: Audit
+) -> None:
     """Delete a product that is on no promo (else 409 `conflict`)."""
+    before = ProductOut.model_validate(await catalog.get_product(session, product_id))
     await catalog.delete_product(session, product_id)
+    await audit.record(session, "product.delete", "product", product_id, before=before)

@@ -9,7 +9,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response, status
 
-from app.api.deps import AdminUser, CurrentUser, Idempotent, Session
+from app.api.deps import AdminUser, Audit, CurrentUser, Idempotent, Session
 from app.core.openapi import AUTH, problems
 from app.core.pagination import Cursor, Limit, Page, encode_cursor, time_id_cursor
 from app.core.report import Bucket
@@ -79,11 +79,17 @@ async def my_promos(
     tags=["promos"],
 )
 async def create_promo(
-    body: PromoIn, admin: AdminUser, session: Session, response: Response, idem: Idempotent
+    body: PromoIn,
+    admin: AdminUser,
+    session: Session,
+    response: Response,
+    idem: Idempotent,
+    audit: Audit,
 ) -> PromoOut:
     """Put a product on a time-boxed promo with `quantity` units. `active: false` makes a
     draft that never runs; `segment_ids: []` offers it to everyone within `radius_m`."""
     out = await service.create_promo(session, body.model_dump())
+    await audit.record(session, "promo.create", "promo", out.id, after=out)
     response.headers["Location"] = f"{PREFIX}/promos/{out.id}"
     await idem.remember(201, out)
     return out
@@ -127,11 +133,14 @@ async def get_promo(promo_id: uuid.UUID, admin: AdminUser, session: Session) -> 
     tags=["promos"],
 )
 async def patch_promo(
-    promo_id: uuid.UUID, body: PromoPatch, admin: AdminUser, session: Session
+    promo_id: uuid.UUID, body: PromoPatch, admin: AdminUser, session: Session, audit: Audit
 ) -> PromoOut:
     """Change any field but the product. `quantity` may drop only over units never
     reserved (else 409 `conflict`); raising it reopens a sold-out promo."""
-    return await service.update_promo(session, promo_id, body.changes())
+    before = await service.get_promo(session, promo_id)
+    after = await service.update_promo(session, promo_id, body.changes())
+    await audit.changed(session, "promo.update", "promo", promo_id, before, after)
+    return after
 
 
 @router.delete(
@@ -141,9 +150,13 @@ async def patch_promo(
     responses=problems(*ADMIN, 404, 409),
     tags=["promos"],
 )
-async def delete_promo(promo_id: uuid.UUID, admin: AdminUser, session: Session) -> None:
+async def delete_promo(
+    promo_id: uuid.UUID, admin: AdminUser, session: Session, audit: Audit
+) -> None:
     """Delete a promo nobody has reserved; afterwards cancel it instead (409 `conflict`)."""
+    before = await service.get_promo(session, promo_id)
     await service.delete_promo(session, promo_id)
+    await audit.record(session, "promo.delete", "promo", promo_id, before=before)
 
 
 @router.post(
@@ -153,10 +166,12 @@ async def delete_promo(promo_id: uuid.UUID, admin: AdminUser, session: Session) 
     tags=["promos"],
 )
 async def cancel_promo(
-    promo_id: uuid.UUID, admin: AdminUser, session: Session, idem: Idempotent
+    promo_id: uuid.UUID, admin: AdminUser, session: Session, idem: Idempotent, audit: Audit
 ) -> PromoOut:
     """Cancel the promo (idempotent): no more reservations nor purchases."""
+    before = await service.get_promo(session, promo_id)
     out = await service.cancel_promo(session, promo_id)
+    await audit.changed(session, "promo.cancel", "promo", promo_id, before, out)
     await idem.remember(200, out)
     return out
 

@@ -6,7 +6,7 @@ import uuid
 
 from fastapi import APIRouter, Response, status
 
-from app.api.deps import AdminUser, Idempotent, Session
+from app.api.deps import AdminUser, Audit, Idempotent, Session
 from app.core.openapi import AUTH, problems
 from app.core.pagination import Cursor, Limit, Page, encode_cursor, uuid_cursor
 from app.segments import service
@@ -25,12 +25,18 @@ ERRORS = problems(*AUTH, 403, 404)
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=SegmentOut, responses=ERRORS)
 async def create_segment(
-    body: SegmentIn, admin: AdminUser, session: Session, response: Response, idem: Idempotent
+    body: SegmentIn,
+    admin: AdminUser,
+    session: Session,
+    response: Response,
+    idem: Idempotent,
+    audit: Audit,
 ) -> SegmentOut:
     """Create a static segment (members added later) or a rule segment."""
     segment = await service.create(session, body.name, body.kind, body.rules)
     response.headers["Location"] = f"/api/v1/segments/{segment.id}"
     out = SegmentOut.model_validate(segment)
+    await audit.record(session, "segment.create", "segment", segment.id, after=out)
     await idem.remember(status.HTTP_201_CREATED, out)
     return out
 
@@ -56,26 +62,41 @@ async def get_segment(segment_id: uuid.UUID, admin: AdminUser, session: Session)
 
 @router.patch("/{segment_id}", response_model=SegmentOut, responses=ERRORS)
 async def patch_segment(
-    segment_id: uuid.UUID, body: SegmentPatch, admin: AdminUser, session: Session
+    segment_id: uuid.UUID, body: SegmentPatch, admin: AdminUser, session: Session, audit: Audit
 ) -> SegmentOut:
     """Rename a segment or change its rules; absent fields are unchanged."""
-    segment = await service.update(session, segment_id, body.name, body.rules)
-    return SegmentOut.model_validate(segment)
+    before = SegmentOut.model_validate(await service.get(session, segment_id))
+    after = SegmentOut.model_validate(
+        await service.update(session, segment_id, body.name, body.rules)
+    )
+    await audit.changed(session, "segment.update", "segment", segment_id, before, after)
+    return after
 
 
 @router.delete("/{segment_id}", status_code=status.HTTP_204_NO_CONTENT, responses=ERRORS)
-async def delete_segment(segment_id: uuid.UUID, admin: AdminUser, session: Session) -> Response:
+async def delete_segment(
+    segment_id: uuid.UUID, admin: AdminUser, session: Session, audit: Audit
+) -> Response:
     """Delete a segment and its memberships; promos stop targeting it."""
+    before = SegmentOut.model_validate(await service.get(session, segment_id))
     await service.remove(session, segment_id)
+    await audit.record(session, "segment.delete", "segment", segment_id, before=before)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.post("/{segment_id}/members", response_model=MembersAdded, responses=ERRORS)
 async def add_members(
-    segment_id: uuid.UUID, body: MembersIn, admin: AdminUser, session: Session, idem: Idempotent
+    segment_id: uuid.UUID,
+    body: MembersIn,
+    admin: AdminUser,
+    session: Session,
+    idem: Idempotent,
+    audit: Audit,
 ) -> MembersAdded:
     """Add users to a static segment; unknown ids are ignored, `added` counts new members."""
     out = MembersAdded(added=await service.add_members(session, segment_id, body.user_ids))
+    after = {"users": len(body.user_ids), "added": out.added}
+    await audit.record(session, "segment.members.add", "segment", segment_id, after=after)
     await idem.remember(status.HTTP_200_OK, out)
     return out
 
@@ -84,10 +105,12 @@ async def add_members(
     "/{segment_id}/members/{user_id}", status_code=status.HTTP_204_NO_CONTENT, responses=ERRORS
 )
 async def remove_member(
-    segment_id: uuid.UUID, user_id: uuid.UUID, admin: AdminUser, session: Session
+    segment_id: uuid.UUID, user_id: uuid.UUID, admin: AdminUser, session: Session, audit: Audit
 ) -> Response:
     """Take a user out of a static segment; 404 if they are not in it."""
     await service.remove_member(session, segment_id, user_id)
+    before = {"user_id": str(user_id)}
+    await audit.record(session, "segment.members.remove", "segment", segment_id, before=before)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 

@@ -14,7 +14,7 @@ from tests.helpers import ApiUser, assert_problem
 from tests.security.support import API, Endpoint, admin_endpoints, authenticated_endpoints
 
 # The admin routes of /work/shared/API.md (books, codes rollback, history, users, segments,
-# stores, products, promos, dead letters, import jobs).
+# stores, products, promos, dead letters, import jobs; lockouts, audit and erasure of a user).
 CONTRACT_ADMIN_ROUTES = {
     "GET /users",
     "GET /users/{user_id}",
@@ -65,9 +65,20 @@ CONTRACT_ADMIN_ROUTES = {
     "GET /promos/{promo_id}/report",
     "GET /notifications/dead-letters",
     "POST /notifications/dead-letters/{job_id}/retry",
+    "GET /lockouts",
+    "DELETE /lockouts/{key}",
+    "GET /audit",
+    "GET /audit/verify",
+    "DELETE /users/{user_id}",
 }
 
-PUBLIC_ROUTES = {"POST /auth/register", "POST /auth/token"}
+# A refresh token is its own credential: refresh and logout take no access token.
+PUBLIC_ROUTES = {
+    "POST /auth/register",
+    "POST /auth/token",
+    "POST /auth/refresh",
+    "POST /auth/logout",
+}
 
 
 def _name(endpoint: Endpoint) -> str:
