@@ -163,13 +163,17 @@ async def test_scripted_coupon_assignment_stops_at_the_book_limit(
 
 @pytest.fixture
 async def limited_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    """A second app with the rate limits on (the test app runs with them off)."""
+    """A second app with the rate limits on (the test app runs with them off), and the
+    guessing lockout off."""
     limited = create_app(
         settings.model_copy(
             update={
                 "rate_limit_enabled": True,
                 "rate_limit_auth": "3/minute",
                 "rate_limit_assign": "3/minute",
+                # The guessing lockout (tests/security/test_lockout.py) counts failures in
+                # the shared database: off here, so only the per-process limit answers.
+                "lockout_max_failures": 0,
             }
         )
     )
