@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -16,6 +15,7 @@ from playwright.sync_api import FilePayload, Page, expect
 
 from app.core.locking import LockNamespace, xact_lock_sql
 from tests.console.conftest import Accounts, LiveServer, sign_in
+from tests.helpers import wait_until
 
 
 @contextmanager
@@ -52,13 +52,6 @@ def import_lock_held(url: str, book_id: uuid.UUID) -> Iterator[None]:
         thread.join(30)
 
 
-def _until(check: Callable[[], bool], what: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"{what} not within {timeout}s"
-        time.sleep(0.05)
-
-
 def test_admin_cancels_an_import_waiting_its_turn(
     server: LiveServer, accounts: Accounts, new_page: Callable[..., Page], import_worker: None
 ) -> None:
@@ -86,9 +79,9 @@ def test_admin_cancels_an_import_waiting_its_turn(
     assert [r["state"] for r in job] == ["cancelled"]
     staging = f"import_staging_{job[0]['id'].hex}"
     # The worker takes the job again once the lock is free, and drops its staging table.
-    _until(
+    wait_until(
         lambda: accounts.fetch("SELECT to_regclass($1) IS NULL AS gone", staging)[0]["gone"],
-        "staging dropped",
+        what="staging dropped",
     )
     assert (
         accounts.fetch("SELECT count(*) AS n FROM codes WHERE book_id = $1", book_id)[0]["n"] == 0

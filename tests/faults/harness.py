@@ -31,6 +31,7 @@ from app.check import run_checks, violations
 from app.core.security import Role, TokenService
 from app.notifications.webhook import SIGNATURE_HEADER, verify
 from bench.common import ROOT, SECRET, free_port, stop, wait_healthy
+from tests.helpers import wait_until
 
 API = "/api/v1"
 PROBLEM = "application/problem+json"
@@ -172,11 +173,7 @@ def service(
 
 
 def wait_workers(svc: Service, n: int, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while len(svc.workers()) < n:
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"the service has {len(svc.workers())} of {n} workers")
-        time.sleep(0.1)
+    wait_until(lambda: len(svc.workers()) >= n, timeout=timeout, what=f"{n} service workers")
 
 
 def wait_replaced(
@@ -185,8 +182,8 @@ def wait_replaced(
     """Wait until uvicorn has replaced the killed workers and the replacements have started:
     `n` workers, none of them killed, `started + len(killed)` startups logged (`started`
     counted before the kills); returns the workers' pids."""
-    deadline = time.monotonic() + timeout
-    while True:
+
+    def replaced() -> set[int] | None:
         pids = set()
         for proc in svc.workers():
             with contextlib.suppress(psutil.NoSuchProcess):
@@ -194,9 +191,12 @@ def wait_replaced(
                     pids.add(proc.pid)
         if len(pids) >= n and not pids & killed and svc.startups() >= started + len(killed):
             return pids
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"workers {sorted(killed)} not replaced: {sorted(pids)}")
-        time.sleep(0.05)
+        return None
+
+    found: set[int] = wait_until(
+        replaced, timeout=timeout, what=f"workers {sorted(killed)} replaced"
+    )
+    return found
 
 
 @dataclass
