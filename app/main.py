@@ -28,6 +28,7 @@ from app.core.cache import Cached
 from app.core.clientip import parse_networks
 from app.core.db import Database
 from app.core.front import ServiceApp
+from app.core.heap import frozen_startup_heap
 from app.core.idempotency import install_idempotency_handler
 from app.core.lockout import Lockouts
 from app.core.logging import configure_logging
@@ -116,7 +117,8 @@ def _lifespan(settings: Settings) -> Callable[[FastAPI], AbstractAsyncContextMan
         try:
             # The outbox worker runs here unless RUN_WORKER=false.
             async with start_worker(settings) as worker:
-                yield {STATE_KEY: services, HUB_STATE_KEY: hub, WORKER_STATE_KEY: worker}
+                with frozen_startup_heap():
+                    yield {STATE_KEY: services, HUB_STATE_KEY: hub, WORKER_STATE_KEY: worker}
         finally:
             await hub.close()
             await services.external_users.dispose()
