@@ -78,7 +78,7 @@ def test_find_a_code_is_full_width_with_roll_back_in_view_and_an_in_page_reason(
         }"""
     )
     assert geometry["wide"] == [], geometry
-    assert 0 <= geometry["left"] and geometry["right"] <= width, geometry
+    assert geometry["left"] >= 0 and geometry["right"] <= width, geometry
     assert geometry["page"] <= width, geometry
 
     # The reason is a field in the page; focus goes to it, and back to the search after.

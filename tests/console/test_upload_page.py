@@ -16,7 +16,7 @@ from tests.console.conftest import Accounts, LiveServer, sign_in
 
 
 def _png() -> bytes:
-    """A real 2×2 PNG image (what a slip of the file picker sends)."""
+    """A real PNG image of 2 by 2 pixels (what a slip of the file picker sends)."""
 
     def chunk(kind: bytes, data: bytes) -> bytes:
         body = kind + data
