@@ -10,8 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fastapi.responses import HTMLResponse
+from fastapi.routing import APIRoute
 from playwright.sync_api import Browser, BrowserContext, Page, expect
 
+from app.console.router import router as console_router
 from tests.console.conftest import Account, Accounts, LiveServer, shot
 
 AXE = Path(__file__).resolve().parents[2] / "web/node_modules/axe-core/axe.min.js"
@@ -98,25 +101,47 @@ def contexts(
         context.close()
 
 
+# Every page of the console, by route, with who sees it; the ids come from `site`.
+PAGES: list[tuple[str, str]] = [
+    ("anonymous", "/login"),
+    ("anonymous", "/signup"),
+    ("admin", "/admin"),
+    ("admin", "/admin/books/{book_id}"),
+    ("admin", "/admin/segments"),
+    ("admin", "/admin/segments/{segment_id}"),
+    ("admin", "/admin/stores"),
+    ("admin", "/admin/promos"),
+    ("admin", "/admin/promos/{promo_id}"),
+    ("admin", "/admin/history"),
+    ("admin", "/admin/audit"),
+    ("admin", "/admin/dead-letters"),
+    ("shopper", "/app"),
+    ("shopper", "/app/promos"),
+    ("shopper", "/app/history"),
+    ("shopper", "/app/notifications"),
+    ("shopper", "/admin"),  # the "admins only" page
+]
+
+
 def _pages(site: dict[str, Any]) -> list[tuple[str, str]]:
-    return [
-        ("anonymous", "/login"),
-        ("anonymous", "/signup"),
-        ("admin", "/admin"),
-        ("admin", f"/admin/books/{site['book']['id']}"),
-        ("admin", "/admin/segments"),
-        ("admin", f"/admin/segments/{site['segment']['id']}"),
-        ("admin", "/admin/stores"),
-        ("admin", "/admin/promos"),
-        ("admin", f"/admin/promos/{site['promo']['id']}"),
-        ("admin", "/admin/history"),
-        ("admin", "/admin/dead-letters"),
-        ("shopper", "/app"),
-        ("shopper", "/app/promos"),
-        ("shopper", "/app/history"),
-        ("shopper", "/app/notifications"),
-        ("shopper", "/admin"),  # the "admins only" page
-    ]
+    ids = {
+        "book_id": site["book"]["id"],
+        "segment_id": site["segment"]["id"],
+        "promo_id": site["promo"]["id"],
+    }
+    return [(who, route.format(**ids)) for who, route in PAGES]
+
+
+def test_the_pages_checked_are_every_page_the_console_serves() -> None:
+    """A page added to the console without a place in PAGES fails here."""
+    served = {
+        route.path
+        for route in console_router.routes
+        if isinstance(route, APIRoute)
+        and "GET" in route.methods
+        and route.response_class is HTMLResponse
+    }
+    assert served == {route for _, route in PAGES}
 
 
 def _ready(page: Page) -> None:
