@@ -553,8 +553,6 @@ export async function bookNames(admin) {
   return names;
 }
 
-/** Rebuild `box`'s content without losing keyboard focus: the control that had it (known by
- * its id or accessible label) has it again afterwards, when it still exists. */
 /** Where focus should return to after `node` is rebuilt: its own selector (by id or accessible
  * label) and that of the row or card it sits in. */
 function focusTarget(node) {
@@ -574,7 +572,8 @@ let acting = null;
 
 /** Rebuild `box`'s content without losing keyboard focus: the control that had it (known by
  * its id or accessible label) has it again afterwards; when an action replaced it (Lock →
- * Unlock), the first control of the same row or card has it. */
+ * Unlock), the first control of the same row or card has it, else that row's or card's
+ * outcome. */
 export function replaceKeepingFocus(box, ...nodes) {
   const active = document.activeElement;
   let target = null;
@@ -588,8 +587,17 @@ export function replaceKeepingFocus(box, ...nodes) {
     return;
   }
   const item = target.near ? box.querySelector(target.near) : null;
-  const next = item ? item.querySelector("button:not([disabled]), a[href], input, select") : null;
-  if (next) next.focus();
+  if (!item) return;
+  const next = item.querySelector("button:not([disabled]), a[href], input, select");
+  if (next) {
+    next.focus();
+    return;
+  }
+  // The action left the row or card without a control (redeemed, bought): its outcome,
+  // marked `data-focus-after`, has focus, so the keyboard does not start again at the top.
+  const outcome = item.querySelector("[data-focus-after]") || item;
+  outcome.setAttribute("tabindex", "-1");
+  outcome.focus();
 }
 
 const emails = new Map();
