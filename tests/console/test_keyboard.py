@@ -1,5 +1,5 @@
 """A campaign manager with only a keyboard (Tab, Enter, Space and typing; never a mouse): sign
-in, create a book, upload its codes, preview and confirm a distribution, read the report.
+in, create a book, upload its codes, generate more, preview and confirm a distribution, read the report.
 After every action focus is shown and sits where the next step starts."""
 
 from __future__ import annotations
@@ -72,6 +72,18 @@ def test_campaign_manager_runs_a_campaign_by_keyboard(
     expect(outcome).to_be_focused()
     assert_focus_shown(page)
     expect(page.locator('[data-stat="unassigned"] dd')).to_have_text("5")
+
+    # Generate five more with Enter on the button: focus stays on it, ready for another go.
+    generate = page.locator("#generate-form")
+    tab_to(page, generate.get_by_label("How many"))
+    page.keyboard.press("Control+a")
+    page.keyboard.type("5")
+    tab_to(page, generate.get_by_role("button", name="Generate"))
+    page.keyboard.press("Enter")
+    expect(page.locator("#generate-result")).to_have_text("5 codes generated.")
+    expect(generate.get_by_role("button", name="Generate")).to_be_focused()
+    assert_focus_shown(page)
+    expect(page.locator('[data-stat="unassigned"] dd')).to_have_text("10")
 
     # Distribute: choose the segment by typing its name, preview, confirm.
     segment_select = page.locator("#dist-segment")

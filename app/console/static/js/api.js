@@ -302,6 +302,10 @@ export function onSubmit(form, handler) {
     } finally {
       if (button) button.disabled = false;
       form.removeAttribute("aria-busy");
+      // Disabling the focused button dropped focus to the page; unless the handler put it
+      // somewhere (a field with a problem, a confirmation), it goes back to the button.
+      const lost = !document.activeElement || document.activeElement === document.body;
+      if (button && lost && button.isConnected) button.focus();
     }
   });
 }
