@@ -4,6 +4,7 @@ page, never in a browser prompt."""
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -51,6 +52,7 @@ def test_find_a_code_is_full_width_with_roll_back_in_view_and_an_in_page_reason(
     sign_in(page, server, admin)
     book_id, code = _redeemed_code(page, server, shopper.id)
     page.goto(f"{server.url}/admin/books/{book_id}")
+    expect(page.locator("#book-name")).to_have_text(re.compile(r"^Support "))
 
     finder = page.locator("section", has=page.get_by_role("heading", name="Find a code"))
     codes = page.locator("section", has=page.get_by_role("heading", name="Codes", exact=True))

@@ -1,6 +1,6 @@
 """A campaign manager with only a keyboard (Tab, Enter, Space and typing; never a mouse): sign
-in, create a book, upload its codes, generate more, preview and confirm a distribution, read the report.
-After every action focus is shown and sits where the next step starts."""
+in, create a book, upload its codes, generate more, preview and confirm a distribution, read
+the report. After every action focus is shown and sits where the next step starts."""
 
 from __future__ import annotations
 
@@ -46,6 +46,7 @@ def test_campaign_manager_runs_a_campaign_by_keyboard(
     )
     page = new_page(*SIZES[size])
     keyboard_sign_in(page, server, admin, "/admin")
+    expect(page.locator("#books")).not_to_contain_text("Loading…")  # the page's script runs
 
     # Create a book.
     form = page.locator("#book-form")

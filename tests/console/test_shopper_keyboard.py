@@ -111,6 +111,7 @@ def test_shopper_claims_redeems_and_buys_by_keyboard(
     tab_to(page, page.get_by_role("link", name="Promos near me"))
     page.keyboard.press("Enter")
     expect(page).to_have_url(f"{server.url}/app/promos")
+    expect(page.locator("#reservations table")).to_be_visible()  # the page's script runs
 
     # Where I am: typed, sent with Enter; focus stays in the form.
     tab_to(page, page.get_by_label("Latitude"))

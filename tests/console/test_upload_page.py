@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from playwright.sync_api import FilePayload, Page, Request, expect
 
-from tests.console.conftest import Accounts, LiveServer, sign_in
+from tests.console.conftest import Account, Accounts, LiveServer, sign_in
 
 
 def _png() -> bytes:
@@ -38,6 +38,12 @@ def _book(accounts: Accounts) -> uuid.UUID:
     return book_id
 
 
+def _open(page: Page, server: LiveServer, admin: Account, book_id: uuid.UUID) -> None:
+    """The book's page, once its script has drawn the book (and so handles the form)."""
+    sign_in(page, server, admin, f"/admin/books/{book_id}")
+    expect(page.locator("#book-name")).to_have_text(re.compile(r"^Upload "))
+
+
 def _choose(page: Page, name: str, content: bytes, mime: str = "text/csv") -> None:
     upload: FilePayload = {"name": name, "mimeType": mime, "buffer": content}
     page.get_by_label("CSV file").set_input_files(files=[upload])
@@ -48,7 +54,7 @@ def test_a_png_named_csv_is_refused_on_the_field_before_it_is_sent(
 ) -> None:
     admin, book_id = accounts.create("admin"), _book(accounts)
     page = new_page()
-    sign_in(page, server, admin, f"/admin/books/{book_id}")
+    _open(page, server, admin, book_id)
     sent: list[str] = []
 
     def watch(request: Request) -> None:
@@ -89,7 +95,7 @@ def test_a_reupload_that_adds_nothing_says_so_neutrally_and_focus_lands_on_the_r
 ) -> None:
     admin, book_id = accounts.create("admin"), _book(accounts)
     page = new_page()
-    sign_in(page, server, admin, f"/admin/books/{book_id}")
+    _open(page, server, admin, book_id)
     tag = uuid.uuid4().hex[:8].upper()
     content = f"code\nR{tag}-1\nR{tag}-2\n".encode()
     result = page.locator("#upload-result")
