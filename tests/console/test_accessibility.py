@@ -1,5 +1,6 @@
 """Every console page, at desktop and phone size: axe-core finds no violation, nothing is
-wider than the screen, the favicon is served, and the phone's menu folds away."""
+wider than the screen, no page takes focus on load, the favicon is served, and the phone's
+menu folds away."""
 
 from __future__ import annotations
 
@@ -190,6 +191,13 @@ def test_every_page_has_no_axe_violations_and_fits_the_screen(
         result = page.evaluate(AXE_RUN)
         for violation in result:
             problems.append(f"{size} {path}: {json.dumps(violation)}")
+        # Only the sign-in forms put focus on their first field; no other page moves it.
+        focused = page.evaluate(
+            "document.activeElement === document.body ? null"
+            " : document.activeElement.outerHTML.slice(0, 80)"
+        )
+        if who != "anonymous" and focused is not None:
+            problems.append(f"{size} {path}: focus taken on load by {focused}")
         scroll = page.evaluate("document.documentElement.scrollWidth")
         if scroll > width:
             problems.append(f"{size} {path}: {scroll}px wide on a {width}px screen")

@@ -284,6 +284,7 @@ export function onSubmit(form, handler) {
     const box = form.querySelector(".problem") || form.appendChild(el("div", { class: "problem" }));
     box.replaceChildren();
     clearFieldErrors(form);
+    const buttonHadFocus = button && document.activeElement === button;
     if (button) button.disabled = true;
     form.setAttribute("aria-busy", "true");
     try {
@@ -303,9 +304,10 @@ export function onSubmit(form, handler) {
       if (button) button.disabled = false;
       form.removeAttribute("aria-busy");
       // Disabling the focused button dropped focus to the page; unless the handler put it
-      // somewhere (a field with a problem, a confirmation), it goes back to the button.
+      // somewhere (a field with a problem, a confirmation), it goes back to the button. A
+      // form sent by a script (a page's first search) takes no focus.
       const lost = !document.activeElement || document.activeElement === document.body;
-      if (button && lost && button.isConnected) button.focus();
+      if (buttonHadFocus && lost && button.isConnected) button.focus();
     }
   });
 }
