@@ -62,6 +62,24 @@ def test_admins_read_the_audit_trail_by_name_with_filters_and_more_pages(
     bo_api = _api(bo_page, server)
     store = bo_api("POST", "/stores", {"name": f"Kiosk {tag}", "lat": 40.4, "lng": -3.7})
     bo_api("DELETE", f"/stores/{store['id']}")
+    shop = bo_api("POST", "/stores", {"name": f"Shop {tag}", "lat": 40.4, "lng": -3.7})
+    product = bo_api(
+        "POST",
+        "/products",
+        {"store_id": shop["id"], "name": "Lamp", "price_cents": 8000, "currency": "USD"},
+    )
+    promo = bo_api(
+        "POST",
+        "/promos",
+        {
+            "product_id": product["id"],
+            "title": f"Lamps {tag}",
+            "promo_price_cents": 4050,
+            "starts_at": "2030-01-01T00:00:00Z",
+            "ends_at": "2030-01-02T00:00:00Z",
+        },
+    )
+    bo_api("PATCH", f"/promos/{promo['id']}", {"promo_price_cents": 3999})
     _bulk_entries(accounts, cy, 55)
 
     # From the book's page, its trail: the book chosen by name in the filter.
@@ -114,11 +132,19 @@ def test_admins_read_the_audit_trail_by_name_with_filters_and_more_pages(
     # Bo's changes: the deleted store keeps its recorded name, shown as it was.
     page.get_by_label("Made by").select_option(label=bo.email)
     page.get_by_role("button", name="Show changes").click()
-    expect(rows).to_have_count(2)
+    expect(rows).to_have_count(6)
     deleted = rows.filter(has_text="Deleted a store")
     expect(deleted).to_contain_text(f"Kiosk {tag}")
     expect(deleted).to_contain_text("As it was:")
-    expect(rows.filter(has_text="Created a store")).to_contain_text(f"Kiosk {tag}")
+    expect(rows.filter(has_text="Created a store").filter(has_text=f"Kiosk {tag}")).to_have_count(1)
+    # Prices in the product's currency, the product by name.
+    created = rows.filter(has_text="Created a promo")
+    expect(created).to_contain_text("$40.50")
+    expect(created.locator(".diff")).to_contain_text("Lamp")
+    price = rows.filter(has_text="Changed a promo").locator(".diff")
+    expect(price.locator("dt")).to_have_text(["promo price"])
+    expect(price.locator(".was")).to_have_text("from $40.50")
+    expect(price.locator(".now")).to_have_text("to $39.99")
 
     # Since a time to come: nothing yet.
     page.get_by_label("Since").fill("2099-01-01T00:00")

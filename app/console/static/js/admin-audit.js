@@ -10,6 +10,7 @@ import {
   idChip,
   isoToLocal,
   localToIso,
+  money,
   named,
   onSubmit,
   query,
@@ -65,6 +66,8 @@ const KINDS = {
 };
 
 const names = new Map(); // "type:id" → name, for everything still there
+const currencies = new Map(); // product id → its currency
+const promoProducts = new Map(); // promo id → its product id
 let me = null;
 let filters = {};
 let cursor = null;
@@ -79,6 +82,10 @@ async function loadNames() {
   const keep = select.value;
   const groups = [];
   kinds.forEach(([type, kind], i) => {
+    for (const o of lists[i]) {
+      if (type === "product") currencies.set(o.id, o.currency);
+      if (type === "promo") promoProducts.set(o.id, o.product_id);
+    }
     const items = lists[i].map((o) => [o.id, titleOf(o) ?? o.id]).sort((a, b) => String(a[1]).localeCompare(String(b[1])));
     for (const [id, name] of items) names.set(`${type}:${id}`, name);
     if (items.length) {
@@ -113,16 +120,27 @@ async function loadActors() {
 
 // ---- one entry ----
 
-const humanize = (key) => key.replace(/_id$/, "").replace(/_/g, " ");
+const humanize = (key) => key.replace(/_(id|cents)$/, "").replace(/_/g, " ");
 
 function nameOfId(key, value) {
   const type = key.replace(/_id$/, "");
   return typeof value === "string" && KINDS[type] ? names.get(`${type}:${value}`) : undefined;
 }
 
-function money(minor, currency) {
-  const units = Number(minor) / 100;
-  return currency ? new Intl.NumberFormat(undefined, { style: "currency", currency }).format(units) : units.toFixed(2);
+/** The currency of an entry's amounts: its own, its product's, or its promo's product's. */
+function currencyOf(entry) {
+  const sides = [entry.after, entry.before].filter((v) => v && typeof v === "object");
+  for (const side of sides) {
+    if (side.currency) return side.currency;
+    if (side.product_id && currencies.has(side.product_id)) return currencies.get(side.product_id);
+  }
+  const product = entry.target_type === "promo" ? promoProducts.get(entry.target_id) : null;
+  return product ? currencies.get(product) : null;
+}
+
+/** An amount in minor units: in its currency when the entry names one, else as a number. */
+function amount(minor, currency) {
+  return currency ? money(minor, currency) : (Number(minor) / 100).toFixed(2);
 }
 
 /** A value as a person reads it: names for ids, local times, words for null and booleans. */
@@ -131,10 +149,7 @@ function show(key, value, entry) {
   if (value === "") return el("span", { class: "muted" }, "empty");
   if (typeof value === "boolean") return value ? "yes" : "no";
   if (typeof value === "number") {
-    if (key.endsWith("_cents")) {
-      const currency = (entry.after && entry.after.currency) || (entry.before && entry.before.currency);
-      return money(value, currency);
-    }
+    if (key.endsWith("_cents")) return amount(value, currencyOf(entry));
     return value.toLocaleString();
   }
   if (typeof value === "string") {
