@@ -9,7 +9,7 @@ import uuid
 from fastapi import APIRouter, Request, Response, status
 from fastapi.responses import StreamingResponse
 
-from app.api.deps import AdminUser, IdempotentUpload, Session
+from app.api.deps import AdminUser, Audit, IdempotentUpload, Session
 from app.books import import_jobs, imports
 from app.books.export import StreamSession
 from app.books.import_schemas import ImportJobOut
@@ -38,11 +38,14 @@ async def create_import(
     session: Session,
     response: Response,
     idem: IdempotentUpload,
+    audit: Audit,
 ) -> ImportJobOut:
     """Upload codes as CSV (same format as `POST /books/{id}/codes`) to be imported by a
     background job: 202 once the whole file is stored, with `Location` naming the job.
     The job validates and stores the file all or nothing; watch it at `GET /imports/{id}`."""
     out = await import_jobs.receive_upload(session, request, book_id, admin.id, idem)
+    stored = {"import_id": out.id, "received_bytes": out.received_bytes, "state": out.state}
+    await audit.record(session, "book.codes.upload", "book", book_id, after=stored)
     response.headers["Location"] = job_location(out.id)
     await idem.remember(status.HTTP_202_ACCEPTED, out)
     return out
@@ -105,7 +108,20 @@ async def import_errors(
 @router.delete(
     "/imports/{import_id}", response_model=ImportJobOut, responses=problems(*ADMIN, 404, 409)
 )
-async def cancel_import(import_id: uuid.UUID, admin: AdminUser, session: Session) -> ImportJobOut:
+async def cancel_import(
+    import_id: uuid.UUID, admin: AdminUser, session: Session, audit: Audit
+) -> ImportJobOut:
     """Cancel a job that has not finished: nothing of it is stored. 409 `import-finished`
     once it is done or failed; cancelling a cancelled job answers it again."""
-    return await import_jobs.cancel(session, import_id)
+    before = await import_jobs.get_job(session, import_id)
+    out = await import_jobs.cancel(session, import_id)
+    if before.state != out.state:
+        await audit.record(
+            session,
+            "book.codes.upload.cancel",
+            "book",
+            out.book_id,
+            before={"import_id": out.id, "state": before.state},
+            after={"import_id": out.id, "state": out.state},
+        )
+    return out

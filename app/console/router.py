@@ -313,6 +313,11 @@ async def admin_history(request: Request, session: Session) -> Response:
     return await _page(request, session, "admin/history.html", admin=True, title="History")
 
 
+@router.get("/admin/audit", response_class=HTMLResponse)
+async def admin_audit(request: Request, session: Session) -> Response:
+    return await _page(request, session, "admin/audit.html", admin=True, title="Audit trail")
+
+
 @router.get("/admin/dead-letters", response_class=HTMLResponse)
 async def admin_dead_letters(request: Request, session: Session) -> Response:
     return await _page(

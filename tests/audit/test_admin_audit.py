@@ -146,6 +146,41 @@ async def test_every_admin_change_is_recorded(
     assert all(e["request_id"] for e in entries)
 
 
+async def test_an_upload_as_a_job_and_its_cancel_are_recorded(
+    client: httpx.AsyncClient, make_user: MakeUser
+) -> None:
+    """The console uploads through import jobs: the upload and a cancel are admin changes."""
+    admin = await make_user(Role.admin)
+    book = await make_book(client, admin)
+    resp = await client.post(
+        f"{API}/books/{book['id']}/imports",
+        content=b"code\nJOB-AUDIT-1\nJOB-AUDIT-2\n",
+        headers={**admin.headers, "Content-Type": "text/csv", "X-Request-ID": "req-upload-1"},
+    )
+    assert resp.status_code == 202, resp.text
+    job = resp.json()
+    resp = await client.delete(f"{API}/imports/{job['id']}", headers=admin.headers)
+    assert resp.status_code == 200, resp.text
+    # Cancelling again changes nothing, and records nothing.
+    resp = await client.delete(f"{API}/imports/{job['id']}", headers=admin.headers)
+    assert resp.status_code == 200, resp.text
+    entries = await _audit(client, admin, target=f"book:{book['id']}")
+    assert [e["action"] for e in entries] == [
+        "book.codes.upload.cancel",
+        "book.codes.upload",
+        "book.create",
+    ]
+    cancel, upload, _ = entries
+    assert upload["request_id"] == "req-upload-1"
+    assert upload["after"] == {
+        "import_id": job["id"],
+        "received_bytes": job["received_bytes"],
+        "state": "received",
+    }
+    assert cancel["before"] == {"import_id": job["id"], "state": "received"}
+    assert cancel["after"] == {"import_id": job["id"], "state": "cancelled"}
+
+
 async def test_a_failed_change_records_nothing(
     client: httpx.AsyncClient, make_user: MakeUser
 ) -> None:

@@ -1,5 +1,6 @@
 """Every console page, at desktop and phone size: axe-core finds no violation, nothing is
-wider than the screen, the favicon is served, and the phone's menu folds away."""
+wider than the screen, no page takes focus on load, the favicon is served, and the phone's
+menu folds away."""
 
 from __future__ import annotations
 
@@ -10,8 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fastapi.responses import HTMLResponse
+from fastapi.routing import APIRoute
 from playwright.sync_api import Browser, BrowserContext, Page, expect
 
+from app.console.router import router as console_router
 from tests.console.conftest import Account, Accounts, LiveServer, shot
 
 AXE = Path(__file__).resolve().parents[2] / "web/node_modules/axe-core/axe.min.js"
@@ -98,25 +102,47 @@ def contexts(
         context.close()
 
 
+# Every page of the console, by route, with who sees it; the ids come from `site`.
+PAGES: list[tuple[str, str]] = [
+    ("anonymous", "/login"),
+    ("anonymous", "/signup"),
+    ("admin", "/admin"),
+    ("admin", "/admin/books/{book_id}"),
+    ("admin", "/admin/segments"),
+    ("admin", "/admin/segments/{segment_id}"),
+    ("admin", "/admin/stores"),
+    ("admin", "/admin/promos"),
+    ("admin", "/admin/promos/{promo_id}"),
+    ("admin", "/admin/history"),
+    ("admin", "/admin/audit"),
+    ("admin", "/admin/dead-letters"),
+    ("shopper", "/app"),
+    ("shopper", "/app/promos"),
+    ("shopper", "/app/history"),
+    ("shopper", "/app/notifications"),
+    ("shopper", "/admin"),  # the "admins only" page
+]
+
+
 def _pages(site: dict[str, Any]) -> list[tuple[str, str]]:
-    return [
-        ("anonymous", "/login"),
-        ("anonymous", "/signup"),
-        ("admin", "/admin"),
-        ("admin", f"/admin/books/{site['book']['id']}"),
-        ("admin", "/admin/segments"),
-        ("admin", f"/admin/segments/{site['segment']['id']}"),
-        ("admin", "/admin/stores"),
-        ("admin", "/admin/promos"),
-        ("admin", f"/admin/promos/{site['promo']['id']}"),
-        ("admin", "/admin/history"),
-        ("admin", "/admin/dead-letters"),
-        ("shopper", "/app"),
-        ("shopper", "/app/promos"),
-        ("shopper", "/app/history"),
-        ("shopper", "/app/notifications"),
-        ("shopper", "/admin"),  # the "admins only" page
-    ]
+    ids = {
+        "book_id": site["book"]["id"],
+        "segment_id": site["segment"]["id"],
+        "promo_id": site["promo"]["id"],
+    }
+    return [(who, route.format(**ids)) for who, route in PAGES]
+
+
+def test_the_pages_checked_are_every_page_the_console_serves() -> None:
+    """A page added to the console without a place in PAGES fails here."""
+    served = {
+        route.path
+        for route in console_router.routes
+        if isinstance(route, APIRoute)
+        and "GET" in route.methods
+        and route.response_class is HTMLResponse
+    }
+    assert served == {route for _, route in PAGES}
 
 
 def _ready(page: Page) -> None:
@@ -165,6 +191,13 @@ def test_every_page_has_no_axe_violations_and_fits_the_screen(
         result = page.evaluate(AXE_RUN)
         for violation in result:
             problems.append(f"{size} {path}: {json.dumps(violation)}")
+        # Only the sign-in forms put focus on their first field; no other page moves it.
+        focused = page.evaluate(
+            "document.activeElement === document.body ? null"
+            " : document.activeElement.outerHTML.slice(0, 80)"
+        )
+        if who != "anonymous" and focused is not None:
+            problems.append(f"{size} {path}: focus taken on load by {focused}")
         scroll = page.evaluate("document.documentElement.scrollWidth")
         if scroll > width:
             problems.append(f"{size} {path}: {scroll}px wide on a {width}px screen")

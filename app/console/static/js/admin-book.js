@@ -8,6 +8,7 @@ import {
   actionButton,
   api,
   changed,
+  clearFieldErrors,
   cookie,
   el,
   every,
@@ -19,6 +20,7 @@ import {
   userEmails,
   problemFrom,
   query,
+  showFieldErrors,
   showProblem,
   statsBar,
   statsLegend,
@@ -27,6 +29,7 @@ import {
 } from "./api.js";
 import { bookBody, fillBookForm } from "./book-form.js";
 import { drawReport } from "./charts.js";
+import { notText } from "./file-check.js";
 
 const bookId = $("#book").dataset.bookId;
 const base = `/books/${bookId}`;
@@ -108,6 +111,18 @@ onSubmit($("#edit-form"), async (data) => {
 // ---- upload: the browser streams the file (XHR reports upload progress); the service
 // stores it and answers 202 with an import job, which this page then follows ----
 
+const uploadSection = $("#upload-h").closest("section");
+
+/** Put focus on an upload's outcome, unless the user has moved on to another part of the
+ * page meanwhile (a long import must not pull them back). */
+function focusOutcome(node) {
+  if (!node) return;
+  const at = document.activeElement;
+  if (at && at !== document.body && !uploadSection.contains(at)) return;
+  node.setAttribute("tabindex", "-1");
+  node.focus();
+}
+
 function uploadFile(file) {
   const wrap = $("#upload-progress");
   const bar = $("#upload-bar");
@@ -144,21 +159,37 @@ function uploadFile(file) {
       if (xhr.status === 401) location.assign("/login?next=" + encodeURIComponent(location.pathname));
       label.textContent = "Upload refused.";
       showProblem(result, new ApiError(xhr.status, await problemFrom(xhr.status, xhr.responseText)));
+      focusOutcome(result.querySelector(".error"));
     }
   });
   xhr.addEventListener("error", () => {
     button.disabled = false;
     label.textContent = "Upload failed.";
     showProblem(result, new ApiError(0, { detail: "The upload did not reach the service. Check your connection and retry (retrying is safe)." }));
+    focusOutcome(result.querySelector(".error"));
   });
   xhr.send(file);
 }
 
-$("#upload-form").addEventListener("submit", (event) => {
+const uploadForm = $("#upload-form");
+
+uploadForm.addEventListener("submit", async (event) => {
   event.preventDefault();
+  clearFieldErrors(uploadForm);
   const file = $("#csv-file").files[0];
-  if (file) uploadFile(file);
+  if (!file) return;
+  // Only text goes up: an image or a spreadsheet is refused here, on the field.
+  const problem = await notText(file);
+  if (problem) {
+    $("#upload-result").replaceChildren();
+    $("#upload-progress").hidden = true;
+    $("#job").hidden = true;
+    showFieldErrors(uploadForm, { errors: [{ loc: ["file"], msg: problem }] });
+    return;
+  }
+  uploadFile(file);
 });
+$("#csv-file").addEventListener("change", () => clearFieldErrors(uploadForm));
 
 // ---- the import job: progress from GET /imports/{id}, cancel, the error report ----
 
@@ -170,6 +201,17 @@ const STATE_TEXT = {
   inserting: "Storing the codes",
 };
 let watching = null;
+
+/** Why an import that succeeded stored no code: said as a fact, not as a success. */
+function nothingAdded(job) {
+  const n = (v) => Number(v).toLocaleString();
+  const distinct = job.already_present;
+  if (distinct > 0) {
+    const all = distinct === 1 ? "the only code in this file is" : `the ${n(distinct)} codes in this file are`;
+    return `No codes added: ${all} already in this book.`;
+  }
+  return "No codes added: the file holds no codes.";
+}
 
 function renderJob(job) {
   const n = (v) => Number(v).toLocaleString();
@@ -184,7 +226,9 @@ function renderJob(job) {
   const result = $("#upload-result");
   if (job.state === "done") {
     result.replaceChildren(
-      el("p", { class: "ok", role: "status" }, `${n(job.inserted)} codes added.`),
+      job.inserted > 0
+        ? el("p", { class: "ok", role: "status" }, `${n(job.inserted)} ${job.inserted === 1 ? "code" : "codes"} added.`)
+        : el("p", { role: "status" }, nothingAdded(job)),
       table(
         ["Lines", "Inserted", "Duplicates in file", "Already in book"],
         [[n(job.lines_total), n(job.inserted), n(job.duplicates_in_file), n(job.already_present)]],
@@ -210,34 +254,48 @@ function renderJob(job) {
   }
 }
 
+/** Show a job that has ended, once: its outcome takes focus, the stats and codes follow. */
+function finishJob(job) {
+  clearInterval(watching);
+  watching = null;
+  renderJob(job);
+  focusOutcome($("#upload-result").querySelector("[role=status], [role=alert]"));
+  if (job.state === "done") {
+    refresh();
+    loadCodes(null);
+  }
+}
+
 function watchJob(job) {
   clearInterval(watching);
+  if (FINISHED.has(job.state)) {
+    finishJob(job);
+    return;
+  }
   renderJob(job);
-  if (FINISHED.has(job.state)) return;
-  watching = setInterval(async () => {
+  const timer = setInterval(async () => {
     try {
       const now = await api("GET", `/imports/${job.id}`);
-      renderJob(now);
-      if (FINISHED.has(now.state)) {
-        clearInterval(watching);
-        if (now.state === "done") {
-          refresh();
-          loadCodes(null);
-        }
-      }
+      if (watching !== timer) return; // ended (cancelled) while this read was under way
+      if (FINISHED.has(now.state)) finishJob(now);
+      else renderJob(now);
     } catch (err) {
       showProblem($("#upload-result"), err);
     }
   }, 1000);
+  watching = timer;
 }
 
 $("#job-cancel").addEventListener("click", async (event) => {
   const button = event.currentTarget;
   button.disabled = true;
   try {
-    renderJob(await api("DELETE", `/imports/${button.dataset.jobId}`));
+    const job = await api("DELETE", `/imports/${button.dataset.jobId}`);
+    if (FINISHED.has(job.state)) finishJob(job);
+    else renderJob(job);
   } catch (err) {
     showProblem($("#upload-result"), err);
+    focusOutcome($("#upload-result .error"));
   } finally {
     button.disabled = false;
   }

@@ -284,6 +284,7 @@ export function onSubmit(form, handler) {
     const box = form.querySelector(".problem") || form.appendChild(el("div", { class: "problem" }));
     box.replaceChildren();
     clearFieldErrors(form);
+    const buttonHadFocus = button && document.activeElement === button;
     if (button) button.disabled = true;
     form.setAttribute("aria-busy", "true");
     try {
@@ -302,6 +303,11 @@ export function onSubmit(form, handler) {
     } finally {
       if (button) button.disabled = false;
       form.removeAttribute("aria-busy");
+      // Disabling the focused button dropped focus to the page; unless the handler put it
+      // somewhere (a field with a problem, a confirmation), it goes back to the button. A
+      // form sent by a script (a page's first search) takes no focus.
+      const lost = !document.activeElement || document.activeElement === document.body;
+      if (buttonHadFocus && lost && button.isConnected) button.focus();
     }
   });
 }
@@ -553,8 +559,6 @@ export async function bookNames(admin) {
   return names;
 }
 
-/** Rebuild `box`'s content without losing keyboard focus: the control that had it (known by
- * its id or accessible label) has it again afterwards, when it still exists. */
 /** Where focus should return to after `node` is rebuilt: its own selector (by id or accessible
  * label) and that of the row or card it sits in. */
 function focusTarget(node) {
@@ -574,7 +578,8 @@ let acting = null;
 
 /** Rebuild `box`'s content without losing keyboard focus: the control that had it (known by
  * its id or accessible label) has it again afterwards; when an action replaced it (Lock →
- * Unlock), the first control of the same row or card has it. */
+ * Unlock), the first control of the same row or card has it, else that row's or card's
+ * outcome. */
 export function replaceKeepingFocus(box, ...nodes) {
   const active = document.activeElement;
   let target = null;
@@ -588,8 +593,17 @@ export function replaceKeepingFocus(box, ...nodes) {
     return;
   }
   const item = target.near ? box.querySelector(target.near) : null;
-  const next = item ? item.querySelector("button:not([disabled]), a[href], input, select") : null;
-  if (next) next.focus();
+  if (!item) return;
+  const next = item.querySelector("button:not([disabled]), a[href], input, select");
+  if (next) {
+    next.focus();
+    return;
+  }
+  // The action left the row or card without a control (redeemed, bought): its outcome,
+  // marked `data-focus-after`, has focus, so the keyboard does not start again at the top.
+  const outcome = item.querySelector("[data-focus-after]") || item;
+  outcome.setAttribute("tabindex", "-1");
+  outcome.focus();
 }
 
 const emails = new Map();

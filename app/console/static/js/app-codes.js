@@ -78,7 +78,7 @@ function codeRow(c, problem) {
     "tr",
     { dataset: { code: c.code, status: c.status } },
     el("td", { "data-label": "Code" }, el("code", {}, c.code)),
-    el("td", { "data-label": "Status" }, el("span", { class: "status status-" + c.status }, c.status)),
+    el("td", { "data-label": "Status", "data-focus-after": "" }, el("span", { class: "status status-" + c.status }, c.status)),
     el("td", { class: "num", "data-label": "Uses left" }, c.redemptions_left ?? "∞"),
     el("td", { "data-label": "Claimed" }, fmtTime(c.assigned_at)),
     el("td", { class: "lock-timer", "data-label": "Lock" }, timer),
@@ -199,7 +199,18 @@ onSubmit($("#claim-form"), async (data) => {
     el("p", { class: "ok" }, `Your code from ${name}: `, el("code", {}, c.code)),
   );
   await Promise.all([load(), loadCampaigns()]);
+  focusClaimed(c.code);
 });
+
+/** After a claim, focus is on the new code's first action (Lock), where the next step is;
+ * the claim's message is announced by its live region. */
+function focusClaimed(code) {
+  const row = document.querySelector(`#my-codes tr[data-code="${CSS.escape(code)}"]`);
+  const next = row && row.querySelector("button:not([disabled])");
+  const target = next || $("#claim-result p");
+  if (!next) target.setAttribute("tabindex", "-1");
+  target.focus();
+}
 
 loadCampaigns().catch((err) => showProblem($("#claim-form .problem"), err));
 
@@ -209,6 +220,7 @@ onSubmit($("#claim-code-form"), async (data) => {
   const c = await api("POST", `/codes/${encodeURIComponent(code)}/assign`, {});
   $("#claim-result").replaceChildren(el("p", { class: "ok" }, "Your code: ", el("code", {}, c.code)));
   await load();
+  focusClaimed(c.code);
 });
 
 // Codes can arrive from a distribution meanwhile; a light refresh keeps the list true.

@@ -9,7 +9,7 @@ let timers = [];
 function holdPanel(promo, reservation, problem) {
   const panel = el("div", { class: "hold" });
   if (reservation.status === "purchased") {
-    panel.append(el("p", { class: "ok", role: "status" }, "Purchased. Enjoy!"));
+    panel.append(el("p", { class: "ok", role: "status", "data-focus-after": "" }, "Purchased. Enjoy!"));
     return panel;
   }
   const timer = el("span");

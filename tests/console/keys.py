@@ -1,0 +1,60 @@
+"""Keyboard-only driving for the console's journeys: Tab to a control (every stop on the way
+must show where focus is), and checks on where focus lands after an action."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from playwright.sync_api import Locator, Page
+
+# What the focused element is, whether it shows a focus ring, and whether it is on screen.
+_FOCUS = """() => {
+  const node = document.activeElement;
+  if (!node || node === document.body || node === document.documentElement) return null;
+  const style = getComputedStyle(node);
+  const box = node.getBoundingClientRect();
+  return {
+    what: node.tagName.toLowerCase() + (node.id ? "#" + node.id : "")
+      + (node.getAttribute("aria-label") ? `[${node.getAttribute("aria-label")}]` : "")
+      + " " + (node.textContent || "").trim().slice(0, 40)
+      + ` (outline: ${style.outlineStyle} ${style.outlineWidth})`,
+    // The console's ring (3 px), not the browser's thin default nor none at all.
+    ring: style.outlineStyle !== "none" && parseFloat(style.outlineWidth) >= 2,
+    onScreen: box.width > 0 && box.height > 0 && box.left >= 0 && box.right <= innerWidth + 1
+      && box.bottom > 0 && box.top < innerHeight,
+  };
+}"""
+
+
+def focus_state(page: Page) -> dict[str, Any] | None:
+    state: dict[str, Any] | None = page.evaluate(_FOCUS)
+    return state
+
+
+def assert_focus_shown(page: Page) -> None:
+    """Something has focus, it shows a focus ring, and it is on the screen."""
+    state = focus_state(page)
+    assert state is not None, "focus is on the page body: lost after the last action"
+    assert state["ring"], f"no visible focus ring on {state['what']}"
+    assert state["onScreen"], f"the focused {state['what']} is off the screen"
+
+
+def tab_to(page: Page, target: Locator, limit: int = 150) -> None:
+    """Press Tab until `target` has focus; every stop on the way must show its focus ring."""
+    for _ in range(limit):
+        if target.evaluate("node => node === document.activeElement"):
+            assert_focus_shown(page)
+            return
+        page.keyboard.press("Tab")
+        state = focus_state(page)
+        if state is not None:
+            assert state["ring"], f"no visible focus ring on {state['what']}"
+    raise AssertionError(f"{target} not reached with Tab")
+
+
+def choose(page: Page, select: Locator, label: str) -> None:
+    """Pick an option of a focused-by-Tab select by typing its label (type-ahead)."""
+    tab_to(page, select)
+    page.keyboard.type(label)
+    chosen = select.evaluate("s => s.selectedOptions[0] && s.selectedOptions[0].textContent")
+    assert chosen is not None and chosen.startswith(label), (chosen, label)
