@@ -36,6 +36,7 @@ root of its block, and rewriting the blocks changes every hash after it.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import struct
 from collections.abc import Sequence
@@ -249,6 +250,23 @@ class Sealer:
             block_hash=digest.hex(),
         )
         return Block(block_no, last_id, len(leaves), root, digest)
+
+
+async def seal(conn: Conn, sealers: Sequence[Sealer], budget: float) -> bool:
+    """A round of every sealer, then more rounds of those with a backlog (full blocks),
+    taking turns, for up to `budget` seconds; whether a backlog is left for the next call."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + budget
+    due = list(sealers)
+    while True:
+        for sealer in due:
+            await sealer.round(conn)
+        due = [s for s in due if s.backlog]
+        if not due:
+            return False
+        if loop.time() >= deadline:
+            return True
+        await asyncio.sleep(0)  # between blocks, whatever else the event loop has to run
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,8 +36,8 @@ import structlog
 from app.audit.ledgers import LEDGERS
 from app.auth import refresh
 from app.books import import_jobs, import_runner
-from app.core import idempotency, lockout, outbox, tracing
-from app.core.chain import Conn, Sealer
+from app.core import chain, idempotency, lockout, outbox, tracing
+from app.core.chain import Sealer
 from app.core.db import libpq_url
 from app.core.outbox import Job
 from app.core.settings import Settings
@@ -235,7 +235,7 @@ class Worker:
                         purge_every = cfg.poll_seconds if behind else _PURGE_EVERY_S
                     if sealing_behind or now - last_seal >= cfg.seal_seconds:
                         last_seal = now
-                        sealing_behind = await self._seal(conn, cfg.seal_seconds)
+                        sealing_behind = await chain.seal(conn, self._sealers, cfg.seal_seconds)
                         if sealing_behind:
                             timeout = 0
                     if now - last_mark >= _MARK_SOLD_OUT_EVERY_S:
@@ -256,22 +256,6 @@ class Worker:
                 log.warning("worker_db_error", error=f"{type(exc).__name__}: {exc}")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=timeout)
-
-    async def _seal(self, conn: Conn, budget: float) -> bool:
-        """A round of every sealer, and more while one has a backlog (full blocks), taking
-        turns, for up to `budget` seconds; whether a backlog is left for the next pass."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + budget
-        due = self._sealers
-        while True:
-            for sealer in due:
-                await sealer.round(conn)
-            due = [s for s in due if s.backlog]
-            if not due:
-                return False
-            if loop.time() >= deadline:
-                return True
-            await asyncio.sleep(0)  # between blocks, whatever else the loop has to run
 
     def _spawn(self, job: Job) -> None:
         task = asyncio.create_task(self._run_job(job), name=f"job-{job.id}")
