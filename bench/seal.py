@@ -31,6 +31,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import asyncpg
+import psutil
 import structlog
 
 from app.audit.ledgers import LEDGERS
@@ -275,23 +276,62 @@ async def write_at_rate(url: str, s: Seeded, seconds: float) -> tuple[int, int]:
 
 @dataclass
 class Sealing:
-    """The worker's sealing pass, every `SEAL_SECONDS`, timed."""
+    """The worker's sealing pass, every `SEAL_SECONDS`, timed; with the CPU it used: its
+    database backend's (when the server runs on this machine) and this process's during the
+    passes (an upper bound: other coroutines may run while a pass awaits the database)."""
 
     rounds: list[float] = field(default_factory=list)
+    backend_cpu_s: float | None = None
+    python_cpu_s: float = 0.0
+    elapsed_s: float = 0.0
 
     async def run(self, url: str, stop: asyncio.Event) -> None:
         conn = await asyncpg.connect(url)
+        backend = _backend(await conn.fetchval("SELECT pg_backend_pid()"))
+        cpu_before, began = _cpu(backend), time.perf_counter()
         sealers = [Sealer(ledger) for ledger in LEDGERS]
         try:
             while not stop.is_set():
-                started = time.perf_counter()
+                started, cpu = time.perf_counter(), time.process_time()
                 behind = await seal(conn, sealers, SEAL_SECONDS)
                 self.rounds.append(time.perf_counter() - started)
+                self.python_cpu_s += time.process_time() - cpu
                 if not behind:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(stop.wait(), timeout=SEAL_SECONDS)
+            cpu_after, self.elapsed_s = _cpu(backend), time.perf_counter() - began
+            if cpu_before is not None and cpu_after is not None:
+                self.backend_cpu_s = cpu_after - cpu_before
         finally:
             await conn.close()
+
+    def cpu(self) -> str:
+        """CPU per second of the sealer's run."""
+        wall = self.elapsed_s or 1.0
+        python = f"{1000 * self.python_cpu_s / wall:.1f} ms/s in this process"
+        if self.backend_cpu_s is None:
+            return f"sealer CPU: {python} (the database's: not on this machine)"
+        return (
+            f"sealer CPU: {1000 * self.backend_cpu_s / wall:.1f} ms/s in its database backend,"
+            f" {python}"
+        )
+
+
+def _backend(pid: int) -> psutil.Process | None:
+    try:
+        return psutil.Process(pid)
+    except (psutil.Error, OSError):
+        return None
+
+
+def _cpu(process: psutil.Process | None) -> float | None:
+    if process is None:
+        return None
+    try:
+        times = process.cpu_times()
+    except (psutil.Error, OSError):
+        return None
+    return float(times.user + times.system)
 
 
 async def sealed_lag(
@@ -358,6 +398,7 @@ async def steady(url: str, s: Seeded) -> list[str]:
             f" p50 {ms(sealing.rounds, 0.5)} ms, p99 {ms(sealing.rounds, 0.99)} ms,"
             f" longest {ms(sealing.rounds, 1.0)} ms;"
             f" {100 * sum(sealing.rounds) / wall:.1f}% of the time in a pass",
+            sealing.cpu(),
         ]
         for ledger in LEDGERS:
             ids = (before[ledger.name], after[ledger.name])
@@ -374,6 +415,7 @@ async def off_and_on(url: str, s: Seeded) -> list[str]:
     ]
     rates: dict[bool, list[float]] = {False: [], True: []}
     sealed: dict[str, list[tuple[int, int]]] = {ledger.name: [] for ledger in LEDGERS}
+    runs: list[Sealing] = []
     conn = await asyncpg.connect(url)
     try:
         for phase in range(PHASES):
@@ -390,6 +432,7 @@ async def off_and_on(url: str, s: Seeded) -> list[str]:
                 stop.set()
                 if sealer is not None:
                     await sealer
+                    runs.append(sealing)
                     after = await tops(conn)
                     for ledger in LEDGERS:
                         sealed[ledger.name].append((before[ledger.name], after[ledger.name]))
@@ -405,6 +448,15 @@ async def off_and_on(url: str, s: Seeded) -> list[str]:
             f"all cycles/s, median of the phases: sealer on {on:,.0f}, off {off:,.0f}:"
             f" **{on / off:.2f}x**"
         )
+        together = Sealing(
+            rounds=[r for run in runs for r in run.rounds],
+            backend_cpu_s=None
+            if any(run.backend_cpu_s is None for run in runs)
+            else sum(run.backend_cpu_s or 0.0 for run in runs),
+            python_cpu_s=sum(run.python_cpu_s for run in runs),
+            elapsed_s=sum(run.elapsed_s for run in runs),
+        )
+        table.append(f"while on, {together.cpu()}")
         for ledger in LEDGERS:
             lag = await sealed_lag(conn, ledger, sealed[ledger.name])
             table.append(f"{ledger.name}, written while the sealer was on: {lag}")
