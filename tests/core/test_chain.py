@@ -172,3 +172,11 @@ async def test_a_sealer_that_saw_an_old_tip_loses_to_the_block_already_there(
     finally:
         for c in (writer, a_conn, b_conn):
             await c.close()
+
+
+def test_seal_seconds_is_read_under_its_former_name_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert Settings(_env_file=None).seal_seconds == 1.0  # type: ignore[call-arg]
+    monkeypatch.setenv("HISTORY_SEAL_SECONDS", "5")
+    assert Settings(_env_file=None).seal_seconds == 5.0  # type: ignore[call-arg]
+    monkeypatch.setenv("SEAL_SECONDS", "0.5")
+    assert Settings(_env_file=None).seal_seconds == 0.5  # type: ignore[call-arg]
