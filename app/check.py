@@ -13,8 +13,9 @@ from typing import Any
 
 import asyncpg
 
+from app.audit.ledgers import LEDGERS
 from app.books import rules as books
-from app.books import seal
+from app.core import chain
 from app.promos import rules as promos
 
 # A transaction left idle this long holds its locks and snapshot for nothing.
@@ -44,11 +45,21 @@ class Outcome:
         return self.skipped or not self.rows
 
 
-async def _broken_chain(conn: asyncpg.Connection) -> list[dict[str, Any]]:
-    verdict = await seal.verify(conn)
-    if verdict.ok:
-        return []
-    return [{"first_bad_block": verdict.first_bad_block, "blocks": verdict.blocks}]
+def _chain_check(ledger: chain.Ledger) -> Check:
+    async def broken(conn: asyncpg.Connection) -> list[dict[str, Any]]:
+        [verdict] = await chain.verify(conn, [ledger])
+        if verdict.ok:
+            return []
+        return [{"first_bad_block": verdict.first_bad_block, "blocks": verdict.blocks}]
+
+    return Check(
+        f"{ledger.name}_chain_intact",
+        f"the sealed {ledger.table} is what was sealed: every block's Merkle root and the"
+        " chain of block hashes recompute (app/core/chain.py)",
+        "",
+        (ledger.blocks,),
+        run=broken,
+    )
 
 
 _NET_REDEMPTIONS = """
@@ -260,13 +271,34 @@ CHECKS: tuple[Check, ...] = (
         (),
     ),
     Check(
-        "history_chain_intact",
-        "the sealed redemption history is what was sealed: every block's Merkle root and the"
-        " chain of block hashes recompute (app/books/seal.py)",
-        "",
-        ("history_blocks",),
-        run=_broken_chain,
+        "purchase_logged_once",
+        "every purchase is in the purchase log once, with its promo, unit and buyer, and the"
+        " log holds nothing else",
+        """
+        SELECT coalesce(l.reservation_id, r.id) AS reservation_id, l.id AS log_id,
+               r.status, l.promo_id AS logged_promo, r.promo_id, l.unit_id AS logged_unit,
+               r.unit_id, l.user_id AS logged_user, r.user_id
+        FROM purchase_log l
+        FULL JOIN (SELECT * FROM reservations WHERE status = 'purchased') r
+            ON r.id = l.reservation_id
+        WHERE l.id IS NULL OR r.id IS NULL
+           OR (l.promo_id, l.unit_id, l.user_id) <> (r.promo_id, r.unit_id, r.user_id)
+        """,
+        ("purchase_log", "reservations"),
     ),
+    Check(
+        "promo_sales_match_purchase_log",
+        "each promo's sales slots add up to its purchases in the purchase log",
+        """
+        WITH logged AS (SELECT promo_id, count(*) AS n FROM purchase_log GROUP BY promo_id),
+        counted AS (SELECT promo_id, sum(sold) AS n FROM promo_sales GROUP BY promo_id)
+        SELECT coalesce(l.promo_id, c.promo_id) AS promo_id, l.n AS logged, c.n AS counted
+        FROM logged l FULL JOIN counted c ON c.promo_id = l.promo_id
+        WHERE coalesce(l.n, 0) <> coalesce(c.n, 0)
+        """,
+        ("purchase_log", "promo_sales"),
+    ),
+    *(_chain_check(ledger) for ledger in LEDGERS),
 )
 
 

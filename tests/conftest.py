@@ -260,3 +260,28 @@ def lockouts(app: FastAPI) -> Iterator[Lockouts]:
     finally:
         guard.enabled, guard.max_failures, guard.window_seconds, guard.trusted_proxies = saved
         guard.forget()
+
+
+@pytest.fixture
+def statements(app: FastAPI, settings: Settings) -> Iterator[list[str]]:
+    """Every statement the requests' SQL routes send, in order: each request gets a
+    connection of its own that logs them."""
+    sent: list[str] = []
+
+    @asynccontextmanager
+    async def logged() -> AsyncIterator[Any]:
+        conn = await asyncpg.connect(libpq_url(settings.database_url or ""))
+        conn.add_query_logger(lambda record: sent.append(record.query))
+        try:
+            yield conn
+        finally:
+            await conn.close()
+
+    async def source(request: Request) -> Acquire:
+        return logged
+
+    app.dependency_overrides[connection_source] = source
+    try:
+        yield sent
+    finally:
+        app.dependency_overrides.pop(connection_source, None)

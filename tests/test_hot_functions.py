@@ -6,21 +6,13 @@ functions in the schema are the ones the code writes."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
-from typing import Any
-
 import asyncpg
 import httpx
 import pytest
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 
-from app.api.deps import connection_source
 from app.books.assign import ASSIGN_FUNCTION_BODY
-from app.core.db import libpq_url
 from app.core.security import Role
-from app.core.settings import Settings
-from app.core.transaction import Acquire
 from app.promos.reservations import RESERVE_FUNCTION_BODY
 from tests.books.flows import book_with_codes
 from tests.conftest import MakeUser
@@ -37,31 +29,6 @@ async def test_the_schema_holds_the_function_the_code_writes(
     assert body == BODIES[name], (
         f"{name} in the schema differs from the code's: write a migration that replaces it"
     )
-
-
-@pytest.fixture
-def statements(app: FastAPI, settings: Settings) -> Iterator[list[str]]:
-    """Every statement the requests' SQL routes send, in order: each request gets a
-    connection of its own that logs them."""
-    sent: list[str] = []
-
-    @asynccontextmanager
-    async def logged() -> AsyncIterator[Any]:
-        conn = await asyncpg.connect(libpq_url(settings.database_url or ""))
-        conn.add_query_logger(lambda record: sent.append(record.query))
-        try:
-            yield conn
-        finally:
-            await conn.close()
-
-    async def source(request: Request) -> Acquire:
-        return logged
-
-    app.dependency_overrides[connection_source] = source
-    try:
-        yield sent
-    finally:
-        app.dependency_overrides.pop(connection_source, None)
 
 
 @pytest.fixture

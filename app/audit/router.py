@@ -9,9 +9,10 @@ from fastapi import APIRouter, Query
 
 from app.api.deps import AdminUser, Session
 from app.audit import service
-from app.audit.schemas import AuditEntry, ChainVerdict
-from app.books import seal
+from app.audit.ledgers import LEDGERS
+from app.audit.schemas import AuditEntry, ChainVerdict, LogVerdict
 from app.books.types import Timestamp
+from app.core import chain
 from app.core.db import raw_connection
 from app.core.openapi import AUTH, problems
 from app.core.pagination import Cursor, Limit, Page, encode_cursor, int_cursor
@@ -53,15 +54,28 @@ async def list_audit(
 
 
 @router.get("/audit/verify", response_model=ChainVerdict, responses=problems(*AUTH, 403))
-async def verify_history(admin: AdminUser, session: Session) -> ChainVerdict:
-    """Recompute the redemption history's hash chain: every sealed block's Merkle root from
-    its rows and every block hash from the one before. `first_bad_block` is the first block
-    whose rows were changed, deleted or inserted behind the service's back (or that was
-    itself rewritten)."""
-    verdict = await seal.verify(await raw_connection(session))
+async def verify_chains(admin: AdminUser, session: Session) -> ChainVerdict:
+    """Recompute the hash chains of the redemption history and of the promo purchase log:
+    every sealed block's Merkle root from its rows and every block hash from the one before.
+    Per log (`logs`), `first_bad_block` is the first block whose rows were changed, deleted
+    or inserted behind the service's back (or that was itself rewritten); the top-level
+    fields add the logs up and name the first log that fails."""
+    verdicts = await chain.verify(await raw_connection(session), LEDGERS)
+    bad = next((v for v in verdicts if not v.ok), None)
     return ChainVerdict(
-        ok=verdict.ok,
-        blocks=verdict.blocks,
-        rows=verdict.rows,
-        first_bad_block=verdict.first_bad_block,
+        ok=bad is None,
+        blocks=sum(v.blocks for v in verdicts),
+        rows=sum(v.rows for v in verdicts),
+        first_bad_block=bad.first_bad_block if bad is not None else None,
+        first_bad_log=bad.log if bad is not None else None,
+        logs=[
+            LogVerdict(
+                log=v.log,
+                ok=v.ok,
+                blocks=v.blocks,
+                rows=v.rows,
+                first_bad_block=v.first_bad_block,
+            )
+            for v in verdicts
+        ],
     )

@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class AuditEntry(BaseModel):
@@ -39,14 +39,50 @@ class AuditEntry(BaseModel):
     after: Any = None
 
 
-class ChainVerdict(BaseModel):
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [{"ok": True, "blocks": 5210, "rows": 1834002, "first_bad_block": None}]
-        }
-    )
-
+class LogVerdict(BaseModel):
+    log: str = Field(description="`history` (redemption history) or `purchases` (purchase log)")
     ok: bool
     blocks: int
     rows: int
     first_bad_block: int | None
+
+
+class ChainVerdict(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "ok": True,
+                    "blocks": 5310,
+                    "rows": 1912002,
+                    "first_bad_block": None,
+                    "first_bad_log": None,
+                    "logs": [
+                        {
+                            "log": "history",
+                            "ok": True,
+                            "blocks": 5210,
+                            "rows": 1834002,
+                            "first_bad_block": None,
+                        },
+                        {
+                            "log": "purchases",
+                            "ok": True,
+                            "blocks": 100,
+                            "rows": 78000,
+                            "first_bad_block": None,
+                        },
+                    ],
+                }
+            ]
+        }
+    )
+
+    ok: bool = Field(description="Every log's chain recomputes.")
+    blocks: int = Field(description="Blocks of every log.")
+    rows: int = Field(description="Rows sealed in every log (verified up to the first bad block).")
+    first_bad_block: int | None = Field(
+        description="The first bad block of `first_bad_log` (each log numbers its own blocks)."
+    )
+    first_bad_log: str | None = Field(description="The first log, in `logs` order, that fails.")
+    logs: list[LogVerdict]

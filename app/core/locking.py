@@ -17,7 +17,7 @@ class LockNamespace(IntEnum):
     IDEMPOTENCY = 4  # one in-flight request per (user, route, key)
     OUTBOX = 5  # a keyed outbox job (topic, key): scheduling, cancelling, settling
     IMPORT_BOOK = 6  # one import job of a book validating or inserting at a time
-    HISTORY_SEAL = 7  # one sealer at a time appends to the history's hash chain
+    LEDGER_SEAL = 7  # one sealer at a time appends to a log's hash chain (key: its name)
 
 
 def xact_lock_sql(namespace: LockNamespace, key_sql: str, *, shared: bool = False) -> str:

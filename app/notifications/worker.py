@@ -2,8 +2,9 @@
 (`promo.started`, scheduled by promos) and webhook delivery (`webhook.deliver`, queued by the
 fan-out). The outbox itself (`app/core/outbox.py`) is generic; this loop lives here because
 most topics it runs are notification work (docs/decisions.md). It also runs the books'
-import jobs (`books.import`: `app/books/import_runner.py`), and on every poll retires a
-bounded batch of lapsed promo holds (`promos.reservations.retire_lapsed_holds`).
+import jobs (`books.import`: `app/books/import_runner.py`), on every poll retires a
+bounded batch of lapsed promo holds (`promos.reservations.retire_lapsed_holds`), and every
+`SEAL_SECONDS` seals the redemption history and the purchase log (`app/core/chain.py`).
 
 Any number of workers may run (`python -m app worker`, or inside the API process unless
 `RUN_WORKER=false`). Jobs are claimed with `FOR UPDATE SKIP LOCKED`; a worker sleeps until a
@@ -32,10 +33,11 @@ from typing import Any
 import asyncpg
 import structlog
 
+from app.audit.ledgers import LEDGERS
 from app.auth import refresh
 from app.books import import_jobs, import_runner
-from app.books.seal import HistorySealer
-from app.core import idempotency, lockout, outbox, tracing
+from app.core import chain, idempotency, lockout, outbox, tracing
+from app.core.chain import Sealer
 from app.core.db import libpq_url
 from app.core.outbox import Job
 from app.core.settings import Settings
@@ -86,7 +88,7 @@ class WorkerConfig:
     import_keep_hours: float = 72.0
     idempotency_ttl_hours: int = 24
     lockout_window_seconds: int = 600
-    history_seal_seconds: float = 10.0
+    seal_seconds: float = 1.0
     purge_batch: int = 5000
     statement_cache_size: int = 1024
 
@@ -117,7 +119,7 @@ class WorkerConfig:
             import_keep_hours=tuning.import_keep_hours,
             idempotency_ttl_hours=settings.idempotency_ttl_hours,
             lockout_window_seconds=settings.lockout_window_seconds,
-            history_seal_seconds=settings.history_seal_seconds,
+            seal_seconds=settings.seal_seconds,
             statement_cache_size=settings.statement_cache_size,
         )
 
@@ -137,7 +139,8 @@ class Worker:
         self._tasks: dict[asyncio.Task[None], Job] = {}
         self._pool: asyncpg.Pool | None = None
         self._webhook: WebhookSender | None = None
-        self._sealer = HistorySealer()  # not notification work: the loop on a timer runs it
+        # Not notification work: the loop on a timer runs them, one per sealed log.
+        self._sealers = [Sealer(ledger) for ledger in LEDGERS]
         # The topics this worker runs; a job of any other topic becomes a dead letter.
         self._handlers: dict[str, Callable[[Job], Awaitable[None]]] = {
             PROMO_STARTED: self._fanout,
@@ -210,9 +213,10 @@ class Worker:
         loop = asyncio.get_running_loop()
         last_recover = last_purge = last_mark = last_seal = float("-inf")
         purge_every = _PURGE_EVERY_S
+        sealing_behind = False
         while not self._stop.is_set():
             self._wake.clear()
-            timeout = min(cfg.poll_seconds, cfg.history_seal_seconds)
+            timeout = min(cfg.poll_seconds, cfg.seal_seconds)
             try:
                 async with self._pool.acquire() as conn:
                     now = loop.time()
@@ -229,9 +233,11 @@ class Worker:
                         last_purge = now
                         behind = await purge(conn, cfg)
                         purge_every = cfg.poll_seconds if behind else _PURGE_EVERY_S
-                    if now - last_seal >= cfg.history_seal_seconds:
+                    if sealing_behind or now - last_seal >= cfg.seal_seconds:
                         last_seal = now
-                        await self._sealer.round(conn)
+                        sealing_behind = await chain.seal(conn, self._sealers, cfg.seal_seconds)
+                        if sealing_behind:
+                            timeout = 0
                     if now - last_mark >= _MARK_SOLD_OUT_EVERY_S:
                         last_mark = now
                         await soldout.mark_sold_out(conn, cfg.purge_batch)

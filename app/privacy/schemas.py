@@ -29,6 +29,7 @@ class PersonalData(BaseModel):
                     "codes": [{"code": "SUMMER-2345-ABCD", "status": "redeemed"}],
                     "history": [{"id": 4211, "action": "redeemed", "code": "SUMMER-2345-ABCD"}],
                     "reservations": [],
+                    "purchases": [],
                     "notifications": [],
                     "segments": [],
                     "sessions": [],
@@ -42,6 +43,7 @@ class PersonalData(BaseModel):
     codes: list[dict[str, Any]]
     history: list[dict[str, Any]]
     reservations: list[dict[str, Any]]
+    purchases: list[dict[str, Any]]
     notifications: list[dict[str, Any]]
     segments: list[dict[str, Any]]
     sessions: list[dict[str, Any]]

@@ -4,7 +4,9 @@ Erasure runs in one transaction: live locks and held reservations are released (
 release is written to the history like any unlock), the inbox, segment memberships,
 sessions, stored idempotent responses and lockout counts are deleted, and the profile is
 wiped. The user row stays under its random id, which nothing links to the person any more,
-so the redemption history, purchases, counters and per-user limits still add up."""
+so the redemption history, purchases, counters and per-user limits still add up, and the
+sealed logs (history and purchase log), which name the person only by that id, are left
+as they are: their chains still verify."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import asyncpg
 
 from app.books.rules import LOCK_LIVE
 from app.core.problems import NotFound
-from app.promos import reservations
+from app.promos import purchase_log, reservations
 
 _TARGET = "SELECT id FROM users WHERE id = $1 AND erased_at IS NULL FOR UPDATE"
 
@@ -83,6 +85,7 @@ _EXPORT: dict[str, str] = {
     "reservations": """
         SELECT id, promo_id, status, expires_at, created_at, updated_at
         FROM reservations WHERE user_id = $1 ORDER BY created_at, id""",
+    "purchases": purchase_log.MINE,
     "notifications": """
         SELECT id, promo_id, day, status, created_at, read_at
         FROM notifications WHERE user_id = $1 ORDER BY id""",

@@ -163,3 +163,41 @@ class Reservation(CreatedAtMixin, Base):
     status: Mapped[str] = mapped_column(Text, server_default="held")
     expires_at: Mapped[datetime]
     updated_at: Mapped[datetime] = mapped_column(server_default=text("now()"))
+
+
+class PurchaseLogEntry(Base):
+    """One purchase, written by the purchase's own statement; append-only (a trigger refuses
+    UPDATE, DELETE and TRUNCATE) and sealed into `purchase_blocks` (`purchase_log.py`)."""
+
+    __tablename__ = "purchase_log"
+    __table_args__ = (
+        CheckConstraint("price_cents >= 0", name="price_cents"),
+        CheckConstraint("currency ~ '^[A-Z]{3}$'", name="currency"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
+    reservation_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), unique=True)
+    promo_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True))
+    unit_id: Mapped[int] = mapped_column(BigInteger)
+    user_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True))
+    price_cents: Mapped[int] = mapped_column(Integer)
+    currency: Mapped[str] = mapped_column(Text)
+    at: Mapped[datetime] = mapped_column(server_default=text("now()"))
+
+
+class PurchaseBlock(Base):
+    """A sealed block of the purchase log's hash chain (app/core/chain.py)."""
+
+    __tablename__ = "purchase_blocks"
+    __table_args__ = (
+        CheckConstraint("block_no >= 1", name="block_no"),
+        CheckConstraint("rows >= 0", name="rows"),
+    )
+
+    block_no: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    last_id: Mapped[int] = mapped_column(BigInteger, unique=True)
+    rows: Mapped[int]
+    merkle_root: Mapped[bytes]
+    prev_hash: Mapped[bytes]
+    block_hash: Mapped[bytes]
+    sealed_at: Mapped[datetime] = mapped_column(server_default=text("now()"))

@@ -11,7 +11,9 @@ Invariants, held by the statements below and backed by constraints:
   `max_per_user` purchases plus live holds (advisory lock per promo and user);
 - a unit is sold once (one purchased reservation per unit; units never outnumber the
   quantity), and each sale adds one to its unit's slot in `promo_sales`, never to the promo
-  row, so purchases of one promo do not queue behind each other.
+  row, so purchases of one promo do not queue behind each other;
+- each purchase appends one row to the purchase log (`purchase_log.py`, unique by
+  reservation), in the purchase's own statement.
 Lock order on these paths is always unit, then promo, then sales slot, then reservation, so
 they never deadlock with each other (a promo PATCH locks the promo row before its units:
 docs/decisions.md).
@@ -222,7 +224,9 @@ WHERE r.id = ANY (ARRAY(SELECT old FROM freed)) AND {rules.HOLD_LAPSED}
 # at this reservation), then a share lock on the promo row: it re-checks the promo is still
 # open and waits for any change to the row in flight (cancel, end, deactivate), yet
 # purchases do not block each other. Then one more sale in the unit's slot, then the
-# reservation.
+# reservation, then the purchase log's row (`purchase_log.py`): it reads the reservation
+# just updated, so the transaction has its id before the row takes its log id, which the
+# sealer relies on; an identity id and the right edge of the primary key, no shared row.
 _PURCHASE = f"""
 WITH r0 AS (
     SELECT r.id, r.promo_id, r.unit_id, r.status, r.expires_at, {rules.HOLD_LIVE} AS live
@@ -235,7 +239,8 @@ unit AS (
     RETURNING u.id, u.seq
 ),
 promo AS MATERIALIZED (
-    SELECT p.id FROM promos p JOIN r0 ON p.id = r0.promo_id
+    SELECT p.id, p.promo_price_cents, pr.currency
+    FROM promos p JOIN r0 ON p.id = r0.promo_id JOIN products pr ON pr.id = p.product_id
     WHERE EXISTS (SELECT 1 FROM unit) AND {rules.OPEN}
     FOR SHARE OF p
 ),
@@ -250,7 +255,12 @@ tally AS (
 done AS (
     UPDATE reservations r SET status = 'purchased', updated_at = now()
     WHERE r.id = $1 AND EXISTS (SELECT 1 FROM tally)
-    RETURNING r.status
+    RETURNING r.id, r.promo_id, r.unit_id, r.user_id, r.status
+),
+logged AS (
+    INSERT INTO purchase_log (reservation_id, promo_id, unit_id, user_id, price_cents, currency)
+    SELECT d.id, d.promo_id, d.unit_id, d.user_id, promo.promo_price_cents, promo.currency
+    FROM done d CROSS JOIN promo
 )
 SELECT r0.id, r0.promo_id, r0.expires_at, r0.status, r0.live,
        EXISTS (SELECT 1 FROM unit) AS unit_sold, d.status AS new_status

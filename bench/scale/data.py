@@ -372,6 +372,17 @@ async def _sales(conn: asyncpg.Connection, s: Scale) -> None:
         """
     )
     await conn.execute(
+        """
+        INSERT INTO purchase_log
+            (reservation_id, promo_id, unit_id, user_id, price_cents, currency, at)
+        SELECT s.reservation_id, s.promo_id, s.unit_id, s.user_id, p.promo_price_cents,
+               pr.currency, now() - interval '50 minutes'
+        FROM scale_sales s JOIN promos p ON p.id = s.promo_id
+        JOIN products pr ON pr.id = p.product_id
+        ORDER BY s.unit_id
+        """
+    )
+    await conn.execute(
         "UPDATE promo_units u SET state = 'sold', reservation_id = s.reservation_id"
         " FROM scale_sales s WHERE u.id = s.unit_id"
     )

@@ -15,8 +15,9 @@ import httpx
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from app.books.seal import HistorySealer, merkle_root, verify
+from app.books.seal import HISTORY
 from app.check import run_checks, violations
+from app.core.chain import Sealer, merkle_root, verify
 from app.core.db import libpq_url
 from app.core.security import Role
 from app.core.settings import Settings
@@ -44,7 +45,7 @@ async def _history(client: httpx.AsyncClient, admin: ApiUser, user: ApiUser, n: 
             body = {"lock_id": resp.json()["lock_id"]} if step == "lock" else {}
 
 
-async def _seal(raw: asyncpg.Connection, sealer: HistorySealer) -> Any:
+async def _seal(raw: asyncpg.Connection, sealer: Sealer) -> Any:
     """Rounds until a block is sealed: the first notes what is visible, a later one seals
     it once the transactions then running (on the whole server) have ended."""
     await sealer.round(raw)
@@ -58,7 +59,7 @@ async def _verify_api(client: httpx.AsyncClient, admin: ApiUser) -> dict[str, An
     return out
 
 
-async def _settled(sealer: HistorySealer, conn: asyncpg.Connection) -> bool:
+async def _settled(sealer: Sealer, conn: asyncpg.Connection) -> bool:
     """A round ran and left nothing noted: everything visible is sealed."""
     await sealer.round(conn)
     return sealer.pending is None
@@ -80,7 +81,7 @@ async def test_sealed_history_verifies_and_every_tampering_is_caught(
     client: httpx.AsyncClient, admin: ApiUser, user: ApiUser, conn: AsyncConnection
 ) -> None:
     raw = await _raw(conn)
-    sealer = HistorySealer()
+    sealer = Sealer(HISTORY)
     await _history(client, admin, user, 3)
     first = await _seal(raw, sealer)
     # A gap in the ids inside the next block: a place to insert a row behind its back.
@@ -136,6 +137,8 @@ async def test_sealed_history_verifies_and_every_tampering_is_caught(
             failed = [o.check.name for o in violations(await run_checks(raw))]
             print(f"tried: {what:34} -> caught at block {verdict['first_bad_block']}")
             assert verdict["ok"] is False and verdict["first_bad_block"] == expected_block
+            assert verdict["first_bad_log"] == "history"
+            assert [v["ok"] for v in verdict["logs"]] == [False, True]
             assert "history_chain_intact" in failed
         finally:
             await undo.rollback()
@@ -161,7 +164,7 @@ async def test_rows_of_a_transaction_still_running_are_sealed_once_it_ends(
             "INSERT INTO redemption_history (code_id, book_id, user_id, action, actor_id, details)"
             " VALUES ($1, $2, $3, 'locked', $3, $4) RETURNING id"
         )
-        sealer = HistorySealer()
+        sealer = Sealer(HISTORY)
         await sealer.round(sealing)  # seal whatever came before
         await wait_for(lambda: _settled(sealer, sealing), what="earlier rows sealed")
         slow_tx = slow.transaction()
@@ -181,7 +184,7 @@ async def test_rows_of_a_transaction_still_running_are_sealed_once_it_ends(
             block.last_id,
         )
         assert covered == 2
-        verdict = await verify(sealing)
+        [verdict] = await verify(sealing, [HISTORY])
         print(f"sealed block {block.block_no}: {block.rows} rows, chain ok={verdict.ok}")
         assert verdict.ok
     finally:
@@ -209,7 +212,7 @@ async def test_the_worker_seals_new_history_and_reports_its_lag(
             database_url=url,
             direct_url=url,
             poll_seconds=0.2,
-            history_seal_seconds=0.2,
+            seal_seconds=0.2,
             statement_cache_size=settings.statement_cache_size,
         )
         worker = Worker(config)
@@ -226,6 +229,6 @@ async def test_the_worker_seals_new_history_and_reports_its_lag(
             worker.stop()
             await asyncio.wait_for(running, timeout=30)
         print(f"sealed {time.monotonic() - started:.2f} s after the worker started")
-        assert (await verify(pg)).ok
+        assert all(v.ok for v in await verify(pg, [HISTORY]))
     finally:
         await pg.close()

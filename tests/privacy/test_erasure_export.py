@@ -1,7 +1,8 @@
 """Erasure and export of a person's data: `GET /me/export` answers everything stored about
 the caller; `DELETE /me` and `DELETE /users/{id}` release live locks and reservations, delete
-the inbox, memberships and sessions, wipe the profile, and keep the history under the
-pseudonymous id so counts and limits still add up; a second erasure is 404."""
+the inbox, memberships and sessions, wipe the profile, and keep the history and the purchase
+log under the pseudonymous id so counts and limits still add up and both sealed chains still
+verify; a second erasure is 404."""
 
 from __future__ import annotations
 
@@ -12,10 +13,12 @@ import httpx
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from app.audit.ledgers import LEDGERS
+from app.core.chain import Sealer
 from app.core.security import Role
 from tests.books.flows import book_with_codes
 from tests.conftest import MakeUser
-from tests.helpers import ApiUser, assert_problem
+from tests.helpers import ApiUser, assert_problem, wait_for
 from tests.promos.support import create_promo, place, random_point, reserve
 
 API = "/api/v1"
@@ -211,3 +214,68 @@ async def test_an_admin_erases_a_user_and_it_is_audited(
         404,
         "not-found",
     )
+
+
+async def _buy(client: httpx.AsyncClient, admin: ApiUser, buyer: ApiUser) -> str:
+    """`buyer` buys one unit of a new promo near them; the reservation's id."""
+    lat, lng = random_point()
+    promo = await create_promo(client, admin, at=(lat, lng))
+    await place(client, buyer, lat, lng)
+    held = (await reserve(client, buyer, promo["id"])).json()["id"]
+    resp = await client.post(f"{API}/reservations/{held}/purchase", headers=buyer.headers)
+    assert resp.status_code == 200, resp.text
+    return str(held)
+
+
+async def _seal_everything(conn: AsyncConnection) -> None:
+    """Seal both logs up to everything visible now."""
+    raw = (await conn.get_raw_connection()).driver_connection
+    for sealer in [Sealer(ledger) for ledger in LEDGERS]:
+
+        async def settled(sealer: Sealer = sealer) -> bool:
+            await sealer.round(raw)
+            return sealer.pending is None
+
+        await wait_for(settled, what=f"the {sealer.ledger.name} log sealed")
+
+
+async def _verify(client: httpx.AsyncClient, admin: ApiUser) -> dict[str, dict[str, Any]]:
+    resp = await client.get(f"{API}/audit/verify", headers=admin.headers)
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert body["ok"] is True, body
+    return {v["log"]: v for v in body["logs"]}
+
+
+async def test_erasure_keeps_the_sealed_history_and_purchase_log_verifiable(
+    client: httpx.AsyncClient, admin: ApiUser, make_user: MakeUser, conn: AsyncConnection
+) -> None:
+    person, _, _ = await _person(client)
+    await _a_full_life(client, admin, person, conn)  # a live lock: erasure writes history
+    bought = await _buy(client, admin, person)
+    other = await make_user(Role.user)
+    other_bought = await _buy(client, admin, other)
+    resp = await client.get(f"{API}/me/export", headers=person.headers)
+    assert [p["reservation_id"] for p in resp.json()["purchases"]] == [bought]
+    await _seal_everything(conn)
+    before = await _verify(client, admin)
+
+    resp = await client.delete(f"{API}/me", headers=person.headers)
+    assert resp.status_code == 204, resp.text
+    resp = await client.delete(f"{API}/users/{other.id}", headers=admin.headers)
+    assert resp.status_code == 204, resp.text
+    await _seal_everything(conn)
+    after = await _verify(client, admin)
+    print(f"sealed before erasure: {before}; after: {after}")
+    # The release of the live lock is one more history row, sealed like any other; the
+    # purchases stay as they were sealed, under the ids that now name nobody.
+    assert after["history"]["rows"] == before["history"]["rows"] + 1
+    assert after["purchases"]["rows"] == before["purchases"]["rows"]
+    kept = await _scalar(
+        conn,
+        "SELECT array_agg(reservation_id::text ORDER BY id) FROM purchase_log"
+        " WHERE user_id IN (:a, :b)",
+        a=person.id,
+        b=other.id,
+    )
+    assert kept == [bought, other_bought]
