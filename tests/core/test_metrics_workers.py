@@ -24,6 +24,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from app.core.metrics_processes import ENV, metrics_directory, running_child, sweep
 from app.core.settings import Settings
+from tests.deploy.test_monitoring import (
+    PROMETHEUS_OWN,
+    metric_names,
+    monitored,
+    recorded,
+    series_names,
+)
 from tests.helpers import wait_until
 from tests.live_server import free_port
 
@@ -196,6 +203,19 @@ def test_counts_of_every_process_add_up_whichever_process_answers(served: Served
             break
     else:
         raise AssertionError("every scrape was answered by the same process")
+
+
+def test_the_monitored_series_are_offered_by_several_processes_too(served: Served) -> None:
+    response = httpx.get(f"{served.url}/metrics", timeout=10)
+    offered = series_names(response.text) | recorded() | PROMETHEUS_OWN
+    # Set only by the outbox worker's loop, which this server does not run (RUN_WORKER=false,
+    # as the API pods); the worker pods export them. A series with labels, or a `mostrecent`
+    # gauge, has nothing in the files until it is first set.
+    offered |= {"outbox_lag_seconds", "outbox_jobs_total"}
+    for source, exprs in monitored().items():
+        for expr in exprs:
+            missing = metric_names(expr) - offered
+            assert not missing, f"{source}: {expr!r} reads {sorted(missing)}"
 
 
 def _slow_request(port: int) -> socket.socket:
