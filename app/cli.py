@@ -60,6 +60,8 @@ def serve(
     """Start the embedded database if needed, migrate once, then serve with uvicorn."""
     import uvicorn
 
+    from app.core.metrics_processes import metrics_directory
+
     settings = Settings()
     _exit_on_sigterm()
     server, url = resolve_database(settings)
@@ -71,18 +73,21 @@ def serve(
         typer.echo(f"admin {settings.admin_email} {'created' if created else 'present'}", err=True)
     os.environ["DATABASE_URL"] = url
     settings.resolved_jwt_secret()  # generate once here so every worker shares it
-    uvicorn.run(
-        "app.main:create_app",
-        factory=True,
-        host=host or settings.host,
-        port=port or settings.port,
-        workers=workers or settings.workers,
-        loop="uvloop",
-        http="httptools",
-        proxy_headers=True,
-        access_log=False,
-        timeout_graceful_shutdown=20,
-    )
+    processes = workers or settings.workers
+    # Several processes: their metrics meet in a fresh directory (app/core/metrics.py).
+    with metrics_directory(processes):
+        uvicorn.run(
+            "app.main:create_app",
+            factory=True,
+            host=host or settings.host,
+            port=port or settings.port,
+            workers=processes,
+            loop="uvloop",
+            http="httptools",
+            proxy_headers=True,
+            access_log=False,
+            timeout_graceful_shutdown=20,
+        )
     del server  # keeps the embedded server referenced until uvicorn returns
 
 

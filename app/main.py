@@ -32,7 +32,7 @@ from app.core.heap import frozen_startup_heap
 from app.core.idempotency import install_idempotency_handler
 from app.core.lockout import Lockouts
 from app.core.logging import configure_logging
-from app.core.metrics import POOL
+from app.core.metrics import POOL, publishing
 from app.core.middleware import RequestContextMiddleware
 from app.core.migrations import head_revisions
 from app.core.openapi_contract import install_contract
@@ -116,7 +116,7 @@ def _lifespan(settings: Settings) -> Callable[[FastAPI], AbstractAsyncContextMan
         log.info("started", env=settings.env.value, lean_routes=settings.lean_routes)
         try:
             # The outbox worker runs here unless RUN_WORKER=false.
-            async with start_worker(settings) as worker:
+            async with start_worker(settings) as worker, publishing():
                 with frozen_startup_heap():
                     yield {STATE_KEY: services, HUB_STATE_KEY: hub, WORKER_STATE_KEY: worker}
         finally:

@@ -6,12 +6,12 @@ from typing import Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, Field
 from sqlalchemy import text
 
 from app.api.deps import AppServices
-from app.core.metrics import REGISTRY, sample_database
+from app.core.metrics import exposition, sample_database
 from app.core.migrations import current_revisions
 from app.core.problems import problem_response
 
@@ -94,6 +94,7 @@ async def readyz(request: Request, services: AppServices) -> Response:
     },
 )
 async def metrics(services: AppServices) -> Response:
-    """Prometheus text exposition of the request, pool, outbox and domain metrics."""
+    """Prometheus text exposition of the request, pool, outbox and domain metrics (of every
+    process of the server when it runs several)."""
     await sample_database(services.db)
-    return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+    return Response(exposition(), media_type=CONTENT_TYPE_LATEST)

@@ -1,21 +1,36 @@
 """Prometheus metrics: HTTP by route template, requests in flight, DB pool gauges, the
-database's view (reachable, outbox depth and age, lock waits) and domain counters."""
+database's view (reachable, outbox depth and age, lock waits) and domain counters.
+
+One process (`WORKERS=1`) keeps every value in memory and `/metrics` reads `REGISTRY`. Several
+uvicorn processes behind one port run in prometheus_client's multi-process mode: the launcher
+points `PROMETHEUS_MULTIPROC_DIR` at a fresh directory before the workers start
+(app/core/metrics_processes.py), counters and histograms then write to per-process mmap'd
+files, and a scrape, whichever process takes it, reads all of them. Gauges say how processes
+combine: the ones read at scrape time (in flight, pools) are copied into each process's own
+file every second and summed over live processes (`livesum`); the database's view, sampled by
+whichever process is scraped, is the most recent sample (`mostrecent`)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, values
 from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 from sqlalchemy import text
 from sqlalchemy.pool import QueuePool
 
 if TYPE_CHECKING:
     from app.core.db import Database
+
+# prometheus_client chose its value class when it was imported, from PROMETHEUS_MULTIPROC_DIR:
+# the same test here, so the two never disagree.
+MULTIPROCESS: bool = getattr(values.ValueClass, "_multiprocess", False)
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -120,22 +135,37 @@ POOL = PoolCollector()
 REGISTRY.register(POOL)
 
 
-DB_UP = Gauge("db_up", "1 when the last scrape reached the database, else 0.", registry=REGISTRY)
+# The database's view, the same whichever process samples it: across processes, the latest
+# sample counts.
+DB_UP = Gauge(
+    "db_up",
+    "1 when the last scrape reached the database, else 0.",
+    registry=REGISTRY,
+    multiprocess_mode="mostrecent",
+)
 OUTBOX_PENDING = Gauge(
-    "outbox_pending_jobs", "Outbox jobs waiting to run (due or not).", registry=REGISTRY
+    "outbox_pending_jobs",
+    "Outbox jobs waiting to run (due or not).",
+    registry=REGISTRY,
+    multiprocess_mode="mostrecent",
 )
 OUTBOX_OLDEST = Gauge(
     "outbox_oldest_pending_age_seconds",
     "Age of the oldest outbox job that is due and not yet taken (0 when none).",
     registry=REGISTRY,
+    multiprocess_mode="mostrecent",
 )
 OUTBOX_DEAD = Gauge(
-    "outbox_dead_jobs", "Outbox jobs that exhausted their attempts.", registry=REGISTRY
+    "outbox_dead_jobs",
+    "Outbox jobs that exhausted their attempts.",
+    registry=REGISTRY,
+    multiprocess_mode="mostrecent",
 )
 LOCK_WAITS = Gauge(
     "db_lock_waits",
     "Sessions of this database waiting for a lock (row, advisory or table).",
     registry=REGISTRY,
+    multiprocess_mode="mostrecent",
 )
 
 _DATABASE_SAMPLE = text(
@@ -181,3 +211,92 @@ def reset_database_sample() -> None:
     """The next scrape samples the database again (tests)."""
     global _sampled_at
     _sampled_at = 0.0
+
+
+# --- several processes -------------------------------------------------------------------
+
+PUBLISH_EVERY_S = 1.0
+
+
+class ProcessGauges:
+    """Multi-process mode: this process's scrape-time gauges (requests in flight, event
+    streams, both pools) copied into its own file, so that the process answering a scrape
+    can add them up. Copied every `PUBLISH_EVERY_S` and right before a scrape; requests keep
+    bumping plain integers. `livesum`: the file of a process that died is removed by the
+    launcher (`mark_process_dead`), so its last values stop counting at once."""
+
+    def __init__(self) -> None:
+        self.in_flight = Gauge(
+            "http_requests_in_flight",
+            "HTTP requests being answered (event streams excluded), summed over processes.",
+            registry=None,
+            multiprocess_mode="livesum",
+        )
+        self.streams = Gauge(
+            "http_event_streams_open",
+            "Server-sent event streams open, summed over processes.",
+            registry=None,
+            multiprocess_mode="livesum",
+        )
+        self.pools = Gauge(
+            "db_pool_connections",
+            "DB pool connections by pool and state, summed over processes.",
+            ["pool", "state"],
+            registry=None,
+            multiprocess_mode="livesum",
+        )
+
+    def publish(self) -> None:
+        self.in_flight.set(IN_FLIGHT.requests)
+        self.streams.set(IN_FLIGHT.streams)
+        for family in POOL.collect():
+            for sample in family.samples:
+                self.pools.labels(sample.labels["pool"], sample.labels["state"]).set(sample.value)
+
+
+PROCESS_GAUGES = ProcessGauges() if MULTIPROCESS else None
+
+
+@contextlib.asynccontextmanager
+async def publishing(every_s: float = PUBLISH_EVERY_S) -> AsyncIterator[None]:
+    """While the block runs, copy this process's gauges into its file every `every_s`
+    (multi-process mode; nothing otherwise)."""
+    gauges = PROCESS_GAUGES
+    if gauges is None:
+        yield
+        return
+
+    async def loop() -> None:
+        while True:
+            gauges.publish()
+            await asyncio.sleep(every_s)
+
+    task = asyncio.create_task(loop(), name="metrics-publish")
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+_MULTIPROCESS_REGISTRY: CollectorRegistry | None = None
+
+
+def exposition_registry() -> CollectorRegistry:
+    """What `/metrics` reads: `REGISTRY`, or in multi-process mode every process's files."""
+    global _MULTIPROCESS_REGISTRY
+    if not MULTIPROCESS:
+        return REGISTRY
+    if _MULTIPROCESS_REGISTRY is None:
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        _MULTIPROCESS_REGISTRY = registry
+    return _MULTIPROCESS_REGISTRY
+
+
+def exposition() -> bytes:
+    """The Prometheus text of every metric: this process's, or all processes' together."""
+    if PROCESS_GAUGES is not None:
+        PROCESS_GAUGES.publish()
+    return generate_latest(exposition_registry())

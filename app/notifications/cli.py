@@ -41,8 +41,8 @@ def worker(
     if metrics_port is not None:
         from prometheus_client import start_http_server
 
-        from app.core.metrics import REGISTRY
+        from app.core.metrics import exposition_registry
 
-        start_http_server(metrics_port, registry=REGISTRY)
+        start_http_server(metrics_port, registry=exposition_registry())
     asyncio.run(run_until_signalled(WorkerConfig.from_settings(settings, tuning)))
     del server

@@ -30,8 +30,10 @@ JOBS = Counter(
     ["topic", "outcome"],
     registry=REGISTRY,
 )
+# Every worker loop sees the same outbox: across processes, the latest look counts.
 OUTBOX_LAG = Gauge(
     "outbox_lag_seconds",
-    "Age of the oldest due pending outbox job, as last seen by this process's worker.",
+    "Age of the oldest due pending outbox job, as last seen by a worker.",
     registry=REGISTRY,
+    multiprocess_mode="mostrecent",
 )

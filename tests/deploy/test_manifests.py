@@ -245,16 +245,46 @@ def test_production_database_is_synchronous_backed_up_and_observed() -> None:
     backup = one(docs, "ScheduledBackup")
     assert backup["spec"]["cluster"]["name"] == cluster["metadata"]["name"]
     assert one(docs, "Pooler")["spec"]["instances"] >= 2
-    # Pool sizes fit: every PgBouncer's server pool plus the direct sessions (each API pod's
-    # LISTEN, the worker pods' pools) stay under max_connections.
+    # Pool sizes fit: every PgBouncer's server pool plus the direct sessions (each API
+    # process's LISTEN, the worker pods' pools) stay under max_connections, at the most pods.
     pooler = one(docs, "Pooler")
-    server = pooler["spec"]["instances"] * int(
-        pooler["spec"]["pgbouncer"]["parameters"]["default_pool_size"]
-    )
-    hpa = one(docs, "HorizontalPodAutoscaler")
+    bouncer = pooler["spec"]["pgbouncer"]["parameters"]
+    server = pooler["spec"]["instances"] * int(bouncer["default_pool_size"])
+    config = one(docs, "ConfigMap", "couponflash")["data"]
+    processes = one(docs, "HorizontalPodAutoscaler")["spec"]["maxReplicas"] * int(config["WORKERS"])
     worker = one(docs, "Deployment", "couponflash-worker")
-    direct = hpa["spec"]["maxReplicas"] + worker["spec"]["replicas"] * (8 + 5 + 5 + 2) + 1
+    direct = processes + worker["spec"]["replicas"] * (8 + 5 + 5 + 2) + 1
     assert server + direct + 10 < int(spec["postgresql"]["parameters"]["max_connections"])
+    # Every API process's pools to PgBouncer: within one instance's client limit even if the
+    # Service sent them all to the same one.
+    pools = sum(int(config[k]) for k in ("DB_POOL_SIZE", "DB_ORM_POOL_SIZE", "DB_MAX_OVERFLOW"))
+    assert processes * pools <= int(bouncer["max_client_conn"])
+
+
+# docs/deploy.md#capacity: what we plan with per API process (one core), and the load the
+# platform names.
+PLANNED_PER_PROCESS = 500  # requests/s: half of what `make bench` measured per core
+CPU_TARGET = 0.70
+TARGET_PER_S = 1_000_000 / 60
+
+
+def cores(quantity: str) -> float:
+    return float(quantity[:-1]) / 1000 if quantity.endswith("m") else float(quantity)
+
+
+def test_production_reaches_a_million_requests_a_minute_within_its_pods() -> None:
+    docs = render("production")
+    processes = int(one(docs, "ConfigMap", "couponflash")["data"]["WORKERS"])
+    (api,) = one(docs, "Deployment", "couponflash-api")["spec"]["template"]["spec"]["containers"]
+    # One process per requested core: the CPU target is a share of what the processes can use.
+    assert cores(api["resources"]["requests"]["cpu"]) == processes
+    assert cores(api["resources"]["limits"]["cpu"]) > processes
+    hpa = one(docs, "HorizontalPodAutoscaler", "couponflash-api")["spec"]
+    per_pod = processes * PLANNED_PER_PROCESS * CPU_TARGET
+    assert hpa["maxReplicas"] * per_pod >= TARGET_PER_S
+    # The in-flight target scales with the processes: 16 per process.
+    (pods,) = [m["pods"] for m in hpa["metrics"] if m["type"] == "Pods"]
+    assert int(pods["target"]["averageValue"]) == 16 * processes
 
 
 # --- availability and scaling ----------------------------------------------------------

@@ -73,15 +73,10 @@ def recorded() -> set[str]:
     return {r["record"] for g in RULES["groups"] for r in g["rules"] if "record" in r}
 
 
-@pytest.fixture(scope="module")
-def exported(settings: Settings) -> set[str]:
-    """Every series name a running server's /metrics offers (the worker's metrics share the
-    registry and are served there too)."""
-    with LiveServer(settings) as live:
-        response = httpx.get(f"{live.url}/metrics", timeout=10)
-    assert response.status_code == 200
+def series_names(exposition: str) -> set[str]:
+    """Every series name a /metrics answer offers."""
     names = set()
-    for family in text_string_to_metric_families(response.text):
+    for family in text_string_to_metric_families(exposition):
         suffixes = {
             "counter": ["_total"],
             "histogram": ["_bucket", "_sum", "_count"],
@@ -90,6 +85,26 @@ def exported(settings: Settings) -> set[str]:
         names |= {family.name + suffix for suffix in suffixes}
         names |= {sample.name for sample in family.samples}
     return names
+
+
+def monitored() -> dict[str, list[str]]:
+    """The queries of the rules, the dashboard and the autoscaler's adapter rule."""
+    adapter = yaml.safe_load((MONITORING / "prometheus-adapter.yaml").read_text())
+    return {
+        "rules.yaml": list(rule_exprs()),
+        "grafana-dashboard.json": list(dashboard_exprs()),
+        "prometheus-adapter.yaml": [r["seriesQuery"] for r in adapter["rules"]["custom"]],
+    }
+
+
+@pytest.fixture(scope="module")
+def exported(settings: Settings) -> set[str]:
+    """Every series name a running server's /metrics offers (the worker's metrics share the
+    registry and are served there too)."""
+    with LiveServer(settings) as live:
+        response = httpx.get(f"{live.url}/metrics", timeout=10)
+    assert response.status_code == 200
+    return series_names(response.text)
 
 
 def test_promtool_checks_and_unit_tests_the_rules() -> None:
@@ -135,13 +150,7 @@ def test_the_name_check_sees_a_misspelt_metric() -> None:
 
 def test_rules_dashboard_and_adapter_read_exported_metrics(exported: set[str]) -> None:
     known = exported | recorded() | PROMETHEUS_OWN
-    adapter = yaml.safe_load((MONITORING / "prometheus-adapter.yaml").read_text())
-    sources = {
-        "rules.yaml": list(rule_exprs()),
-        "grafana-dashboard.json": list(dashboard_exprs()),
-        "prometheus-adapter.yaml": [r["seriesQuery"] for r in adapter["rules"]["custom"]],
-    }
-    for source, exprs in sources.items():
+    for source, exprs in monitored().items():
         assert exprs, source
         for expr in exprs:
             unknown = metric_names(expr) - known
