@@ -20,6 +20,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.api.services import STATE_KEY, Services
 from app.core.security import Role
+from tests.polling import wait_until
+
+__all__ = ["wait_until"]
 
 
 @dataclass
@@ -104,23 +107,6 @@ async def wait_for(
                 f"{what or 'condition'} not met within {timeout}s (last: {value!r})"
             )
         await asyncio.sleep(every)
-
-
-def wait_until(
-    check: Callable[[], Any], timeout: float = 30, every: float = 0.05, what: str | None = None
-) -> Any:
-    """`wait_for` for synchronous code (threads, subprocess drivers): run `check` until it
-    returns something truthy and return that; after `timeout` seconds fail, naming `what`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(
-                f"{what or 'condition'} not met within {timeout}s (last: {value!r})"
-            )
-        time.sleep(every)
 
 
 # A backend waiting for a heavyweight lock (row, table, advisory) of this database. `conn`

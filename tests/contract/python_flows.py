@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import io
 import sys
-import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -75,6 +74,8 @@ from couponflash_client.models import (
 )
 from couponflash_client.types import File, Response
 
+from tests.polling import wait_until  # stdlib only: it runs in the client's venv
+
 T = TypeVar("T")
 STEPS: list[str] = []
 
@@ -111,17 +112,9 @@ def step(name: str) -> None:
     print(f"ok  {name}", flush=True)
 
 
-# Runs in the generated client's own venv, without the test suite's helpers: its own poll
-# for a state the server reaches (a job done, a notification delivered).
-POLL_EVERY_S = 0.2
-
-
 def poll(what: str, probe: Callable[[], T | None], timeout: float = 30.0) -> T:
-    deadline = time.monotonic() + timeout
-    while (found := probe()) is None:
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(POLL_EVERY_S)
+    """Wait for a state the server reaches (a job done, a notification delivered)."""
+    found: T = wait_until(lambda: probe(), timeout=timeout, every=0.2, what=what)
     return found
 
 

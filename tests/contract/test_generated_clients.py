@@ -112,7 +112,7 @@ async def test_generated_python_client_runs_the_main_flows(
         served.url,
         token,
         cwd=tmp_path,
-        env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"},
+        env={"PYTHONPATH": f"{tmp_path}:{ROOT}", "PATH": "/usr/bin:/bin"},
     )
     assert "7 flows passed" in flows, flows
 

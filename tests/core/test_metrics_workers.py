@@ -322,7 +322,10 @@ def test_the_directory_is_fresh_for_several_workers_and_absent_for_one(
 
 
 def test_sweep_takes_out_the_live_gauges_of_exited_children_only(tmp_path: Path) -> None:
-    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    # The child lives until its stdin closes.
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE
+    )
     stranger = 1  # init: alive, but not a child of this process
     try:
         for name in (

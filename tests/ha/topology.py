@@ -25,6 +25,7 @@ from typing import Any
 import psutil
 
 from bench.common import ROOT, SECRET, free_port
+from tests.polling import wait_until
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 HA_VENV = ROOT / ".venv-ha"
@@ -186,10 +187,10 @@ class Topology:
     def wait(self, what: str, check: Any, timeout: float, every: float = 0.25) -> float:
         """Poll `check()` until true; returns the seconds it took."""
         started = time.monotonic()
-        while not check():
-            if time.monotonic() - started > timeout:
-                raise TimeoutError(f"{what}: not after {timeout:.0f} s")
-            time.sleep(every)
+        try:
+            wait_until(check, timeout=timeout, every=every, what=what)
+        except AssertionError as missed:
+            raise TimeoutError(f"{what}: not after {timeout:.0f} s") from missed
         return time.monotonic() - started
 
     # Processes ---------------------------------------------------------------------------
