@@ -21,7 +21,7 @@ from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.books.rules import LOCK_TTL_MAX_SECONDS
-from app.core.models import Base, CreatedAtMixin
+from app.core.models import Base, CreatedAtMixin, SealedBlockMixin
 
 
 class Book(CreatedAtMixin, Base):
@@ -160,19 +160,7 @@ class Import(Base):
     file_sha256: Mapped[str] = mapped_column(Text)
 
 
-class HistoryBlock(Base):
+class HistoryBlock(SealedBlockMixin, Base):
     """A sealed block of the redemption history's hash chain (app/books/seal.py)."""
 
     __tablename__ = "history_blocks"
-    __table_args__ = (
-        CheckConstraint("block_no >= 1", name="block_no"),
-        CheckConstraint("rows >= 0", name="rows"),
-    )
-
-    block_no: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
-    last_id: Mapped[int] = mapped_column(BigInteger, unique=True)
-    rows: Mapped[int]
-    merkle_root: Mapped[bytes]
-    prev_hash: Mapped[bytes]
-    block_hash: Mapped[bytes]
-    sealed_at: Mapped[datetime] = mapped_column(server_default=text("now()"))

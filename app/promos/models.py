@@ -24,7 +24,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import UUID
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app.core.models import Base, CreatedAtMixin
+from app.core.models import Base, CreatedAtMixin, SealedBlockMixin
 from app.promos.rules import SALES_SLOTS
 
 
@@ -185,19 +185,7 @@ class PurchaseLogEntry(Base):
     at: Mapped[datetime] = mapped_column(server_default=text("now()"))
 
 
-class PurchaseBlock(Base):
+class PurchaseBlock(SealedBlockMixin, Base):
     """A sealed block of the purchase log's hash chain (app/core/chain.py)."""
 
     __tablename__ = "purchase_blocks"
-    __table_args__ = (
-        CheckConstraint("block_no >= 1", name="block_no"),
-        CheckConstraint("rows >= 0", name="rows"),
-    )
-
-    block_no: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
-    last_id: Mapped[int] = mapped_column(BigInteger, unique=True)
-    rows: Mapped[int]
-    merkle_root: Mapped[bytes]
-    prev_hash: Mapped[bytes]
-    block_hash: Mapped[bytes]
-    sealed_at: Mapped[datetime] = mapped_column(server_default=text("now()"))
