@@ -5,6 +5,7 @@ worker process."""
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -61,6 +62,8 @@ def test_admin_cancels_an_import_waiting_its_turn(
     )[0]["id"]
     page = new_page()
     sign_in(page, server, admin, f"/admin/books/{book_id}")
+    # The page's script has run (it names the book) before the form is used.
+    expect(page.locator("#book-name")).to_have_text(re.compile(r"^jobs-"))
     with import_lock_held(accounts.url, book_id):
         upload: FilePayload = {"name": "codes.csv", "mimeType": "text/csv", "buffer": b"C-1\nC-2\n"}
         page.get_by_label("CSV file").set_input_files(files=[upload])
