@@ -176,3 +176,5 @@ def sign_in(page: Page, server: LiveServer, account: Account, path: str = "/admi
     page.get_by_label("Password").fill(account.password)
     page.get_by_role("button", name="Sign in").click()
     expect(page).to_have_url(f"{server.url}{path}")
+    # The page's module scripts have run (their handlers are attached) once the DOM is loaded.
+    page.wait_for_load_state("domcontentloaded")
