@@ -129,6 +129,25 @@ def service(
     return process(args, port, env, health)
 
 
+@contextlib.contextmanager
+def worker(
+    url: str, extra_env: Mapping[str, str] | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """`python -m app worker` against `url` (notifications, sweeps, the chain sealer) until
+    the block ends, as a deployment runs it beside the API."""
+    env = {"DATABASE_URL": url, "JWT_SECRET": SECRET, "LOG_LEVEL": "WARNING", **(extra_env or {})}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "app", "worker"], cwd=ROOT, env={**os.environ, **env}
+    )
+    try:
+        yield proc
+    finally:
+        early = proc.poll()
+        stop(proc, 30)
+    if early is not None:
+        raise RuntimeError(f"the worker exited with code {early} before the run ended")
+
+
 def tree_rss_mb(pid: int) -> float:
     """Resident memory of a process and its children, in MiB."""
     try:

@@ -28,7 +28,7 @@ import asyncpg
 from app.check import run_checks, violations
 from app.core.migrations import upgrade_to_head
 from app.core.security import Role, TokenService
-from bench.common import SECRET, machine, throwaway_database, write_section
+from bench.common import SECRET, machine, throwaway_database, worker, write_section
 from bench.flash_crowd import run_flash_crowd, write_flash_crowd
 from bench.load import LUA, Run, both_apps, vacuum, wrk
 
@@ -146,7 +146,9 @@ def hot_paths(url: str, args: argparse.Namespace, workdir: Path) -> dict[RunKey,
     runs_per_app = 1 + args.rounds + len(levels) - 1  # a warm-up, then the measurements
     seeded = asyncio.run(seed(url, workdir, 2 * runs_per_app))
     results: dict[RunKey, Run] = {}
-    with both_apps(url, args) as (ref_port, svc_port):
+    # The worker runs beside both apps as it does in a deployment: its chain sealer signs
+    # the history the requests write, every SEAL_SECONDS.
+    with worker(url), both_apps(url, args) as (ref_port, svc_port):
         common = {
             "BENCH_LUA": str(LUA),
             "BENCH_USERS": str(seeded.users_file),
@@ -260,7 +262,9 @@ each run {args.workers} uvicorn workers with {args.pool} pooled connections per 
 the same PostgreSQL, with wrk on the same box (one connection per wrk thread); {args.seconds} s
 per measurement after a {args.warmup} s warm-up, a `VACUUM` and a `CHECKPOINT`, reference
 and service alternating. At {levels[0]} connections each app runs {args.rounds} rounds, who goes
-first alternating: req/s and p50 are their medians, p99 the worst of them. Data:
+first alternating: req/s and p50 are their medians, p99 the worst of them. One
+`python -m app worker` runs beside both, as in a deployment (notifications, sweeps, and the
+chain sealer signing the history every `SEAL_SECONDS`). Data:
 a book of {CODES:,} codes per app for assign (each app counts only its own
 assignments per user), {USERS:,} users, {SLOTS} clients each with a multi-use code
 (lock → redeem with the `lock_id`, repeated), a promo of {UNITS:,} units per app (reserve →

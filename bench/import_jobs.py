@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,13 +31,12 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import (
-    ROOT,
     RssSampler,
     free_port,
     machine,
     service,
-    stop,
     throwaway_database,
+    worker,
     write_section,
 )
 
@@ -141,16 +139,9 @@ def bench(lines: int) -> Result:
             throwaway_database("bench-jobs") as url,
             service(url, port, 1, env, health="/readyz") as server,
             httpx.Client(base_url=base, timeout=600) as client,
+            worker(url, env) as jobs,
         ):
-            worker = subprocess.Popen(
-                [sys.executable, "-m", "app", "worker"],
-                cwd=ROOT,
-                env={**os.environ, "DATABASE_URL": url, "LOG_LEVEL": "WARNING", **env},
-            )
-            try:
-                return _run(client, base, server.pid, worker.pid, big, lines, file_mb, load_before)
-            finally:
-                stop(worker, 30)
+            return _run(client, base, server.pid, jobs.pid, big, lines, file_mb, load_before)
     finally:
         big.unlink(missing_ok=True)
 
