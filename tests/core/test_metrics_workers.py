@@ -208,10 +208,10 @@ def test_counts_of_every_process_add_up_whichever_process_answers(served: Served
 def test_the_monitored_series_are_offered_by_several_processes_too(served: Served) -> None:
     response = httpx.get(f"{served.url}/metrics", timeout=10)
     offered = series_names(response.text) | recorded() | PROMETHEUS_OWN
-    # Set only by the outbox worker's loop, which this server does not run (RUN_WORKER=false,
-    # as the API pods); the worker pods export them. A series with labels, or a `mostrecent`
-    # gauge, has nothing in the files until it is first set.
-    offered |= {"outbox_lag_seconds", "outbox_jobs_total"}
+    # Set only by the outbox worker's loop and its chain sealer, which this server does not
+    # run (RUN_WORKER=false, as the API pods); the worker pods export them. A series with
+    # labels, or a `mostrecent` gauge, has nothing in the files until it is first set.
+    offered |= {"outbox_lag_seconds", "outbox_jobs_total", "chain_seal_lag_seconds"}
     for source, exprs in monitored().items():
         for expr in exprs:
             missing = metric_names(expr) - offered
