@@ -36,6 +36,7 @@ from tests.ha.topology import (
     HA_VENV,
     PG_USER,
     ROOT,
+    TTL,
     Node,
     Topology,
     api_proc,
@@ -60,15 +61,28 @@ POLL_S = 0.25
 
 @dataclass
 class PrimaryWatch:
-    """Every node asked `pg_is_in_recovery()` every 250 ms on a connection of its own, and
-    every 250 ms the nodes counted that last said they are a primary. A node that does not
-    answer in time keeps its last answer (so a slow old primary still counts); one that
-    refuses connections or drops them cannot take writes and counts as not primary."""
+    """Every node asked every 250 ms, on a connection of its own, whether it is writable
+    (`pg_is_in_recovery()`) and whether it can acknowledge a commit; every 250 ms the nodes
+    counted that last said both. In strict synchronous mode a writable node acknowledges a
+    COMMIT only once a synchronous (quorum) standby streaming from it has flushed it: a
+    primary whose Patroni is stopped (SIGSTOP) keeps `synchronous_standby_names` but loses
+    its standbys to the new leader, so its COMMITs wait and nothing it holds was ever
+    acknowledged. Writable nodes alone are counted too (`two_writable`), for the record. A
+    node that does not answer in time keeps its last answer (so a slow old primary still
+    counts); one that refuses connections or drops them counts as neither."""
 
     nodes: list[Node]
     samples: int = 0
     two_primaries: int = 0
-    state: dict[str, bool] = field(default_factory=dict)
+    two_writable: int = 0
+    state: dict[str, tuple[bool, bool]] = field(default_factory=dict)
+
+    _PROBE = (
+        "SELECT NOT pg_is_in_recovery() AS writable,"
+        " NOT pg_is_in_recovery() AND (current_setting('synchronous_standby_names') = ''"
+        "  OR EXISTS (SELECT FROM pg_stat_replication"
+        "   WHERE state = 'streaming' AND sync_state IN ('sync', 'quorum'))) AS acknowledges"
+    )
 
     async def _probe(self, node: Node) -> None:
         url = node.url.rsplit("/", 1)[0] + "/postgres"
@@ -78,9 +92,9 @@ class PrimaryWatch:
             try:
                 if conn is None or conn.is_closed():
                     conn = await asyncpg.connect(url, timeout=1)
-                self.state[node.name] = not await conn.fetchval(
-                    "SELECT pg_is_in_recovery()", timeout=1
-                )
+                row = await conn.fetchrow(self._PROBE, timeout=1)
+                assert row is not None
+                self.state[node.name] = (row["writable"], row["acknowledges"])
             except TimeoutError:
                 if conn is not None:
                     conn.terminate()
@@ -89,7 +103,7 @@ class PrimaryWatch:
                 if conn is not None:
                     conn.terminate()
                 conn = None
-                self.state[node.name] = False
+                self.state[node.name] = (False, False)
             await asyncio.sleep(max(0.0, POLL_S - (time.monotonic() - tick)))
 
     async def run(self) -> None:
@@ -98,8 +112,11 @@ class PrimaryWatch:
             while True:
                 await asyncio.sleep(POLL_S)
                 self.samples += 1
-                if sum(self.state.values()) > 1:
+                states = list(self.state.values())
+                if sum(ack for _, ack in states) > 1:
                     self.two_primaries += 1
+                if sum(writable for writable, _ in states) > 1:
+                    self.two_writable += 1
         finally:
             for probe in probes:
                 probe.cancel()
@@ -149,6 +166,16 @@ async def _rejoined(topo: Topology, old: Node, t0: float) -> float | None:
         return None
     await _until(f"{old.name} streaming", lambda: _streaming(topo, old.name), 90)
     return time.monotonic() - t0
+
+
+def _taken_over(topo: Topology, old: Node) -> bool:
+    """Another node leads and a standby streams from it."""
+    leader = topo.leader()
+    return (
+        leader is not None
+        and leader.name != old.name
+        and any(m.get("state") == "streaming" and m["name"] != old.name for m in topo.members())
+    )
 
 
 @dataclass
@@ -226,6 +253,26 @@ class Faults:
         old.proc.start()
         rejoin = await _rejoined(self.topo, old, t0)
         return rejoin, f"{old.name} patroni; leader {_leader(self.topo).name}"
+
+    async def sigstop_patroni(self) -> tuple[float | None, str]:
+        """The primary's Patroni frozen (SIGSTOP), its PostgreSQL running on: the leader key
+        lapses after ttl, a standby takes over and the other follows it, while the frozen
+        Patroni can neither demote its server nor be told to. Then SIGCONT: it finds the key
+        gone, demotes and rewinds its server and follows the new leader."""
+        topo = self.topo
+        old = _leader(topo)
+        t0 = time.monotonic()
+        os.kill(old.proc.pid, signal.SIGSTOP)
+        try:
+            took = await _until(
+                "a new leader with a standby streaming from it",
+                lambda: _taken_over(topo, old),
+                TTL + 60,
+            )
+        finally:
+            os.kill(old.proc.pid, signal.SIGCONT)
+        rejoin = await _rejoined(topo, old, t0)
+        return rejoin, (f"{old.name} patroni stopped {took:.1f} s; leader {_leader(topo).name}")
 
     async def kill_api(self) -> tuple[float | None, str]:
         name = f"api{self.api_turn % len(self.topo.api_ports) + 1}"
@@ -468,6 +515,7 @@ async def run(topo: Topology) -> int:
         ("switchover", faults.switchover),
         ("kill -9 postgres", faults.kill_postgres),
         ("kill -9 patroni", faults.kill_patroni),
+        ("SIGSTOP patroni", faults.sigstop_patroni),
         ("kill -9 api", faults.kill_api),
         ("kill -9 worker", faults.kill_worker),
     ] * REPEATS
@@ -552,7 +600,9 @@ async def run(topo: Topology) -> int:
         f"[ha] {watch.samples} primary polls; {len(load.outcomes)} requests;"
         f" ok via api1 (HAProxy) {_served(load, 'api1')}, via api2 (multi-host URL)"
         f" {_served(load, 'api2')}; {time.monotonic() - started:.0f} s in all;"
-        f" load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs",
+        f" load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs;"
+        f" two nodes writable {int(watch.two_writable * POLL_S * 1000)} ms"
+        f" (two acknowledging commits: two-primaries below)",
         flush=True,
     )
     for line in failures + sse_bad + load.bad[:10]:
