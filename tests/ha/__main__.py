@@ -34,6 +34,7 @@ from tests.faults.harness import (
 from tests.ha.load import Load, Outcome, Stream, reconcile
 from tests.ha.topology import (
     HA_VENV,
+    LOOP_WAIT,
     PG_USER,
     ROOT,
     TTL,
@@ -42,6 +43,7 @@ from tests.ha.topology import (
     api_proc,
     api_ready,
     build,
+    etcd_healthy,
     start_database,
     worker_proc,
 )
@@ -197,6 +199,7 @@ class Faults:
         self.connect = admin_pg
         self.audiences = list(audiences)
         self.api_turn = 0
+        self.etcd_turn = 0
 
     async def switchover(self) -> tuple[float | None, str]:
         topo = self.topo
@@ -273,6 +276,26 @@ class Faults:
             os.kill(old.proc.pid, signal.SIGCONT)
         rejoin = await _rejoined(topo, old, t0)
         return rejoin, (f"{old.name} patroni stopped {took:.1f} s; leader {_leader(topo).name}")
+
+    async def kill_etcd(self) -> tuple[float | None, str]:
+        """One of the three etcd members killed -9 (each in turn): the other two are a
+        majority, so the leader key is still renewed, the leader stays and writes go on.
+        Restarted 2 s later on its data, it rejoins."""
+        topo = self.topo
+        index = self.etcd_turn % len(topo.etcd_ports)
+        self.etcd_turn += 1
+        proc = topo.procs[f"etcd{index + 1}"]
+        old = _leader(topo)
+        proc.kill9()
+        # Longer than loop_wait: the leader renews its key at least once without the member.
+        await asyncio.sleep(2 * LOOP_WAIT)
+        assert _leader(topo).name == old.name, "the leader changed with one etcd member lost"
+        proc.start()
+        await _until(f"{proc.name} healthy", lambda: etcd_healthy(topo, index), 60)
+        await _until("the cluster healthy again", topo.healthy, 90)
+        leader = _leader(topo)
+        assert leader.name == old.name, f"the leader moved from {old.name} to {leader.name}"
+        return None, f"{proc.name} killed; leader {leader.name} kept"
 
     async def kill_api(self) -> tuple[float | None, str]:
         name = f"api{self.api_turn % len(self.topo.api_ports) + 1}"
@@ -469,7 +492,10 @@ async def _through_proxy(url: str, timeout: float = 30) -> asyncpg.Connection:
 async def run(topo: Topology) -> int:
     started = time.monotonic()
     await asyncio.to_thread(start_database, topo)
-    print(f"[ha] etcd and three Patroni nodes up in {time.monotonic() - started:.1f} s", flush=True)
+    print(
+        f"[ha] three etcd members and three Patroni nodes up in {time.monotonic() - started:.1f} s",
+        flush=True,
+    )
     admin = await _through_proxy(topo.proxy_url.rsplit("/", 1)[0] + "/postgres")
     await admin.execute("CREATE DATABASE couponflash")
     await admin.close()
@@ -516,6 +542,7 @@ async def run(topo: Topology) -> int:
         ("kill -9 postgres", faults.kill_postgres),
         ("kill -9 patroni", faults.kill_patroni),
         ("SIGSTOP patroni", faults.sigstop_patroni),
+        ("etcd member lost", faults.kill_etcd),
         ("kill -9 api", faults.kill_api),
         ("kill -9 worker", faults.kill_worker),
     ] * REPEATS
