@@ -34,13 +34,16 @@ from tests.faults.harness import (
 from tests.ha.load import Load, Outcome, Stream, reconcile
 from tests.ha.topology import (
     HA_VENV,
+    LOOP_WAIT,
     PG_USER,
     ROOT,
+    TTL,
     Node,
     Topology,
     api_proc,
     api_ready,
     build,
+    etcd_healthy,
     start_database,
     worker_proc,
 )
@@ -60,15 +63,28 @@ POLL_S = 0.25
 
 @dataclass
 class PrimaryWatch:
-    """Every node asked `pg_is_in_recovery()` every 250 ms on a connection of its own, and
-    every 250 ms the nodes counted that last said they are a primary. A node that does not
-    answer in time keeps its last answer (so a slow old primary still counts); one that
-    refuses connections or drops them cannot take writes and counts as not primary."""
+    """Every node asked every 250 ms, on a connection of its own, whether it is writable
+    (`pg_is_in_recovery()`) and whether it can acknowledge a commit; every 250 ms the nodes
+    counted that last said both. In strict synchronous mode a writable node acknowledges a
+    COMMIT only once a synchronous (quorum) standby streaming from it has flushed it: a
+    primary whose Patroni is stopped (SIGSTOP) keeps `synchronous_standby_names` but loses
+    its standbys to the new leader, so its COMMITs wait and nothing it holds was ever
+    acknowledged. Writable nodes alone are counted too (`two_writable`), for the record. A
+    node that does not answer in time keeps its last answer (so a slow old primary still
+    counts); one that refuses connections or drops them counts as neither."""
 
     nodes: list[Node]
     samples: int = 0
     two_primaries: int = 0
-    state: dict[str, bool] = field(default_factory=dict)
+    two_writable: int = 0
+    state: dict[str, tuple[bool, bool]] = field(default_factory=dict)
+
+    _PROBE = (
+        "SELECT NOT pg_is_in_recovery() AS writable,"
+        " NOT pg_is_in_recovery() AND (current_setting('synchronous_standby_names') = ''"
+        "  OR EXISTS (SELECT FROM pg_stat_replication"
+        "   WHERE state = 'streaming' AND sync_state IN ('sync', 'quorum'))) AS acknowledges"
+    )
 
     async def _probe(self, node: Node) -> None:
         url = node.url.rsplit("/", 1)[0] + "/postgres"
@@ -78,9 +94,9 @@ class PrimaryWatch:
             try:
                 if conn is None or conn.is_closed():
                     conn = await asyncpg.connect(url, timeout=1)
-                self.state[node.name] = not await conn.fetchval(
-                    "SELECT pg_is_in_recovery()", timeout=1
-                )
+                row = await conn.fetchrow(self._PROBE, timeout=1)
+                assert row is not None
+                self.state[node.name] = (row["writable"], row["acknowledges"])
             except TimeoutError:
                 if conn is not None:
                     conn.terminate()
@@ -89,7 +105,7 @@ class PrimaryWatch:
                 if conn is not None:
                     conn.terminate()
                 conn = None
-                self.state[node.name] = False
+                self.state[node.name] = (False, False)
             await asyncio.sleep(max(0.0, POLL_S - (time.monotonic() - tick)))
 
     async def run(self) -> None:
@@ -98,8 +114,11 @@ class PrimaryWatch:
             while True:
                 await asyncio.sleep(POLL_S)
                 self.samples += 1
-                if sum(self.state.values()) > 1:
+                states = list(self.state.values())
+                if sum(ack for _, ack in states) > 1:
                     self.two_primaries += 1
+                if sum(writable for writable, _ in states) > 1:
+                    self.two_writable += 1
         finally:
             for probe in probes:
                 probe.cancel()
@@ -151,6 +170,16 @@ async def _rejoined(topo: Topology, old: Node, t0: float) -> float | None:
     return time.monotonic() - t0
 
 
+def _taken_over(topo: Topology, old: Node) -> bool:
+    """Another node leads and a standby streams from it."""
+    leader = topo.leader()
+    return (
+        leader is not None
+        and leader.name != old.name
+        and any(m.get("state") == "streaming" and m["name"] != old.name for m in topo.members())
+    )
+
+
 @dataclass
 class Audience:
     """Users at one place, far from everyone else's, for one fan-out."""
@@ -170,6 +199,7 @@ class Faults:
         self.connect = admin_pg
         self.audiences = list(audiences)
         self.api_turn = 0
+        self.etcd_turn = 0
 
     async def switchover(self) -> tuple[float | None, str]:
         topo = self.topo
@@ -226,6 +256,46 @@ class Faults:
         old.proc.start()
         rejoin = await _rejoined(self.topo, old, t0)
         return rejoin, f"{old.name} patroni; leader {_leader(self.topo).name}"
+
+    async def sigstop_patroni(self) -> tuple[float | None, str]:
+        """The primary's Patroni frozen (SIGSTOP), its PostgreSQL running on: the leader key
+        lapses after ttl, a standby takes over and the other follows it, while the frozen
+        Patroni can neither demote its server nor be told to. Then SIGCONT: it finds the key
+        gone, demotes and rewinds its server and follows the new leader."""
+        topo = self.topo
+        old = _leader(topo)
+        t0 = time.monotonic()
+        os.kill(old.proc.pid, signal.SIGSTOP)
+        try:
+            took = await _until(
+                "a new leader with a standby streaming from it",
+                lambda: _taken_over(topo, old),
+                TTL + 60,
+            )
+        finally:
+            os.kill(old.proc.pid, signal.SIGCONT)
+        rejoin = await _rejoined(topo, old, t0)
+        return rejoin, (f"{old.name} patroni stopped {took:.1f} s; leader {_leader(topo).name}")
+
+    async def kill_etcd(self) -> tuple[float | None, str]:
+        """One of the three etcd members killed -9 (each in turn): the other two are a
+        majority, so the leader key is still renewed, the leader stays and writes go on.
+        Restarted 2 s later on its data, it rejoins."""
+        topo = self.topo
+        index = self.etcd_turn % len(topo.etcd_ports)
+        self.etcd_turn += 1
+        proc = topo.procs[f"etcd{index + 1}"]
+        old = _leader(topo)
+        proc.kill9()
+        # Longer than loop_wait: the leader renews its key at least once without the member.
+        await asyncio.sleep(2 * LOOP_WAIT)
+        assert _leader(topo).name == old.name, "the leader changed with one etcd member lost"
+        proc.start()
+        await _until(f"{proc.name} healthy", lambda: etcd_healthy(topo, index), 60)
+        await _until("the cluster healthy again", topo.healthy, 90)
+        leader = _leader(topo)
+        assert leader.name == old.name, f"the leader moved from {old.name} to {leader.name}"
+        return None, f"{proc.name} killed; leader {leader.name} kept"
 
     async def kill_api(self) -> tuple[float | None, str]:
         name = f"api{self.api_turn % len(self.topo.api_ports) + 1}"
@@ -422,7 +492,10 @@ async def _through_proxy(url: str, timeout: float = 30) -> asyncpg.Connection:
 async def run(topo: Topology) -> int:
     started = time.monotonic()
     await asyncio.to_thread(start_database, topo)
-    print(f"[ha] etcd and three Patroni nodes up in {time.monotonic() - started:.1f} s", flush=True)
+    print(
+        f"[ha] three etcd members and three Patroni nodes up in {time.monotonic() - started:.1f} s",
+        flush=True,
+    )
     admin = await _through_proxy(topo.proxy_url.rsplit("/", 1)[0] + "/postgres")
     await admin.execute("CREATE DATABASE couponflash")
     await admin.close()
@@ -468,6 +541,8 @@ async def run(topo: Topology) -> int:
         ("switchover", faults.switchover),
         ("kill -9 postgres", faults.kill_postgres),
         ("kill -9 patroni", faults.kill_patroni),
+        ("SIGSTOP patroni", faults.sigstop_patroni),
+        ("etcd member lost", faults.kill_etcd),
         ("kill -9 api", faults.kill_api),
         ("kill -9 worker", faults.kill_worker),
     ] * REPEATS
@@ -552,7 +627,9 @@ async def run(topo: Topology) -> int:
         f"[ha] {watch.samples} primary polls; {len(load.outcomes)} requests;"
         f" ok via api1 (HAProxy) {_served(load, 'api1')}, via api2 (multi-host URL)"
         f" {_served(load, 'api2')}; {time.monotonic() - started:.0f} s in all;"
-        f" load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs",
+        f" load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs;"
+        f" two nodes writable {int(watch.two_writable * POLL_S * 1000)} ms"
+        f" (two acknowledging commits: two-primaries below)",
         flush=True,
     )
     for line in failures + sse_bad + load.bad[:10]:

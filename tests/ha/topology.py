@@ -1,4 +1,4 @@
-"""The high-availability topology of `make test-ha`, all on 127.0.0.1: one etcd, three
+"""The high-availability topology of `make test-ha`, all on 127.0.0.1: three etcd members, three
 PostgreSQL 15 under Patroni, HAProxy in front of the primary (Patroni REST `/primary`) and
 of the API instances, the API instances and the notification workers. Every process starts
 in a process group of its own and `Topology.close()` stops them all, its data with them."""
@@ -133,7 +133,8 @@ class Node:
 @dataclass
 class Topology:
     root: Path
-    etcd_port: int
+    etcd_ports: list[int]  # client ports, one per etcd member
+    etcd_peer_ports: list[int]
     nodes: list[Node]
     pg_proxy_port: int
     api_proxy_port: int
@@ -222,7 +223,7 @@ class Topology:
 _STOP_ORDER = {"api": 0, "wor": 0, "hap": 1, "pg1": 2, "pg2": 2, "pg3": 2, "etc": 3}
 
 
-def _patroni_config(node: Node, etcd_port: int, peers: list[Node]) -> str:
+def _patroni_config(node: Node, etcd_ports: list[int], peers: list[Node]) -> str:
     parameters = {
         # pg_rewind needs hint bits WAL-logged (data checksums give the same; both are on).
         "wal_log_hints": "on",
@@ -246,7 +247,7 @@ def _patroni_config(node: Node, etcd_port: int, peers: list[Node]) -> str:
             "listen": f"127.0.0.1:{node.rest_port}",
             "connect_address": f"127.0.0.1:{node.rest_port}",
         },
-        "etcd3": {"hosts": [f"127.0.0.1:{etcd_port}"]},
+        "etcd3": {"hosts": [f"127.0.0.1:{port}" for port in etcd_ports]},
         "bootstrap": {
             "dcs": {
                 "ttl": TTL,
@@ -378,7 +379,8 @@ def build(api_instances: int = 2) -> Topology:
         )
     topo = Topology(
         root=root,
-        etcd_port=free_port(),
+        etcd_ports=[free_port() for _ in range(3)],
+        etcd_peer_ports=[free_port() for _ in range(3)],
         nodes=nodes,
         pg_proxy_port=free_port(),
         api_proxy_port=free_port(),
@@ -386,7 +388,7 @@ def build(api_instances: int = 2) -> Topology:
     )
     pg = pwd.getpwnam(PG_USER)
     for node in nodes:
-        node.config.write_text(_patroni_config(node, topo.etcd_port, nodes))
+        node.config.write_text(_patroni_config(node, topo.etcd_ports, nodes))
         os.chown(node.home, pg.pw_uid, pg.pw_gid)
         os.chown(node.config, pg.pw_uid, pg.pw_gid)
         node.proc.args = [str(HA_VENV / "bin" / "patroni"), str(node.config)]
@@ -398,34 +400,59 @@ def build(api_instances: int = 2) -> Topology:
     return topo
 
 
+def etcd_proc(topo: Topology, index: int) -> Proc:
+    """Member `index` of the three-member etcd cluster (a majority of two keeps it going);
+    restarted on the same data directory, it rejoins as the same member."""
+    name = f"etcd{index + 1}"
+    client = f"http://127.0.0.1:{topo.etcd_ports[index]}"
+    peer = f"http://127.0.0.1:{topo.etcd_peer_ports[index]}"
+    cluster = ",".join(
+        f"etcd{i + 1}=http://127.0.0.1:{port}" for i, port in enumerate(topo.etcd_peer_ports)
+    )
+    return Proc(
+        name,
+        [
+            "etcd",
+            "--name",
+            name,
+            "--data-dir",
+            str(topo.root / name),
+            "--listen-client-urls",
+            client,
+            "--advertise-client-urls",
+            client,
+            "--listen-peer-urls",
+            peer,
+            "--initial-advertise-peer-urls",
+            peer,
+            "--initial-cluster",
+            cluster,
+            "--initial-cluster-state",
+            "new",
+            "--log-level",
+            "warn",
+        ],
+        topo.root / f"{name}.log",
+    )
+
+
+def etcd_healthy(topo: Topology, index: int) -> bool:
+    try:
+        url = f"http://127.0.0.1:{topo.etcd_ports[index]}/health"
+        with urllib.request.urlopen(url, timeout=1) as r:
+            return bool(json.loads(r.read()).get("health") == "true")
+    except (OSError, ValueError):
+        return False
+
+
 def start_database(topo: Topology) -> None:
     """etcd, then the three Patroni nodes; returns once one leads and two stream from it."""
-    etcd_dir = topo.root / "etcd"
-    peer = free_port()
-    topo.start(
-        Proc(
-            "etcd",
-            [
-                "etcd",
-                "--name",
-                "e1",
-                "--data-dir",
-                str(etcd_dir),
-                "--listen-client-urls",
-                f"http://127.0.0.1:{topo.etcd_port}",
-                "--advertise-client-urls",
-                f"http://127.0.0.1:{topo.etcd_port}",
-                "--listen-peer-urls",
-                f"http://127.0.0.1:{peer}",
-                "--initial-advertise-peer-urls",
-                f"http://127.0.0.1:{peer}",
-                "--initial-cluster",
-                f"e1=http://127.0.0.1:{peer}",
-                "--log-level",
-                "warn",
-            ],
-            topo.root / "etcd.log",
-        )
+    for i in range(len(topo.etcd_ports)):
+        topo.start(etcd_proc(topo, i))
+    topo.wait(
+        "etcd healthy",
+        lambda: all(etcd_healthy(topo, i) for i in range(len(topo.etcd_ports))),
+        60,
     )
     topo.start(topo.nodes[0].proc)
     topo.wait("the first node leads", lambda: topo.leader() is not None, 90)
