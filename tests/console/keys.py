@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from playwright.sync_api import Locator, Page
+from playwright.sync_api import FileChooser, Locator, Page
 
 # What the focused element is, whether it shows a focus ring, and whether it is on screen.
 _FOCUS = """() => {
@@ -58,3 +58,31 @@ def choose(page: Page, select: Locator, label: str) -> None:
     page.keyboard.type(label)
     chosen = select.evaluate("s => s.selectedOptions[0] && s.selectedOptions[0].textContent")
     assert chosen is not None and chosen.startswith(label), (chosen, label)
+
+
+def open_file_picker(page: Page, field: Locator, tries: int = 3) -> FileChooser:
+    """Tab to a file field and press Space: the file picker opens.
+
+    Playwright enables picker interception by a message it does not wait for, so a keystroke
+    sent right after can reach the browser first and open an unintercepted picker (lost to
+    the test, not to a user). A picker that is coming arrives within a second; after five
+    quiet seconds the same keystroke is sent again, with focus checked still on the field.
+    """
+    choosers: list[FileChooser] = []
+
+    def collect(chooser: FileChooser) -> None:
+        choosers.append(chooser)
+
+    page.on("filechooser", collect)
+    try:
+        tab_to(page, field)
+        for _ in range(tries):
+            assert field.evaluate("node => node === document.activeElement"), "focus left the field"
+            page.keyboard.press("Space")
+            for _ in range(50):
+                if choosers:
+                    return choosers[0]
+                page.wait_for_timeout(100)  # lets Playwright deliver the picker event
+        raise AssertionError(f"Space on {field} opened no file picker in {tries} tries")
+    finally:
+        page.remove_listener("filechooser", collect)

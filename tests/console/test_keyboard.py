@@ -12,7 +12,7 @@ import pytest
 from playwright.sync_api import Page, expect
 
 from tests.console.conftest import Account, Accounts, LiveServer
-from tests.console.keys import assert_focus_shown, choose, tab_to
+from tests.console.keys import assert_focus_shown, choose, open_file_picker, tab_to
 
 SIZES = {"desktop": (1280, 900), "phone": (390, 844)}
 
@@ -59,11 +59,9 @@ def test_campaign_manager_runs_a_campaign_by_keyboard(
 
     # Upload: Space on the file field opens the picker; Enter on Upload sends the file.
     upload = page.locator("#upload-form")
-    tab_to(page, upload.get_by_label("CSV file"))
-    with page.expect_file_chooser() as chooser:
-        page.keyboard.press("Space")
+    chooser = open_file_picker(page, upload.get_by_label("CSV file"))
     codes = "".join(f"K{tag.upper()}-{i}\n" for i in range(5))
-    chooser.value.set_files(
+    chooser.set_files(
         files=[{"name": "codes.csv", "mimeType": "text/csv", "buffer": codes.encode()}]
     )
     tab_to(page, upload.get_by_role("button", name="Upload", exact=True))
