@@ -94,10 +94,10 @@ console-assets: $(WEB_STAMP) ## copy the locked charting library into the consol
 
 # The console's browser tests drive Debian's Chromium, and promtool (Debian package
 # `prometheus`) unit-tests the alert rules in tests/deploy: both installed when missing.
-test: install lint contract-tools $(WEB_STAMP) ## lint, then the whole suite, then the hot-path and security tests with lean routes off
+test: install lint contract-tools $(WEB_STAMP) ## lint, then the whole suite, then the hot-path and security tests with lean routes and coalescing off
 	@scripts/ensure-deb.sh chromium /usr/bin/chromium prometheus promtool
 	$(PY) -m pytest
-	LEAN_ROUTES=false $(PY) -m pytest -q -p no:randomly tests/core tests/books tests/promos tests/security
+	LEAN_ROUTES=false COALESCE_HOT_PATHS=false $(PY) -m pytest -q -p no:randomly tests/core tests/books tests/promos tests/security tests/test_hot_functions.py
 
 test-pg: install contract-tools $(WEB_STAMP) ## the suite against the server at 127.0.0.1:5432
 	@scripts/ensure-deb.sh chromium /usr/bin/chromium prometheus promtool

@@ -26,13 +26,14 @@ from app.console.router import router as console_router
 from app.core import tracing
 from app.core.cache import Cached
 from app.core.clientip import parse_networks
+from app.core.coalesce import Coalescer
 from app.core.db import Database
 from app.core.front import ServiceApp
 from app.core.heap import frozen_startup_heap
 from app.core.idempotency import install_idempotency_handler
 from app.core.lockout import Lockouts
 from app.core.logging import configure_logging
-from app.core.metrics import POOL, publishing
+from app.core.metrics import POOL, batch_observer, publishing
 from app.core.middleware import RequestContextMiddleware
 from app.core.migrations import head_revisions
 from app.core.openapi_contract import install_contract
@@ -99,6 +100,9 @@ def build_services(settings: Settings) -> Services:
             refresh_seconds=settings.lockout_refresh_seconds,
             trusted_proxies=parse_networks(settings.trusted_proxies),
         ),
+        assign_batches=Coalescer(settings.coalesce_max_batch, batch_observer("assign"))
+        if settings.coalesce_hot_paths
+        else None,
     )
 
 

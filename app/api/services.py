@@ -4,10 +4,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from starlette.requests import HTTPConnection
 
 from app.core.cache import Cached
+from app.core.coalesce import Coalescer
 from app.core.db import Database
 from app.core.lockout import Lockouts
 from app.core.ratelimit import RateLimits
@@ -28,6 +30,8 @@ class Services:
     # Claimed checksum prefixes (app/books/checksum.py), longest first.
     checksum_prefixes: Cached[tuple[str, ...]]
     lockouts: Lockouts
+    # Batches of concurrent random assigns, by book; None when coalescing is off.
+    assign_batches: Coalescer[Any, Any] | None = None
 
 
 def services_of(connection: HTTPConnection) -> Services:

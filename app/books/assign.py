@@ -9,6 +9,7 @@ assigns hold the book key shared; `distribute` holds it exclusively.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 
 import asyncpg
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -158,12 +159,64 @@ LANGUAGE plpgsql AS $assign${ASSIGN_FUNCTION_BODY}$assign$
 _ASSIGN = "SELECT * FROM book_assign_random($1, $2, $3, $4)"
 
 
-async def assign_random(
-    conn: asyncpg.Connection, book_id: uuid.UUID, user_id: uuid.UUID, actor_id: uuid.UUID
-) -> CodeOut:
-    """Give `user_id` a random free code of the book (one call, no book-wide lock)."""
-    row = await conn.fetchrow(_ASSIGN, book_id, user_id, actor_id, "{}")
-    assert row is not None
+_OUT_COLUMNS = """c.code_id, c.code, c.book_id, c.status, c.user_id, c.assigned_at,
+        c.locked_until, c.redemptions, c.redemptions_left, c.book_active, c.user_exists,
+        c.allowed, c.free_left"""
+_RESULT_COLUMNS = """code_id bigint, code text, book_id uuid, status text, user_id uuid,
+               assigned_at timestamptz, locked_until timestamptz, redemptions integer,
+               redemptions_left integer, book_active boolean, user_exists boolean,
+               allowed boolean, free_left boolean"""
+
+# Coalesced assigns of one book (app/core/coalesce.py): one call for a batch of requests, in
+# one transaction. The book's shared lock, then every caller's lock in uuid order (batches
+# that share users take them in the same order: no deadlock; a single assign takes one), then
+# each request in arrival order with the single assign's statement and pauses: a request
+# sees the claims of those before it, so a user asking twice with room for one gets one
+# code and one limit answer, exactly as two requests one after the other.
+ASSIGN_BATCH_FUNCTION_BODY = f"""
+#variable_conflict use_column
+DECLARE
+    c record;
+    i integer;
+    p_user uuid;
+    p_actor uuid;
+    p_start float8;
+    pause float8;
+BEGIN
+    PERFORM {xact_lock_sql(LockNamespace.BOOK, "p_book::uuid::text", shared=True)};
+    FOR p_user IN SELECT DISTINCT u FROM unnest(p_users) AS u ORDER BY u LOOP
+        PERFORM {named(xact_lock_sql(LockNamespace.BOOK_USER, _BOOK_USER_KEY), _NAMES)};
+    END LOOP;
+    FOR i IN 1 .. cardinality(p_users) LOOP
+        p_user := p_users[i];
+        p_actor := p_actors[i];
+        FOREACH pause IN ARRAY {RETRY_PAUSES} LOOP
+            p_start := random();
+            {named(_ASSIGN_RANDOM, _NAMES)}
+            INTO c;
+            EXIT WHEN pause IS NULL OR c.code IS NOT NULL OR NOT c.allowed OR NOT c.free_left;
+            PERFORM pg_sleep(pause * (0.5 + random()));
+        END LOOP;
+        RETURN QUERY SELECT i, {_OUT_COLUMNS};
+    END LOOP;
+END
+"""
+ASSIGN_BATCH_FUNCTION = f"""
+CREATE OR REPLACE FUNCTION book_assign_random_batch(p_book uuid, p_users uuid[],
+                                                    p_actors uuid[], p_details jsonb)
+RETURNS TABLE (ord integer, {_RESULT_COLUMNS})
+LANGUAGE plpgsql AS $assign${ASSIGN_BATCH_FUNCTION_BODY}$assign$
+"""
+# The uuid arrays travel as text (`{…}` literals): asyncpg would otherwise look the array
+# type up on every new connection, a round trip of its own.
+_ASSIGN_BATCH = (
+    "SELECT * FROM book_assign_random_batch($1, $2::text::uuid[], $3::text::uuid[], $4)"
+    " ORDER BY ord"
+)
+
+
+def _assigned(row: asyncpg.Record, book_id: uuid.UUID, user_id: uuid.UUID) -> CodeOut:
+    """The code a random assign claimed, or the problem it answers."""
     if row["code"] is not None:
         return code_out(row)
     _raise_for(row, book_id, user_id)
@@ -172,6 +225,37 @@ async def assign_random(
     if row["free_left"]:
         raise Busy("Every free code is being claimed right now; retry shortly.")
     raise BookExhausted("The book has no unassigned code left.")
+
+
+async def assign_random(
+    conn: asyncpg.Connection, book_id: uuid.UUID, user_id: uuid.UUID, actor_id: uuid.UUID
+) -> CodeOut:
+    """Give `user_id` a random free code of the book (one call, no book-wide lock)."""
+    row = await conn.fetchrow(_ASSIGN, book_id, user_id, actor_id, "{}")
+    assert row is not None
+    return _assigned(row, book_id, user_id)
+
+
+def _uuid_array(values: Sequence[uuid.UUID]) -> str:
+    return "{" + ",".join(map(str, values)) + "}"
+
+
+async def assign_random_batch(
+    conn: asyncpg.Connection, book_id: uuid.UUID, requests: Sequence[tuple[uuid.UUID, uuid.UUID]]
+) -> list[CodeOut | Exception]:
+    """Random assigns of one book for a batch of `(user, actor)` requests, in one call: each
+    request's code or the problem it alone would have got, in order."""
+    users = [user for user, _ in requests]
+    actors = [actor for _, actor in requests]
+    rows = await conn.fetch(_ASSIGN_BATCH, book_id, _uuid_array(users), _uuid_array(actors), "{}")
+    assert len(rows) == len(requests)
+    outcomes: list[CodeOut | Exception] = []
+    for row, user in zip(rows, users, strict=True):
+        try:
+            outcomes.append(_assigned(row, book_id, user))
+        except Exception as exc:  # a problem for this request only
+            outcomes.append(exc)
+    return outcomes
 
 
 async def assign_code(

@@ -7,7 +7,7 @@ and each runs in one `Tx` (a transaction on a bare asyncpg connection)."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Annotated
 
 import asyncpg
@@ -34,7 +34,7 @@ from app.core.openapi import AUTH, problems
 from app.core.problems import Forbidden, NotFound
 from app.core.ratelimit import RateLimits
 from app.core.security import Principal
-from app.core.transaction import Transaction
+from app.core.transaction import Transaction, retry_transient
 
 router = APIRouter(tags=["codes"], route_class=LeanRoute)
 CODE_ERRORS = problems(*AUTH, 403, 404, 409)
@@ -217,15 +217,32 @@ async def assign_random(
     tx: Tx,
     response: Response,
     limits: RateLimit,
+    services: AppServices,
     body: Annotated[AssignIn | None, Body()] = None,
 ) -> CodeOut:
     """A random free code of the book: a user assigns to themself, an admin to `user_id`.
     409 `book-exhausted`, `code-limit-reached`, `book-inactive`."""
+    batches = services.assign_batches
+    if batches is None or tx.idempotency.key is not None:
 
-    async def claim(conn: asyncpg.Connection, target: uuid.UUID) -> CodeOut:
-        return await assign.assign_random(conn, book_id, target, user.id)
+        async def claim(conn: asyncpg.Connection, target: uuid.UUID) -> CodeOut:
+            return await assign.assign_random(conn, book_id, target, user.id)
 
-    return await _assign(user, tx.one_statement(), response, limits, body, claim)
+        return await _assign(user, tx.one_statement(), response, limits, body, claim)
+
+    # Coalesced with the book's other concurrent assigns (app/core/coalesce.py); a request
+    # that leads its batch runs it in its own transaction.
+    target = _target_user(user.id, user.is_admin, body.user_id if body else None)
+    await limits.hit(limits.assign, "assign", user.id)
+
+    async def run(requests: Sequence[tuple[uuid.UUID, uuid.UUID]]) -> list[CodeOut | Exception]:
+        return await retry_transient(
+            tx.one_statement(), lambda conn: assign.assign_random_batch(conn, book_id, requests)
+        )
+
+    out: CodeOut = await batches.submit(book_id, (target, user.id), run)
+    response.headers["Location"] = f"/api/v1/codes/{out.code}"
+    return out
 
 
 async def _assign(

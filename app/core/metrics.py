@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, values
@@ -47,6 +47,19 @@ HTTP_LATENCY = Histogram(
     buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
     registry=REGISTRY,
 )
+
+COALESCED_BATCH = Histogram(
+    "coalesced_batch_size",
+    "Requests per coalesced batch of a hot path (one transaction each).",
+    ["path"],
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+    registry=REGISTRY,
+)
+
+
+def batch_observer(path: str) -> Callable[[int], None]:
+    """Records the size of each batch of `path` in `coalesced_batch_size`."""
+    return COALESCED_BATCH.labels(path).observe
 
 
 _HTTP_CHILDREN: dict[tuple[str, str, int], tuple[Any, Any]] = {}

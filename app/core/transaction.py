@@ -25,22 +25,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 
 from app.core.db import Database
 from app.core.idempotency import IdempotencyKey
 from app.core.problems import (
+    SQLSTATE_DEADLOCK,
+    SQLSTATE_SERIALIZATION,
     OutcomeUnknown,
     Unavailable,
     sqlstate_of,
     wrong_server,
 )
 
+Result = TypeVar("Result")
 Acquired = AbstractAsyncContextManager[asyncpg.Connection]
 Acquire = Callable[[], Acquired]
 
@@ -48,6 +51,8 @@ _TIMEOUTS = "SELECT set_config('lock_timeout', $1, true), set_config('statement_
 # SQLSTATE classes a failed COMMIT answers with when the server rolled back for certain:
 # serialization or deadlock (40), a deferred constraint (23).
 _ROLLED_BACK = ("40", "23")
+# Rolled back for a reason a second run of the same work may not meet.
+_TRANSIENT = (SQLSTATE_DEADLOCK, SQLSTATE_SERIALIZATION)
 # Failing to get or start a connection: the server is away or every connection is busy.
 _UNREACHABLE = (
     OSError,
@@ -206,3 +211,18 @@ class Transaction:
         """Store the response for the request's `Idempotency-Key`, if it sent one."""
         if self.idempotency.key is not None:
             await self.idempotency.remember(conn, status_code, payload, location)
+
+
+async def retry_transient(
+    tx: Transaction, work: Callable[[asyncpg.Connection], Awaitable[Result]]
+) -> Result:
+    """`work` in the transaction, run again once (a new transaction) if the server rolled it
+    back for a deadlock or a serialization failure; a second such failure is raised."""
+    for attempt in (1, 2):
+        try:
+            async with tx as conn:
+                return await work(conn)
+        except asyncpg.PostgresError as exc:
+            if attempt == 2 or sqlstate_of(exc) not in _TRANSIENT:
+                raise
+    raise AssertionError("unreachable")

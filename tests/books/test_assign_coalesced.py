@@ -1,0 +1,159 @@
+"""Coalesced random assigns (app/core/coalesce.py, `book_assign_random_batch`): a crowd on
+one book is served in batches, one transaction each, and every request gets the answer it
+would have got alone: per-user limits across requests in the same batch, distinct codes,
+a pause that lands mid-crowd, history rows, invariants after. With `COALESCE_HOT_PATHS=false`
+the same tests run on the per-request path (the batch-size check is then skipped by it)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from sqlalchemy import text
+
+from app.core.metrics import REGISTRY
+from app.core.security import Role
+from tests.books.flows import book_with_codes
+from tests.books.helpers import API, history_count
+from tests.conftest import MakeUser
+from tests.helpers import assert_invariants
+
+
+def _batches() -> tuple[float, float]:
+    """Batches of assigns run so far in this process, and the requests they held."""
+    count = REGISTRY.get_sample_value("coalesced_batch_size_count", {"path": "assign"}) or 0.0
+    total = REGISTRY.get_sample_value("coalesced_batch_size_sum", {"path": "assign"}) or 0.0
+    return count, total
+
+
+def _slug(response: httpx.Response) -> str:
+    if response.status_code == 201:
+        return "ok"
+    return str(response.json()["type"]).rsplit("/", 1)[-1]
+
+
+async def _held(app: FastAPI, book_id: str) -> dict[str, list[str]]:
+    async with app.state.db.engine.connect() as conn:
+        rows = (
+            await conn.execute(
+                text(
+                    "SELECT user_id::text, code FROM codes"
+                    " WHERE book_id = :b AND user_id IS NOT NULL"
+                ),
+                {"b": book_id},
+            )
+        ).all()
+    held: dict[str, list[str]] = {}
+    for user_id, code in rows:
+        held.setdefault(user_id, []).append(code)
+    return held
+
+
+async def test_a_crowd_with_repeat_requests_gets_each_users_limit_in_batches(
+    app: FastAPI, live_client: httpx.AsyncClient, make_live_user: MakeUser
+) -> None:
+    admin = await make_live_user(Role.admin)
+    book, codes = await book_with_codes(live_client, admin, 400, max_codes_per_user=2)
+    users = await asyncio.gather(*[make_live_user() for _ in range(60)])
+    before = _batches()
+    # Each user asks three times at once; the admin asks once more for the first ten.
+    calls: list[tuple[str, Any]] = [
+        (u.id, live_client.post(f"{API}/books/{book['id']}/assign", headers=u.headers))
+        for u in users
+        for _ in range(3)
+    ]
+    calls += [
+        (
+            u.id,
+            live_client.post(
+                f"{API}/books/{book['id']}/assign",
+                headers=admin.headers,
+                json={"user_id": str(u.id)},
+            ),
+        )
+        for u in users[:10]
+    ]
+    answers = await asyncio.gather(*[call for _, call in calls])
+
+    per_user: dict[str, Counter[str]] = {}
+    for (user_id, _), answer in zip(calls, answers, strict=True):
+        per_user.setdefault(str(user_id), Counter())[_slug(answer)] += 1
+        if answer.status_code == 201:
+            assert answer.headers["Location"] == f"/api/v1/codes/{answer.json()['code']}"
+            assert answer.json()["user_id"] == str(user_id)
+    for user in users:
+        asked = 4 if user in users[:10] else 3
+        assert per_user[str(user.id)] == {"ok": 2, "code-limit-reached": asked - 2}, user.id
+
+    won = [a.json()["code"] for a in answers if a.status_code == 201]
+    assert len(won) == len(set(won)) == 120 and set(won) <= set(codes)
+    held = await _held(app, book["id"])
+    assert {u: sorted(c) for u, c in held.items()} == {
+        str(u.id): sorted(
+            a.json()["code"]
+            for (uid, _), a in zip(calls, answers, strict=True)
+            if uid == u.id and a.status_code == 201
+        )
+        for u in users
+    }
+    assert await history_count(app.state.db.engine, book["id"]) == 120
+    await assert_invariants(app)
+
+    if app.state.settings.coalesce_hot_paths:
+        count, total = (after - start for after, start in zip(_batches(), before, strict=True))
+        assert total == len(calls)
+        assert count < total, "every request ran in a batch of its own: nothing was coalesced"
+
+
+async def test_a_pause_mid_crowd_answers_book_inactive_and_loses_nothing(
+    app: FastAPI, live_client: httpx.AsyncClient, make_live_user: MakeUser
+) -> None:
+    admin = await make_live_user(Role.admin)
+    book, _ = await book_with_codes(live_client, admin, 200)
+    users = await asyncio.gather(*[make_live_user() for _ in range(120)])
+    path = f"{API}/books/{book['id']}/assign"
+    first = [asyncio.ensure_future(live_client.post(path, headers=u.headers)) for u in users[:60]]
+    pause = asyncio.ensure_future(
+        live_client.patch(
+            f"{API}/books/{book['id']}", headers=admin.headers, json={"status": "paused"}
+        )
+    )
+    second = [asyncio.ensure_future(live_client.post(path, headers=u.headers)) for u in users[60:]]
+    answers = await asyncio.gather(*first, *second)
+    assert (await pause).status_code == 200
+    slugs = Counter(_slug(a) for a in answers)
+    assert set(slugs) <= {"ok", "book-inactive"}, slugs
+    after = await live_client.post(path, headers=users[0].headers)
+    assert _slug(after) == "book-inactive"
+
+    held = await _held(app, book["id"])
+    winners = {a.json()["user_id"]: [a.json()["code"]] for a in answers if a.status_code == 201}
+    assert held == winners
+    assert await history_count(app.state.db.engine, book["id"]) == slugs["ok"]
+    await assert_invariants(app)
+
+
+@pytest.mark.parametrize("limit", [1, 3])
+async def test_one_user_in_many_batches_never_exceeds_the_limit(
+    app: FastAPI, live_client: httpx.AsyncClient, make_live_user: MakeUser, limit: int
+) -> None:
+    admin = await make_live_user(Role.admin)
+    book, _ = await book_with_codes(live_client, admin, 50, max_codes_per_user=limit)
+    user = await make_live_user()
+    others = await asyncio.gather(*[make_live_user() for _ in range(20)])
+    path = f"{API}/books/{book['id']}/assign"
+    mine = [live_client.post(path, headers=user.headers) for _ in range(40)]
+    theirs = [live_client.post(path, headers=o.headers) for o in others]
+    answers = await asyncio.gather(*mine, *theirs)
+    assert Counter(_slug(a) for a in answers[:40]) == {
+        "ok": limit,
+        "code-limit-reached": 40 - limit,
+    }
+    assert Counter(_slug(a) for a in answers[40:]) == {"ok": 20}
+    held = await _held(app, book["id"])
+    assert len(held[str(user.id)]) == limit
+    await assert_invariants(app)
