@@ -100,10 +100,15 @@ def build_services(settings: Settings) -> Services:
             refresh_seconds=settings.lockout_refresh_seconds,
             trusted_proxies=parse_networks(settings.trusted_proxies),
         ),
-        assign_batches=Coalescer(settings.coalesce_max_batch, batch_observer("assign"))
-        if settings.coalesce_hot_paths
-        else None,
+        assign_batches=_coalescer(settings, "assign"),
+        reserve_batches=_coalescer(settings, "reserve"),
     )
+
+
+def _coalescer(settings: Settings, path: str) -> Coalescer[Any, Any] | None:
+    if not settings.coalesce_hot_paths:
+        return None
+    return Coalescer(settings.coalesce_max_batch, batch_observer(path))
 
 
 def _lifespan(settings: Settings) -> Callable[[FastAPI], AbstractAsyncContextManager[State]]:

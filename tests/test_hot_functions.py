@@ -13,13 +13,14 @@ from fastapi import FastAPI
 
 from app.books.assign import ASSIGN_BATCH_FUNCTION_BODY, ASSIGN_FUNCTION_BODY
 from app.core.security import Role
-from app.promos.reservations import RESERVE_FUNCTION_BODY
+from app.promos.reservations import RESERVE_BATCH_FUNCTION_BODY, RESERVE_FUNCTION_BODY
 from tests.books.flows import book_with_codes
 from tests.conftest import MakeUser
 from tests.promos.support import create_promo, placed_users, random_point
 
 BODIES = {
     "promo_reserve": RESERVE_FUNCTION_BODY,
+    "promo_reserve_batch": RESERVE_BATCH_FUNCTION_BODY,
     "book_assign_random": ASSIGN_FUNCTION_BODY,
     "book_assign_random_batch": ASSIGN_BATCH_FUNCTION_BODY,
 }
@@ -48,12 +49,13 @@ async def hot_path(
     admin = await make_live_user(Role.admin)
     lat, lng = random_point()
     [user] = await placed_users(app, 1, lat, lng)
+    # Coalesced, a lone request is a batch of one: the batch function, called once.
+    coalesced = app.state.settings.coalesce_hot_paths
     if request.param == "reserve":
         promo = await create_promo(live_client, admin, at=(lat, lng), quantity=5)
-        return "promo_reserve", f"/api/v1/promos/{promo['id']}/reserve", user.headers, 200
+        function = "promo_reserve_batch" if coalesced else "promo_reserve"
+        return function, f"/api/v1/promos/{promo['id']}/reserve", user.headers, 200
     book, _ = await book_with_codes(live_client, admin, 5, max_codes_per_user=1)
-    # Coalesced, a lone assign is a batch of one: the batch function, called once.
-    coalesced = app.state.settings.coalesce_hot_paths
     function = "book_assign_random_batch" if coalesced else "book_assign_random"
     return function, f"/api/v1/books/{book['id']}/assign", user.headers, 409
 

@@ -30,8 +30,10 @@ class Services:
     # Claimed checksum prefixes (app/books/checksum.py), longest first.
     checksum_prefixes: Cached[tuple[str, ...]]
     lockouts: Lockouts
-    # Batches of concurrent random assigns, by book; None when coalescing is off.
+    # Batches of concurrent random assigns (by book) and reserves (by promo); None when
+    # coalescing is off.
     assign_batches: Coalescer[Any, Any] | None = None
+    reserve_batches: Coalescer[Any, Any] | None = None
 
 
 def services_of(connection: HTTPConnection) -> Services:

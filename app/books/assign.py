@@ -20,7 +20,7 @@ from app.books.schemas import CodeOut, DistributeOut, DistributePreviewOut, Skip
 from app.books.service import CODE_COLUMNS, code_out, normalize_code
 from app.core.db import raw_connection
 from app.core.locking import LockNamespace, xact_lock_sql
-from app.core.plpgsql import RETRY_PAUSES, named
+from app.core.plpgsql import RETRY_PAUSES, named, uuid_array
 from app.core.problems import Busy, NotFound
 
 _BOOK_KEY = "$1::uuid::text"
@@ -207,8 +207,6 @@ CREATE OR REPLACE FUNCTION book_assign_random_batch(p_book uuid, p_users uuid[],
 RETURNS TABLE (ord integer, {_RESULT_COLUMNS})
 LANGUAGE plpgsql AS $assign${ASSIGN_BATCH_FUNCTION_BODY}$assign$
 """
-# The uuid arrays travel as text (`{…}` literals): asyncpg would otherwise look the array
-# type up on every new connection, a round trip of its own.
 _ASSIGN_BATCH = (
     "SELECT * FROM book_assign_random_batch($1, $2::text::uuid[], $3::text::uuid[], $4)"
     " ORDER BY ord"
@@ -236,10 +234,6 @@ async def assign_random(
     return _assigned(row, book_id, user_id)
 
 
-def _uuid_array(values: Sequence[uuid.UUID]) -> str:
-    return "{" + ",".join(map(str, values)) + "}"
-
-
 async def assign_random_batch(
     conn: asyncpg.Connection, book_id: uuid.UUID, requests: Sequence[tuple[uuid.UUID, uuid.UUID]]
 ) -> list[CodeOut | Exception]:
@@ -247,7 +241,7 @@ async def assign_random_batch(
     request's code or the problem it alone would have got, in order."""
     users = [user for user, _ in requests]
     actors = [actor for _, actor in requests]
-    rows = await conn.fetch(_ASSIGN_BATCH, book_id, _uuid_array(users), _uuid_array(actors), "{}")
+    rows = await conn.fetch(_ASSIGN_BATCH, book_id, uuid_array(users), uuid_array(actors), "{}")
     assert len(rows) == len(requests)
     outcomes: list[CodeOut | Exception] = []
     for row, user in zip(rows, users, strict=True):

@@ -6,6 +6,7 @@ holds a frozen copy, and a test compares the schema's body with the rendering.""
 from __future__ import annotations
 
 import re
+import uuid
 from collections.abc import Sequence
 
 from app.core.locking import CLAIM_RETRY_DELAYS
@@ -22,3 +23,10 @@ def named(sql: str, names: Sequence[str]) -> str:
     trailing blanks: the body is stored verbatim)."""
     sql = _PARAMETER.sub(lambda m: names[int(m.group(1)) - 1], sql)
     return "\n".join(line.rstrip() for line in sql.strip().splitlines())
+
+
+def uuid_array(values: Sequence[uuid.UUID]) -> str:
+    """A `uuid[]` parameter as a `{…}` text literal, for a statement that casts it
+    (`$2::text::uuid[]`): asyncpg would otherwise look the array type up on every new
+    connection, a round trip of its own."""
+    return "{" + ",".join(map(str, values)) + "}"

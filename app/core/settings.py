@@ -57,8 +57,9 @@ class Settings(BaseSettings):
     otel_enabled: bool = False  # OpenTelemetry traces (app/core/tracing.py); OTLP export
     # Hot routes answered from a plan made once (app/core/lean.py); false: FastAPI's own path.
     lean_routes: bool = True
-    # Concurrent random assigns of one book run as one transaction (app/core/coalesce.py);
-    # false: one transaction per request. Requests with an Idempotency-Key always run alone.
+    # Concurrent random assigns of one book, and reserves of one promo, run as one transaction
+    # per batch (app/core/coalesce.py); false: one transaction per request. Requests with an
+    # Idempotency-Key always run alone.
     coalesce_hot_paths: bool = True
     coalesce_max_batch: int = Field(default=64, ge=1, le=1000)
 

@@ -22,6 +22,7 @@ docs/decisions.md).
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -31,7 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.db import raw_connection
 from app.core.locking import LockNamespace, xact_lock_sql
-from app.core.plpgsql import RETRY_PAUSES, named
+from app.core.plpgsql import RETRY_PAUSES, named, uuid_array
 from app.core.problems import NotFound
 from app.promos import rules
 from app.promos.errors import (
@@ -378,6 +379,61 @@ def _out(row: asyncpg.Record) -> ReservationOut:
     )
 
 
+# Coalesced reserves of one promo (app/core/coalesce.py): one call for a batch of requests,
+# in one transaction. Every caller's lock in uuid order (batches that share users take them
+# in the same order; a single reserve takes one), then each request in arrival order with
+# the single reserve's statements and pauses, so each sees the holds of those before it. A
+# missing promo returns no row at all. Two batches can still deadlock in one rare case: a
+# request whose own lapsed hold another batch has just taken over waits, in `_RELEASE`, for
+# that batch, which holds units of its own meanwhile; PostgreSQL ends one of them and the
+# batch is run once more (`retry_transient`).
+RESERVE_BATCH_FUNCTION_BODY = f"""
+#variable_conflict use_column
+DECLARE
+    c record;
+    i integer;
+    p_user uuid;
+    pause float8;
+    released boolean;
+BEGIN
+    FOR p_user IN SELECT DISTINCT u FROM unnest(p_users) AS u ORDER BY u LOOP
+        PERFORM {xact_lock_sql(LockNamespace.PROMO_USER, "p_promo::text || ':' || p_user::text")};
+    END LOOP;
+    FOR i IN 1 .. cardinality(p_users) LOOP
+        p_user := p_users[i];
+        FOREACH pause IN ARRAY {RETRY_PAUSES} LOOP
+            released := false;
+            LOOP
+                {named(_CLAIM, _NAMES)}
+                INTO c;
+                IF NOT FOUND THEN
+                    RETURN;
+                END IF;
+                EXIT WHEN NOT c.release_first;
+                IF released THEN
+                    RAISE EXCEPTION 'a lapsed hold outlived release';
+                END IF;
+                {named(_RELEASE, _NAMES)};
+                released := true;
+            END LOOP;
+            EXIT WHEN pause IS NULL OR c.hold_id IS NOT NULL OR c.claimable_left IS NOT TRUE;
+            PERFORM pg_sleep(pause * (0.5 + random()));
+        END LOOP;
+        RETURN QUERY SELECT i, c.open, c.eligible, c.used, c.max_per_user, c.live_id,
+            c.live_expires_at, c.hold_id, c.hold_expires_at, c.sold_out;
+    END LOOP;
+END
+"""
+RESERVE_BATCH_FUNCTION = f"""
+CREATE OR REPLACE FUNCTION promo_reserve_batch(p_promo uuid, p_users uuid[], p_ttl integer)
+RETURNS TABLE (ord integer, open boolean, eligible boolean, used bigint,
+               max_per_user integer, live_id uuid, live_expires_at timestamptz, hold_id uuid,
+               hold_expires_at timestamptz, sold_out boolean)
+LANGUAGE plpgsql AS $reserve${RESERVE_BATCH_FUNCTION_BODY}$reserve$
+"""
+_RESERVE_BATCH = "SELECT * FROM promo_reserve_batch($1, $2::text::uuid[], $3) ORDER BY ord"
+
+
 async def reserve(
     conn: asyncpg.Connection, promo_id: uuid.UUID, user_id: uuid.UUID, ttl_seconds: int
 ) -> Reserved:
@@ -385,6 +441,29 @@ async def reserve(
     row = await conn.fetchrow(_RESERVE, promo_id, user_id, ttl_seconds)
     if row is None:
         raise NotFound(f"No promo {promo_id}.")
+    return _reserved(row, promo_id)
+
+
+async def reserve_batch(
+    conn: asyncpg.Connection, promo_id: uuid.UUID, users: Sequence[uuid.UUID], ttl_seconds: int
+) -> list[Reserved | Exception]:
+    """Reserves of one promo for a batch of callers, in one call: each caller's hold or the
+    problem it alone would have got, in order."""
+    rows = await conn.fetch(_RESERVE_BATCH, promo_id, uuid_array(users), ttl_seconds)
+    if not rows:
+        return [NotFound(f"No promo {promo_id}.") for _ in users]
+    assert len(rows) == len(users)
+    outcomes: list[Reserved | Exception] = []
+    for row in rows:
+        try:
+            outcomes.append(_reserved(row, promo_id))
+        except Exception as exc:  # a problem for this request only
+            outcomes.append(exc)
+    return outcomes
+
+
+def _reserved(row: asyncpg.Record, promo_id: uuid.UUID) -> Reserved:
+    """The hold a reserve took (or the caller's live one), or the problem it answers."""
     if not row["open"]:
         raise PromoNotRunning(
             f"Promo {promo_id} is not running (draft, cancelled or outside its window)."

@@ -5,12 +5,14 @@ paths: `LeanRoute` calls them without per-request dependency solving, and each r
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 
 from fastapi import APIRouter, Response, status
 
-from app.api.deps import AppSettings, CurrentUser, RateLimit, Tx
+from app.api.deps import AppServices, AppSettings, CurrentUser, RateLimit, Tx
 from app.core.lean import LeanRoute
 from app.core.openapi import AUTH, problems
+from app.core.transaction import retry_transient
 from app.promos import reservations
 from app.promos.schemas import ReservationOut
 
@@ -35,23 +37,42 @@ async def reserve(
     response: Response,
     limits: RateLimit,
     settings: AppSettings,
+    services: AppServices,
 ) -> ReservationOut:
     """Hold one unit for `RESERVATION_TTL_SECONDS` (60 s) → 201. A caller who already holds
     a live reservation on the promo gets it back (200). 409 `sold-out`, `promo-not-running`,
     `purchase-limit-reached`; 403 `not-eligible`."""
     await limits.hit(limits.assign, "reserve", user.id)
+    ttl = settings.reservation_ttl_seconds
+    batches = services.reserve_batches
+    if batches is not None and tx.idempotency.key is None:
+        # Coalesced with the promo's other concurrent reserves (app/core/coalesce.py); a
+        # request that leads its batch runs it in its own transaction.
+        async def run(users: Sequence[uuid.UUID]) -> list[reservations.Reserved | Exception]:
+            return await retry_transient(
+                tx.one_statement(),
+                lambda conn: reservations.reserve_batch(conn, promo_id, users, ttl),
+            )
+
+        result: reservations.Reserved = await batches.submit(promo_id, user.id, run)
+        _answer(response, result)
+        return result.reservation
     async with tx.one_statement() as conn:
-        result = await reservations.reserve(
-            conn, promo_id, user.id, settings.reservation_ttl_seconds
-        )
-        code = status.HTTP_201_CREATED if result.created else status.HTTP_200_OK
-        response.status_code = code
-        location = None
-        if result.created:
-            location = f"{PREFIX}/reservations/{result.reservation.id}"
-            response.headers["Location"] = location
+        result = await reservations.reserve(conn, promo_id, user.id, ttl)
+        code, location = _answer(response, result)
         await tx.remember(conn, code, result.reservation, location)
     return result.reservation
+
+
+def _answer(response: Response, result: reservations.Reserved) -> tuple[int, str | None]:
+    """201 with `Location` for a new hold, 200 for the caller's live one again."""
+    if not result.created:
+        response.status_code = status.HTTP_200_OK
+        return status.HTTP_200_OK, None
+    location = f"{PREFIX}/reservations/{result.reservation.id}"
+    response.status_code = status.HTTP_201_CREATED
+    response.headers["Location"] = location
+    return status.HTTP_201_CREATED, location
 
 
 @router.post(

@@ -1,0 +1,163 @@
+"""promo_reserve_batch: coalesced reserves of one promo in one call
+
+Concurrent `POST /promos/{id}/reserve` requests of one promo join a batch
+(app/core/coalesce.py) that runs as one call of this function, in one transaction: the
+callers' locks in uuid order, then each request in arrival order with the statements and
+pauses of `promo_reserve` (0011). One row per request, numbered by `ord`; none when the
+promo does not exist. The body is the service's statements verbatim
+(`app.promos.reservations.RESERVE_BATCH_FUNCTION`); tests/test_hot_functions.py checks that
+the schema's body is still that text.
+
+Revision ID: 0022
+Revises: 0021
+Create Date: 2026-12-05
+"""
+
+from collections.abc import Sequence
+
+from alembic import op
+
+revision: str = "0022"
+down_revision: str | Sequence[str] | None = "0021"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+PROMO_RESERVE_BATCH = r"""
+CREATE OR REPLACE FUNCTION promo_reserve_batch(p_promo uuid, p_users uuid[], p_ttl integer)
+RETURNS TABLE (ord integer, open boolean, eligible boolean, used bigint,
+               max_per_user integer, live_id uuid, live_expires_at timestamptz, hold_id uuid,
+               hold_expires_at timestamptz, sold_out boolean)
+LANGUAGE plpgsql AS $reserve$
+#variable_conflict use_column
+DECLARE
+    c record;
+    i integer;
+    p_user uuid;
+    pause float8;
+    released boolean;
+BEGIN
+    FOR p_user IN SELECT DISTINCT u FROM unnest(p_users) AS u ORDER BY u LOOP
+        PERFORM pg_advisory_xact_lock(hashtextextended(p_promo::text || ':' || p_user::text, 3));
+    END LOOP;
+    FOR i IN 1 .. cardinality(p_users) LOOP
+        p_user := p_users[i];
+        FOREACH pause IN ARRAY ARRAY[0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.032, 0.032, 0.032, 0.032, 0.032, 0.032, 0.032, 0.032, 0.032, 0.032, 0.032, 0.032, 0.032, 0.032, 0.032, 0.032, 0.032, 0.032, 0.032, 0.032, 0.032, 0.032, 0.032, 0.032, 0.032, 0.032, 0.032, 0.032, 0.032, 0.032, 0.032, 0.032, 0.032, 0.032, NULL] LOOP
+            released := false;
+            LOOP
+                WITH me AS (SELECT u.id, u.tags, u.birth_date, ll_to_earth(u.lat, u.lng) AS e FROM users u WHERE u.id = p_user AND u.lat IS NOT NULL AND u.lng IS NOT NULL),
+verdict AS (
+    SELECT p.max_per_user, (p.active AND p.cancelled_at IS NULL AND p.starts_at <= now() AND now() < p.ends_at) AS open,
+           EXISTS (SELECT 1 FROM me WHERE (earth_distance(ll_to_earth(s.lat, s.lng), me.e) <= p.radius_m AND (NOT EXISTS (SELECT 1 FROM promo_segments ps WHERE ps.promo_id = p.id)
+    OR EXISTS (
+        SELECT 1 FROM promo_segments ps JOIN segments g ON g.id = ps.segment_id
+        WHERE ps.promo_id = p.id
+          AND segment_contains(g.kind, g.rules, g.id, me.id, me.tags, me.birth_date))))) AS eligible,
+           (SELECT count(*) FROM reservations r
+             WHERE r.promo_id = p.id AND r.user_id = p_user
+               AND (r.status = 'purchased' OR (r.status = 'held' AND r.expires_at > now()))) AS used
+    FROM promos p
+    JOIN products pr ON pr.id = p.product_id
+    JOIN stores s ON s.id = pr.store_id
+    WHERE p.id = p_promo
+),
+live AS (
+    SELECT r.id, r.expires_at FROM reservations r
+    WHERE r.promo_id = p_promo AND r.user_id = p_user AND (r.status = 'held' AND r.expires_at > now())
+),
+may_reserve AS (
+    SELECT 1 FROM verdict v
+    WHERE v.open AND v.eligible AND v.used < v.max_per_user
+      AND NOT EXISTS (SELECT 1 FROM live)
+),
+may_claim AS (
+    SELECT 1 FROM may_reserve
+    WHERE NOT EXISTS (SELECT 1 FROM reservations r
+                      WHERE r.promo_id = p_promo AND r.user_id = p_user AND (r.status = 'held' AND r.expires_at <= now()))
+),
+free_unit AS MATERIALIZED (
+    SELECT u.id, NULL::uuid AS old FROM promo_units u
+    WHERE u.promo_id = p_promo AND u.state = 'free' AND EXISTS (SELECT 1 FROM may_claim)
+    ORDER BY u.seq
+    LIMIT 1
+    FOR UPDATE SKIP LOCKED
+),
+lapsed_unit AS MATERIALIZED (
+    SELECT u.id, c.id AS old
+    FROM (SELECT r.id, r.unit_id, r.expires_at FROM reservations r
+          WHERE r.promo_id = p_promo AND (r.status = 'held' AND r.expires_at <= now())
+            AND EXISTS (SELECT 1 FROM may_claim) AND NOT EXISTS (SELECT 1 FROM free_unit)
+          ORDER BY r.expires_at
+          LIMIT 32) c
+    JOIN promo_units u ON u.id = c.unit_id AND u.reservation_id = c.id AND u.state = 'held'
+    ORDER BY c.expires_at
+    LIMIT 1
+    FOR UPDATE OF u SKIP LOCKED
+),
+unit AS (SELECT id, old FROM free_unit UNION ALL SELECT id, old FROM lapsed_unit),
+retired AS (
+    UPDATE reservations r SET status = 'expired', updated_at = now()
+    FROM unit WHERE r.id = unit.old AND (r.status = 'held' AND r.expires_at <= now())
+),
+hold AS (
+    INSERT INTO reservations (promo_id, user_id, unit_id, expires_at)
+    SELECT p_promo, p_user, unit.id, now() + p_ttl::int * interval '1 second' FROM unit
+    RETURNING id, unit_id, expires_at
+),
+held AS (
+    UPDATE promo_units u SET state = 'held', reservation_id = hold.id
+    FROM hold WHERE u.id = hold.unit_id
+    RETURNING u.id
+)
+SELECT v.open, v.eligible, v.used, v.max_per_user,
+       l.id AS live_id, l.expires_at AS live_expires_at,
+       h.id AS hold_id, h.expires_at AS hold_expires_at,
+       EXISTS (SELECT 1 FROM may_reserve) AND NOT EXISTS (SELECT 1 FROM may_claim)
+           AS release_first,
+       CASE WHEN h.id IS NULL THEN (SELECT ((SELECT coalesce(sum(sa.sold), 0) FROM promo_sales sa WHERE sa.promo_id = p.id) >= p.quantity) FROM promos p WHERE p.id = p_promo)
+       END AS sold_out,
+       CASE WHEN h.id IS NULL AND EXISTS (SELECT 1 FROM may_claim) THEN (
+           (SELECT u.seq FROM promo_units u WHERE u.promo_id = p_promo AND u.state = 'free'
+             ORDER BY u.seq LIMIT 1) IS NOT NULL
+           OR (SELECT r.expires_at FROM reservations r WHERE r.promo_id = p_promo AND r.status = 'held'
+                ORDER BY r.expires_at LIMIT 1) <= now())
+       END AS claimable_left
+FROM verdict v
+LEFT JOIN live l ON true
+LEFT JOIN (SELECT hold.id, hold.expires_at FROM hold JOIN held ON held.id = hold.unit_id) h
+    ON true
+                INTO c;
+                IF NOT FOUND THEN
+                    RETURN;
+                END IF;
+                EXIT WHEN NOT c.release_first;
+                IF released THEN
+                    RAISE EXCEPTION 'a lapsed hold outlived release';
+                END IF;
+                WITH freed AS (
+    UPDATE promo_units u SET state = 'free', reservation_id = NULL
+    FROM reservations r
+    WHERE r.promo_id = p_promo AND r.user_id = p_user AND (r.status = 'held' AND r.expires_at <= now())
+      AND u.id = r.unit_id AND u.reservation_id = r.id AND u.state = 'held'
+    RETURNING r.id AS old
+)
+UPDATE reservations r SET status = 'expired', updated_at = now()
+WHERE r.id = ANY (ARRAY(SELECT old FROM freed)) AND (r.status = 'held' AND r.expires_at <= now());
+                released := true;
+            END LOOP;
+            EXIT WHEN pause IS NULL OR c.hold_id IS NOT NULL OR c.claimable_left IS NOT TRUE;
+            PERFORM pg_sleep(pause * (0.5 + random()));
+        END LOOP;
+        RETURN QUERY SELECT i, c.open, c.eligible, c.used, c.max_per_user, c.live_id,
+            c.live_expires_at, c.hold_id, c.hold_expires_at, c.sold_out;
+    END LOOP;
+END
+$reserve$
+"""
+
+
+def upgrade() -> None:
+    op.execute(PROMO_RESERVE_BATCH)
+
+
+def downgrade() -> None:
+    op.execute("DROP FUNCTION promo_reserve_batch(uuid, uuid[], integer)")
