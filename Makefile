@@ -20,7 +20,7 @@ CLIENTS_STAMP := $(CLIENTS_VENV)/.installed
 NODE_DIR := tests/contract/node
 NODE_STAMP := $(NODE_DIR)/node_modules/.installed
 
-.PHONY: install contract-tools run test test-pg test-pgbouncer lint format migrate bench bench-import clean bench-notify bench-promos test-faults bench-scale bench-flash test-ha bench-seal
+.PHONY: install contract-tools run test test-pg test-pgbouncer lint format migrate bench bench-import clean bench-notify bench-promos test-faults bench-scale bench-flash test-ha bench-seal bench-herd
 
 # Installs exactly requirements/dev.txt (hash-checked; `uv pip sync` also removes anything the
 # lock does not list), then the project itself without resolving anything.
@@ -132,6 +132,9 @@ bench: install ## hot paths vs the bare reference app (installs Debian's wrk); w
 
 bench-seal: install ## how fast the history sealer and the chain verifier go (prints a table)
 	$(PY) -m bench.seal
+
+bench-herd: install ## 5,000 users reserve a 1,000-unit promo at once, coalescing on and off; writes docs/benchmarks.md
+	$(PY) -m bench.herd
 
 bench-flash: install ## only the reserve-only flash crowd of `make bench` (installs Debian's wrk)
 	@scripts/ensure-deb.sh wrk wrk

@@ -30,7 +30,7 @@ from app.core.migrations import upgrade_to_head
 from app.core.security import Role, TokenService
 from bench.common import SECRET, machine, throwaway_database, worker, write_section
 from bench.flash_crowd import run_flash_crowd, write_flash_crowd
-from bench.load import LUA, Run, both_apps, vacuum, wrk
+from bench.load import LUA, Run, batch_sizes, both_apps, commits, vacuum, wrk
 
 CODES = 1_000_000
 USERS = 100_000
@@ -139,8 +139,11 @@ async def check(url: str) -> tuple[int, list[str]]:
     return len(outcomes), [f"{o.check.name}: {o.rows[:3]}" for o in violations(outcomes)]
 
 
-def hot_paths(url: str, args: argparse.Namespace, workdir: Path) -> dict[RunKey, Run]:
-    """Each chosen scenario at each connection level, reference and service alternating."""
+def hot_paths(
+    url: str, args: argparse.Namespace, workdir: Path, batches: dict[str, dict[str, float]]
+) -> dict[RunKey, Run]:
+    """Each chosen scenario at each connection level, reference and service alternating;
+    `batches` gets the service's batch sizes (`coalesced_batch_size`) at the end."""
     chosen = {name: SCENARIOS[name] for name in args.scenarios.split(",")}
     levels = [int(c) for c in args.connections.split(",")]
     runs_per_app = 1 + args.rounds + len(levels) - 1  # a warm-up, then the measurements
@@ -173,16 +176,22 @@ def hot_paths(url: str, args: argparse.Namespace, workdir: Path) -> dict[RunKey,
                     # Who goes first alternates, so neither app always follows the other.
                     for target, port, lua_env in targets[:: -1 if round_ % 2 else 1]:
                         asyncio.run(vacuum(url))
+                        before = asyncio.run(commits(url))
                         run = wrk(port, script, connections, args.seconds, lua_env)
+                        # The worker commits too (sweeps, the sealer): a few a second.
+                        committed = asyncio.run(commits(url, settle=True)) - before
+                        run.commits_per_request = committed / max(1, run.requests)
                         runs[target].append(run)
                         print(
                             f"{name:17} c={connections:<4} {target:9} {run.rps:8.0f} req/s"
                             f"  p50 {run.p50_ms:6.1f} ms  p99 {run.p99_ms:6.1f} ms"
+                            f"  commits/req {run.commits_per_request:.2f}"
                             f"  errors {run.errors(expected)}  {run.statuses}",
                             flush=True,
                         )
                 for target, target_runs in runs.items():
                     results[(name, connections, target)] = Run.combined(target_runs)
+        batches.update(batch_sizes(svc_port))
     return results
 
 
@@ -211,6 +220,12 @@ def main() -> None:
         choices=PROFILES,
         help="run one profile: the hot paths, or the reserve-only flash crowd",
     )
+    parser.add_argument(
+        "--coalesce",
+        choices=("on", "off"),
+        default="on",
+        help="the service's COALESCE_HOT_PATHS: concurrent assigns and reserves in batches",
+    )
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
@@ -219,7 +234,8 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="cf-bench-hot-"))
     with throwaway_database("hot") as url:
         upgrade_to_head(url)
-        results = hot_paths(url, args, workdir) if "hot" in profiles else {}
+        batches: dict[str, dict[str, float]] = {}
+        results = hot_paths(url, args, workdir, batches) if "hot" in profiles else {}
         flash = run_flash_crowd(url, args, workdir) if "reserve-flash" in profiles else None
         total, bad = asyncio.run(check(url))
     shutil.rmtree(workdir, ignore_errors=True)
@@ -228,7 +244,8 @@ def main() -> None:
         print("  VIOLATION", line)
     if not args.no_write:
         if results and args.scenarios == ",".join(SCENARIOS):
-            write(results, [int(c) for c in args.connections.split(",")], args, total, bad)
+            levels = [int(c) for c in args.connections.split(",")]
+            write(results, levels, args, batches, total, bad)
         if flash is not None:
             write_flash_crowd(flash, args, total, bad)
     if bad:
@@ -239,13 +256,14 @@ def write(
     results: dict[RunKey, Run],
     levels: list[int],
     args: argparse.Namespace,
+    batches: dict[str, dict[str, float]],
     total: int,
     bad: list[str],
 ) -> None:
     rows = [
         "| scenario | conns | reference req/s | service req/s | ratio | reference p50 / p99"
-        " | service p50 / p99 | service errors |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        " | service p50 / p99 | commits / request (ref / svc) | service errors |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, (_, expected) in SCENARIOS.items():
         for c in levels:
@@ -254,6 +272,7 @@ def write(
             rows.append(
                 f"| {name} | {c} | {ref.rps:,.0f} | {svc.rps:,.0f} | **{ratio:.2f}x** |"
                 f" {ref.p50_ms:.1f} / {ref.p99_ms:.1f} ms | {svc.p50_ms:.1f} / {svc.p99_ms:.1f} ms"
+                f" | {ref.commits_per_request:.2f} / {svc.commits_per_request:.2f}"
                 f" | {svc.errors(expected)} |"
             )
     body = f"""
@@ -274,10 +293,36 @@ HTTP request (lock+redeem and reserve+purchase are two requests per cycle).
 
 {chr(10).join(rows)}
 
+{_coalescing(args, batches)}
+
 Invariants afterwards ({total} checks of `python -m app check`):
 {"all hold" if not bad else "VIOLATED: " + "; ".join(bad)}.
 """
     write_section("Hot paths", body)
+
+
+def _coalescing(args: argparse.Namespace, batches: dict[str, dict[str, float]]) -> str:
+    """How the service batched its assigns and reserves (`coalesced_batch_size`)."""
+    if args.coalesce == "off":
+        return "Coalescing off (`COALESCE_HOT_PATHS=false`): one transaction per request."
+    parts = []
+    for path, h in sorted(batches.items()):
+        count = h.get("count", 0.0)
+        if not count:
+            continue
+        bounds = sorted((float(le), n) for le, n in h.items() if le not in ("sum", "count"))
+        shares, below = [], 0.0
+        for bound, cumulative in bounds:
+            if cumulative > below:
+                label = "≤ " + (f"{bound:g}" if bound != float("inf") else "more")
+                shares.append(f"{label}: {100 * (cumulative - below) / count:.0f} %")
+            below = cumulative
+        parts.append(
+            f"`{path}` {count:,.0f} batches, {h.get('sum', 0.0) / count:.1f} requests each"
+            f" on average ({', '.join(shares)})"
+        )
+    listed = "; ".join(parts) or "no batch recorded"
+    return f"Coalescing on (`COALESCE_HOT_PATHS=true`), batch sizes over the whole run: {listed}."
 
 
 if __name__ == "__main__":

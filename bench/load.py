@@ -4,16 +4,19 @@ one database, a `wrk` run against either and its result, and the `VACUUM` before
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import os
 import re
 import statistics
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import asyncpg
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench.common import ROOT, free_port, process, service
 
@@ -27,6 +30,7 @@ class Run:
     p99_ms: float
     statuses: dict[int, int] = field(default_factory=dict)
     socket_errors: int = 0
+    commits_per_request: float = 0.0  # database transactions per HTTP request, when measured
 
     def errors(self, expected: set[int]) -> int:
         return self.socket_errors + sum(n for s, n in self.statuses.items() if s not in expected)
@@ -44,7 +48,12 @@ class Run:
             p99_ms=max(r.p99_ms for r in runs),
             statuses=statuses,
             socket_errors=sum(r.socket_errors for r in runs),
+            commits_per_request=statistics.median(r.commits_per_request for r in runs),
         )
+
+    @property
+    def requests(self) -> int:
+        return sum(self.statuses.values())
 
 
 _ROUND = iter(range(1, 10_000))
@@ -128,7 +137,11 @@ def both_apps(url: str, args: argparse.Namespace) -> Iterator[tuple[int, int]]:
         "--log-level",
         "warning",
     ]
-    svc_env = {"DB_POOL_SIZE": str(args.pool), "DB_MAX_OVERFLOW": "0"}
+    svc_env = {
+        "DB_POOL_SIZE": str(args.pool),
+        "DB_MAX_OVERFLOW": "0",
+        "COALESCE_HOT_PATHS": "false" if getattr(args, "coalesce", "on") == "off" else "true",
+    }
     with service(url, svc_port, args.workers, svc_env), process(ref_args, ref_port, ref_env):
         yield ref_port, svc_port
 
@@ -136,3 +149,42 @@ def both_apps(url: str, args: argparse.Namespace) -> Iterator[tuple[int, int]]:
 def load_average() -> str:
     """The box's 1, 5 and 15 minute load averages (other work competes for the cores)."""
     return " / ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+# A backend publishes its counts at the end of a transaction at most once a second, and an
+# idle one within 10 s (PostgreSQL's PGSTAT_IDLE_INTERVAL): a reading taken this long after
+# the load stopped has every commit of the load in it.
+STATS_SETTLE_S = 11.0
+
+
+async def commits(url: str, settle: bool = False) -> int:
+    """Transactions committed in the database so far (`pg_stat_database.xact_commit`);
+    `settle`: first wait until every backend has published its counts."""
+    if settle:
+        await asyncio.sleep(STATS_SETTLE_S)
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute("SELECT pg_stat_clear_snapshot()")
+        value: int = await conn.fetchval(
+            "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"
+        )
+        return value
+    finally:
+        await conn.close()
+
+
+def batch_sizes(port: int) -> dict[str, dict[str, float]]:
+    """The service's `coalesced_batch_size` histogram, per path: cumulative bucket counts by
+    upper bound (`le`), plus `sum` and `count`."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
+        text = answer.read().decode()
+    out: dict[str, dict[str, float]] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name != "coalesced_batch_size":
+            continue
+        for sample in family.samples:
+            kind = sample.name.rsplit("_", 1)[-1]  # bucket, sum, count (or created)
+            if kind in ("bucket", "sum", "count"):
+                key = sample.labels["le"] if kind == "bucket" else kind
+                out.setdefault(sample.labels["path"], {})[key] = sample.value
+    return out
