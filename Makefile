@@ -20,7 +20,7 @@ CLIENTS_STAMP := $(CLIENTS_VENV)/.installed
 NODE_DIR := tests/contract/node
 NODE_STAMP := $(NODE_DIR)/node_modules/.installed
 
-.PHONY: install contract-tools run test test-pg test-pgbouncer lint format migrate bench bench-import clean bench-notify bench-promos test-faults bench-scale bench-flash test-ha bench-seal bench-herd
+.PHONY: install contract-tools run test test-pg test-pgbouncer lint format migrate bench bench-import clean bench-notify bench-promos test-faults bench-scale bench-flash test-ha bench-seal bench-herd test-restore
 
 # Installs exactly requirements/dev.txt (hash-checked; `uv pip sync` also removes anything the
 # lock does not list), then the project itself without resolving anything.
@@ -153,3 +153,9 @@ $(HA_STAMP): requirements/ha.txt | $(STAMP)
 test-ha: install $(HA_STAMP) ## failover under load: 3 PostgreSQL under Patroni, etcd, HAProxy, 2 API instances, 2 workers
 	@scripts/ensure-deb.sh postgresql-15 /usr/lib/postgresql/15/bin/postgres etcd-server etcd haproxy haproxy
 	$(PY) -m tests.ha
+
+# The backup and point-in-time restore drill on the same cluster: Debian's pgBackRest as well,
+# installed when missing. Not part of `make test` (docs/ha.md, "Restore").
+test-restore: install $(HA_STAMP) ## pgBackRest: WAL archive and a full backup of the Patroni cluster, restored to a chosen time into a fresh PostgreSQL and checked
+	@scripts/ensure-deb.sh postgresql-15 /usr/lib/postgresql/15/bin/postgres etcd-server etcd haproxy haproxy pgbackrest pgbackrest
+	$(PY) -m tests.ha.restore

@@ -35,15 +35,15 @@ from tests.ha.load import Load, Outcome, Stream, reconcile
 from tests.ha.topology import (
     HA_VENV,
     LOOP_WAIT,
-    PG_USER,
-    ROOT,
     TTL,
     Node,
     Topology,
     api_proc,
     api_ready,
-    build,
+    app_check,
+    create_and_migrate,
     etcd_healthy,
+    run_in_topology,
     start_database,
     worker_proc,
 )
@@ -456,37 +456,12 @@ async def _streams_match_inboxes(url: str, streams: list[Stream]) -> list[str]:
         await conn.close()
 
 
-def _app_check(url: str) -> None:
-    env = {**os.environ, "DATABASE_URL": url}
-    done = subprocess.run(
-        [sys.executable, "-m", "app", "check"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout.decode()[-3000:] + done.stderr.decode()[-2000:]
-
-
 async def _wait_oks(load: Load, since: int, n: int, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while sum(1 for o in load.outcomes[since:] if o.kind == "ok") < n:
         if time.monotonic() > deadline:
             raise TimeoutError(f"fewer than {n} acknowledged writes in {timeout:.0f} s")
         await asyncio.sleep(0.05)
-
-
-async def _through_proxy(url: str, timeout: float = 30) -> asyncpg.Connection:
-    """A connection through HAProxy once it has found the primary."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return await asyncpg.connect(url, timeout=2)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.25)
 
 
 async def run(topo: Topology) -> int:
@@ -496,18 +471,7 @@ async def run(topo: Topology) -> int:
         f"[ha] three etcd members and three Patroni nodes up in {time.monotonic() - started:.1f} s",
         flush=True,
     )
-    admin = await _through_proxy(topo.proxy_url.rsplit("/", 1)[0] + "/postgres")
-    await admin.execute("CREATE DATABASE couponflash")
-    await admin.close()
-    migrate = subprocess.run(
-        [sys.executable, "-m", "app", "migrate"],
-        cwd=ROOT,
-        env={**os.environ, "DATABASE_URL": topo.proxy_url},
-        capture_output=True,
-        timeout=180,
-        check=False,
-    )
-    assert migrate.returncode == 0, migrate.stderr.decode()[-2000:]
+    await create_and_migrate(topo)
 
     async def connect() -> asyncpg.Connection:
         return await asyncpg.connect(topo.proxy_url)
@@ -574,7 +538,7 @@ async def run(topo: Topology) -> int:
                 window = [o for o in load.outcomes[mark:] if o.started >= t0 - 0.5]
                 await load.resolve(load.outcomes[mark:])
                 leader = _leader(topo)
-                await asyncio.to_thread(_app_check, leader.url)
+                await asyncio.to_thread(app_check, leader.url)
                 ledger = await reconcile(leader.url, load)
                 per_path = name not in ("kill -9 api",)
                 run_ = Run(name, window, _outage(window, per_path), rejoin, note)
@@ -674,20 +638,7 @@ def _table(runs: list[Run]) -> None:
 
 
 def main() -> int:
-    if not (HA_VENV / "bin" / "patroni").exists():
-        print(f"Patroni is not installed in {HA_VENV}: run `make test-ha`", file=sys.stderr)
-        return 2
-    if os.getuid() == 0:
-        import pwd
-
-        pwd.getpwnam(PG_USER)  # PostgreSQL refuses root: its user must exist
-    # SIGTERM (a CI timeout, Ctrl-C of make) unwinds through the `finally` below.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    topo = build()
-    try:
-        return asyncio.run(run(topo))
-    finally:
-        topo.close()
+    return run_in_topology(run)
 
 
 if __name__ == "__main__":

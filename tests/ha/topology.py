@@ -5,6 +5,7 @@ in a process group of its own and `Topology.close()` stops them all, its data wi
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -17,11 +18,12 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import psutil
 
 from bench.common import ROOT, SECRET, free_port
@@ -223,7 +225,9 @@ class Topology:
 _STOP_ORDER = {"api": 0, "wor": 0, "hap": 1, "pg1": 2, "pg2": 2, "pg3": 2, "etc": 3}
 
 
-def _patroni_config(node: Node, etcd_ports: list[int], peers: list[Node]) -> str:
+def _patroni_config(
+    node: Node, etcd_ports: list[int], local: Mapping[str, Any] | None = None
+) -> str:
     parameters = {
         # pg_rewind needs hint bits WAL-logged (data checksums give the same; both are on).
         "wal_log_hints": "on",
@@ -279,7 +283,8 @@ def _patroni_config(node: Node, etcd_ports: list[int], peers: list[Node]) -> str
                 "superuser": {"username": "postgres", "password": "postgres"},
                 "replication": {"username": "replicator", "password": "replicator"},
             },
-            "parameters": {"unix_socket_directories": str(node.home)},
+            # This node's own settings (e.g. its archive_command), over the cluster's.
+            "parameters": {"unix_socket_directories": str(node.home), **(local or {})},
             # Loopback only, trusted: every process of the test runs on this host.
             "pg_hba": [
                 "local all all trust",
@@ -366,8 +371,15 @@ def _http_problem(extra: dict[str, str]) -> bytes:
     return head.encode() + body
 
 
-def build(api_instances: int = 2) -> Topology:
-    root = Path(tempfile.mkdtemp(prefix="cf-ha-"))
+def build(
+    api_instances: int = 2,
+    parameters: Callable[[Node], Mapping[str, Any]] | None = None,
+    prefix: str = "cf-ha-",
+) -> Topology:
+    """The topology's files under a fresh temporary directory, nothing started yet.
+    `parameters(node)`: PostgreSQL settings of that node's own, set through its Patroni
+    configuration (`postgresql.parameters`)."""
+    root = Path(tempfile.mkdtemp(prefix=prefix))
     root.chmod(0o755)
     nodes = []
     for i in range(3):
@@ -388,7 +400,8 @@ def build(api_instances: int = 2) -> Topology:
     )
     pg = pwd.getpwnam(PG_USER)
     for node in nodes:
-        node.config.write_text(_patroni_config(node, topo.etcd_ports, nodes))
+        local = parameters(node) if parameters else None
+        node.config.write_text(_patroni_config(node, topo.etcd_ports, local))
         os.chown(node.home, pg.pw_uid, pg.pw_gid)
         os.chown(node.config, pg.pw_uid, pg.pw_gid)
         node.proc.args = [str(HA_VENV / "bin" / "patroni"), str(node.config)]
@@ -524,3 +537,70 @@ def api_ready(port: int) -> bool:
             return bool(r.status == 200)
     except OSError:
         return False
+
+
+# What every run on this topology does ----------------------------------------------------
+
+
+async def connect_when_ready(url: str, timeout: float = 30) -> asyncpg.Connection:
+    """A connection once the server (or HAProxy's choice of primary) accepts it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return await asyncpg.connect(url, timeout=2)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.25)
+
+
+async def create_and_migrate(topo: Topology) -> None:
+    """The service's database on the primary (through HAProxy), migrated to head."""
+    admin = await connect_when_ready(topo.proxy_url.rsplit("/", 1)[0] + "/postgres")
+    try:
+        await admin.execute("CREATE DATABASE couponflash")
+    finally:
+        await admin.close()
+    migrate = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "app", "migrate"],
+        cwd=ROOT,
+        env={**os.environ, "DATABASE_URL": topo.proxy_url},
+        capture_output=True,
+        timeout=180,
+        check=False,
+    )
+    assert migrate.returncode == 0, migrate.stderr.decode()[-2000:]
+
+
+def app_check(url: str) -> str:
+    """`python -m app check` against `url`; its last line ("N passed, 0 failed"), or an
+    AssertionError with what it printed."""
+    done = subprocess.run(
+        [sys.executable, "-m", "app", "check"],
+        cwd=ROOT,
+        env={**os.environ, "DATABASE_URL": url},
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    out = done.stdout.decode()
+    assert done.returncode == 0, out[-3000:] + done.stderr.decode()[-2000:]
+    return out.strip().splitlines()[-1]
+
+
+def run_in_topology(run: Callable[[Topology], Awaitable[int]], **build_args: Any) -> int:
+    """Build the topology (`build(**build_args)`), `run(topo)` to its end, then stop
+    everything it started and delete its data, whatever happened (SIGTERM included: a CI
+    timeout, Ctrl-C of make)."""
+    if not (HA_VENV / "bin" / "patroni").exists():
+        print(f"Patroni is not installed in {HA_VENV}: run `make test-ha`", file=sys.stderr)
+        return 2
+    if os.getuid() == 0:
+        pwd.getpwnam(PG_USER)  # PostgreSQL refuses root: its user must exist
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    topo = build(**build_args)
+    try:
+        return asyncio.run(run(topo))
+    finally:
+        topo.close()
