@@ -12,7 +12,6 @@ import os
 import random
 import signal
 import statistics
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -33,7 +32,6 @@ from tests.faults.harness import (
 )
 from tests.ha.load import Load, Outcome, Stream, reconcile
 from tests.ha.topology import (
-    HA_VENV,
     LOOP_WAIT,
     TTL,
     Node,
@@ -43,6 +41,7 @@ from tests.ha.topology import (
     app_check,
     create_and_migrate,
     etcd_healthy,
+    patroni_switchover,
     run_in_topology,
     start_database,
     worker_proc,
@@ -206,24 +205,7 @@ class Faults:
         old = _leader(topo)
         candidate = random.choice([n for n in topo.nodes if n.name != old.name])
         t0 = time.monotonic()
-        done = await asyncio.to_thread(
-            subprocess.run,
-            [
-                str(HA_VENV / "bin" / "patronictl"),
-                "-c",
-                str(old.config),
-                "switchover",
-                "--leader",
-                old.name,
-                "--candidate",
-                candidate.name,
-                "--force",
-            ],
-            capture_output=True,
-            timeout=60,
-            check=False,
-        )
-        assert done.returncode == 0, done.stdout.decode() + done.stderr.decode()
+        await asyncio.to_thread(patroni_switchover, old, candidate)
         rejoin = await _rejoined(topo, old, t0)
         assert _leader(topo).name == candidate.name
         return rejoin, f"{old.name}->{candidate.name}"

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import os
 import pwd
 import subprocess
@@ -42,12 +43,14 @@ from tests.ha.topology import (
     api_ready,
     app_check,
     create_and_migrate,
+    patroni_switchover,
     run_in_topology,
     start_database,
     worker_proc,
 )
 
 STANZA = "couponflash"
+CODES = 100_000  # in the book the drill assigns from: a backup of some size
 WRITES = 5  # of each kind (assign, lock + redeem, reserve + purchase) in each phase
 ARCHIVE_TIMEOUT_S = 60
 RECOVERY_TIMEOUT_S = 300
@@ -159,6 +162,27 @@ def backrest(root: Path, command: str, *options: str, timeout: float = 300) -> f
     return took
 
 
+def backup_sizes(root: Path) -> str:
+    """The last backup's size: the database's and, compressed, the repository's."""
+    done = subprocess.run(
+        [
+            "pgbackrest",
+            f"--config={backrest_config(root)}",
+            f"--stanza={STANZA}",
+            "--output=json",
+            "info",
+        ],
+        capture_output=True,
+        timeout=60,
+        check=True,
+        user=_as_postgres(),
+        cwd="/",
+    )
+    info = json.loads(done.stdout)[0]["backup"][-1]["info"]
+    mb = 1 << 20
+    return f"{info['size'] / mb:.0f} MB, {info['repository']['size'] / mb:.0f} MB in the repository"
+
+
 # The service's writes ------------------------------------------------------------------
 
 
@@ -179,14 +203,22 @@ class Written:
 
 async def write(load: Load, tag: str, n: int = WRITES) -> Written:
     """`n` assigns, lock + redeems and reserve + purchases through the API, one at a time,
-    each acknowledged (no fault runs here: anything else fails the drill)."""
+    each acknowledged. As the client contract says (docs/ha.md): a 503 did nothing and is
+    sent again, an unknown outcome is settled with its key; any other answer fails."""
     done = Written(tag)
 
     async def ok(op: str, user: int, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        out = await load.send(op, user, f"{API}{path}", body)
-        if out.kind != "ok" or out.result is None:
-            raise AssertionError(f"{tag} {op}: {out.status} {out.kind} {load.bad[-1:]}")
-        return out.result
+        deadline = time.monotonic() + 60
+        while True:
+            out = await load.send(op, user, f"{API}{path}", body)
+            if out.kind == "unknown":
+                await load.resolve([out])
+                out.kind = out.final
+            if out.kind == "ok" and out.result is not None:
+                return out.result
+            if out.status != 503 or time.monotonic() > deadline:
+                raise AssertionError(f"{tag} {op}: {out.status} {out.kind} {load.bad[-1:]}")
+            await asyncio.sleep(0.5)
 
     for i in range(n):
         user = i % 2
@@ -360,6 +392,12 @@ def restored_proc(root: Path, data: Path, port: int) -> Proc:
     )
 
 
+def healthy(topo: Topology, leader: Node) -> bool:
+    """`leader` leads and both other nodes stream."""
+    current = topo.leader()
+    return current is not None and current.name == leader.name and topo.healthy()
+
+
 async def out_of_recovery(url: str) -> bool:
     try:
         conn = await asyncpg.connect(url, timeout=2)
@@ -389,13 +427,23 @@ async def run(topo: Topology) -> int:
     await create_and_migrate(topo)
     pg = await asyncpg.connect(leader.url)
     users = await seed_users(pg, 6)
-    book = await seed_book(pg, 1000)
+    book = await seed_book(pg, CODES)
     held_by_id = await seed_held_codes(pg, users[2:4], uses=1000)
     promo = await seed_promo(pg, 1000)
-    topo.start(api_proc(topo, 0, topo.proxy_url))
+    api = topo.start(api_proc(topo, 0, topo.proxy_url))
     topo.start(worker_proc(topo, 0, topo.proxy_url))
     port = topo.api_ports[0]
-    await until(f"API on {port}", lambda: asyncio.to_thread(api_ready, port), 60)
+
+    async def api_up() -> bool:
+        if not api.alive():
+            raise AssertionError(f"the API exited: {api.log.read_text()[-3000:]}")
+        return await asyncio.to_thread(api_ready, port)
+
+    try:
+        await until(f"API on {port}", api_up, 60)
+    except TimeoutError:
+        print(api.log.read_text()[-3000:], flush=True)
+        raise
 
     failures: list[str] = []
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
@@ -403,6 +451,25 @@ async def run(topo: Topology) -> int:
         load = Load(http, users, book, held, promo)
         in_backup = await write(load, "in-backup")
         backup_s = backrest(root, "backup", *pg1, "--type=full")
+        print(
+            f"[restore] full backup from the primary {leader.name}: {backup_sizes(root)}",
+            flush=True,
+        )
+        # The WAL after the backup crosses a switchover: the new primary archives into the
+        # same repository, on the next timeline, and the restore follows it.
+        candidate = next(n for n in topo.nodes if n is not leader)
+        t0 = time.monotonic()
+        await asyncio.to_thread(patroni_switchover, leader, candidate)
+        await until(
+            "the cluster healthy again", lambda: asyncio.to_thread(healthy, topo, candidate), 90
+        )
+        print(
+            f"[restore] switchover {leader.name} -> {candidate.name}:"
+            f" {time.monotonic() - t0:.1f} s until the old primary streams",
+            flush=True,
+        )
+        await pg.close()
+        pg = await asyncpg.connect(candidate.url)
         in_wal = await write(load, "before-target")
         await until("the logs sealed", lambda: sealed(pg), 60)
         await archived(pg)

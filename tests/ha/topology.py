@@ -481,6 +481,27 @@ def start_database(topo: Topology) -> None:
     )
 
 
+def patroni_switchover(leader: Node, candidate: Node) -> None:
+    """A planned switchover (`patronictl switchover`); returns once Patroni has done it."""
+    done = subprocess.run(
+        [
+            str(HA_VENV / "bin" / "patronictl"),
+            "-c",
+            str(leader.config),
+            "switchover",
+            "--leader",
+            leader.name,
+            "--candidate",
+            candidate.name,
+            "--force",
+        ],
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout.decode() + done.stderr.decode()
+
+
 def _app_env(url: str, extra: Mapping[str, str] | None = None) -> dict[str, str]:
     return {
         **os.environ,
