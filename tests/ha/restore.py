@@ -2,27 +2,23 @@
 test-ha` (three PostgreSQL 15 under Patroni, etcd). pgBackRest keeps a repository under the
 run's temporary directory; every node archives its WAL there (`archive_command`, set through
 its Patroni configuration) and a full backup is taken from the primary. The service writes
-through its API (assign, lock and redeem, reserve and purchase; the worker seals the logs),
-before and after the backup; a target time T is noted once that WAL is archived, and more
-is written after it. The backup is restored to T into a fresh data directory and started as
-a standalone PostgreSQL 15; there, `python -m app check` must pass (the sealed logs' chains
-included), every row of T must be there as it was, and nothing written after T. Prints one
-`restore:` line; exits 1 on any failure. Everything it starts is stopped, and its data
-deleted, however it ends."""
+through its API (assign, lock and redeem, reserve and purchase; the worker seals the logs)
+before the backup, then after it across a switchover (the new primary archives on the next
+timeline); a target time T is noted once that WAL is archived, and more is written after
+it. The backup is restored to T into a fresh data directory and started as a standalone
+PostgreSQL 15; there, `python -m app check` must pass (the sealed logs' chains included),
+every row of T must be there as it was, and nothing written after T. Prints one `restore:`
+line; exits 1 on any failure. Everything it starts is stopped, and its data deleted,
+however it ends."""
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import json
-import os
-import pwd
-import subprocess
 import sys
 import time
 import uuid
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -32,27 +28,34 @@ from app.audit.ledgers import LEDGERS
 from app.core import chain
 from bench.common import free_port
 from tests.faults.harness import API, seed_book, seed_held_codes, seed_promo, seed_users
+from tests.ha.backrest import (
+    archive_parameters,
+    archived,
+    backrest,
+    backup_sizes,
+    node_options,
+    out_of_recovery,
+    own,
+    restored_proc,
+    write_backrest_config,
+)
 from tests.ha.load import Load
 from tests.ha.topology import (
-    PG_BIN,
-    PG_USER,
     Node,
-    Proc,
     Topology,
     api_proc,
     api_ready,
     app_check,
     create_and_migrate,
     patroni_switchover,
+    poll_until,
     run_in_topology,
     start_database,
     worker_proc,
 )
 
-STANZA = "couponflash"
 CODES = 100_000  # in the book the drill assigns from: a backup of some size
 WRITES = 5  # of each kind (assign, lock + redeem, reserve + purchase) in each phase
-ARCHIVE_TIMEOUT_S = 60
 RECOVERY_TIMEOUT_S = 300
 # What the drill's writes change, compared whole between the primary at T and the restored
 # server: the service's state and its append-only logs with their sealed blocks.
@@ -67,120 +70,6 @@ COMPARED = (
     "purchase_log",
     "purchase_blocks",
 )
-
-
-# pgBackRest ----------------------------------------------------------------------------
-
-
-def _as_postgres() -> str | None:
-    return PG_USER if os.getuid() == 0 else None
-
-
-def _own(path: Path, mode: int = 0o700) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    path.chmod(mode)
-    if os.getuid() == 0:
-        pg = pwd.getpwnam(PG_USER)
-        os.chown(path, pg.pw_uid, pg.pw_gid)
-    return path
-
-
-def backrest_home(root: Path) -> Path:
-    return root / "pgbackrest"
-
-
-def backrest_config(root: Path) -> Path:
-    return backrest_home(root) / "pgbackrest.conf"
-
-
-def write_backrest_config(root: Path) -> Path:
-    """One repository (a directory of the run), its log, lock and spool paths beside it.
-    The node a command is about (`pg1-*`) is given on each command line."""
-    home = _own(backrest_home(root))
-    for sub in ("repo", "log", "lock", "spool"):
-        _own(home / sub)
-    config = backrest_config(root)
-    config.write_text(
-        f"""[global]
-repo1-path={home / "repo"}
-repo1-retention-full=2
-log-path={home / "log"}
-lock-path={home / "lock"}
-spool-path={home / "spool"}
-log-level-console=warn
-log-level-file=info
-compress-type=lz4
-start-fast=y
-archive-timeout={ARCHIVE_TIMEOUT_S}
-
-[{STANZA}]
-pg1-user=postgres
-"""
-    )
-    config.chmod(0o644)
-    return config
-
-
-def node_options(data: Path, port: int, socket: Path) -> list[str]:
-    return [f"--pg1-path={data}", f"--pg1-port={port}", f"--pg1-socket-path={socket}"]
-
-
-def archive_parameters(node: Node) -> dict[str, str]:
-    """What each node's Patroni sets in its PostgreSQL: WAL archived into the repository by
-    `archive-push` (`%p` is relative to the node's data directory, hence its `pg1-path`).
-    Only the primary archives (archive_mode `on`); whichever node leads does."""
-    config = backrest_config(node.home.parent)
-    return {
-        "archive_mode": "on",
-        "archive_command": (
-            f"pgbackrest --config={config} --stanza={STANZA} --pg1-path={node.data} archive-push %p"
-        ),
-        "archive_timeout": "60s",
-    }
-
-
-def backrest(root: Path, command: str, *options: str, timeout: float = 300) -> float:
-    """Run one pgBackRest command as the database's user; the seconds it took."""
-    args = ["pgbackrest", f"--config={backrest_config(root)}", f"--stanza={STANZA}", *options]
-    started = time.monotonic()
-    done = subprocess.run(
-        [*args, command],
-        capture_output=True,
-        timeout=timeout,
-        check=False,
-        user=_as_postgres(),
-        cwd="/",
-    )
-    took = time.monotonic() - started
-    if done.returncode != 0:
-        raise AssertionError(
-            f"pgbackrest {command} exited {done.returncode}:\n"
-            + done.stdout.decode()[-3000:]
-            + done.stderr.decode()[-3000:]
-        )
-    print(f"[restore] pgbackrest {command} {' '.join(options)}: {took:.1f} s", flush=True)
-    return took
-
-
-def backup_sizes(root: Path) -> str:
-    """The last backup's size: the database's and, compressed, the repository's."""
-    done = subprocess.run(
-        [
-            "pgbackrest",
-            f"--config={backrest_config(root)}",
-            f"--stanza={STANZA}",
-            "--output=json",
-            "info",
-        ],
-        capture_output=True,
-        timeout=60,
-        check=True,
-        user=_as_postgres(),
-        cwd="/",
-    )
-    info = json.loads(done.stdout)[0]["backup"][-1]["info"]
-    mb = 1 << 20
-    return f"{info['size'] / mb:.0f} MB, {info['repository']['size'] / mb:.0f} MB in the repository"
 
 
 # The service's writes ------------------------------------------------------------------
@@ -249,35 +138,6 @@ async def sealed(conn: asyncpg.Connection) -> bool:
         if behind:
             return False
     return True
-
-
-async def until(what: str, check: Any, timeout: float, every: float = 0.2) -> float:
-    """Poll the coroutine function `check` until it returns true; the seconds it took."""
-    started = time.monotonic()
-    while not await check():
-        if time.monotonic() - started > timeout:
-            raise TimeoutError(f"{what}: not after {timeout:.0f} s")
-        await asyncio.sleep(every)
-    return time.monotonic() - started
-
-
-async def archived(conn: asyncpg.Connection) -> float:
-    """Close the current WAL segment and wait until pgBackRest has it (`pg_stat_archiver`);
-    the seconds it took."""
-    segment = await conn.fetchval("SELECT pg_walfile_name(pg_switch_wal())")
-
-    async def done() -> bool:
-        row = await conn.fetchrow(
-            "SELECT last_archived_wal, last_failed_wal, last_failed_time FROM pg_stat_archiver"
-        )
-        assert row is not None
-        return bool(row["last_archived_wal"] and row["last_archived_wal"] >= segment)
-
-    try:
-        return await until(f"WAL segment {segment} archived", done, ARCHIVE_TIMEOUT_S)
-    except TimeoutError as late:
-        row = await conn.fetchrow("SELECT * FROM pg_stat_archiver")
-        raise TimeoutError(f"{late}; pg_stat_archiver: {dict(row or {})}") from None
 
 
 async def digest(conn: asyncpg.Connection) -> dict[str, tuple[int, str]]:
@@ -362,51 +222,13 @@ async def marks(conn: asyncpg.Connection) -> dict[str, int]:
     return out
 
 
-# The restored server -------------------------------------------------------------------
-
-
-def restored_proc(root: Path, data: Path, port: int) -> Proc:
-    """PostgreSQL 15 alone on the restored data directory. The restored configuration is
-    the primary's (written by Patroni): its port, socket, files and synchronous standbys
-    are overridden, and archiving is off, so the restored server never writes to the
-    repository the cluster archives into."""
-    settings = {
-        "port": str(port),
-        "listen_addresses": "127.0.0.1",
-        "unix_socket_directories": str(data),
-        "hba_file": str(data / "pg_hba.conf"),
-        "ident_file": str(data / "pg_ident.conf"),
-        "synchronous_standby_names": "",
-        "archive_mode": "off",
-        "cluster_name": "restored",
-    }
-    args = [str(PG_BIN / "postgres"), "-D", str(data)]
-    for name, value in settings.items():
-        args += ["-c", f"{name}={value}"]
-    return Proc(
-        "restored",
-        args,
-        root / "restored.log",
-        env={"PATH": f"{PG_BIN}:/usr/bin:/bin", "HOME": str(data.parent)},
-        user=_as_postgres(),
-    )
+# The cluster -----------------------------------------------------------------------------
 
 
 def healthy(topo: Topology, leader: Node) -> bool:
     """`leader` leads and both other nodes stream."""
     current = topo.leader()
     return current is not None and current.name == leader.name and topo.healthy()
-
-
-async def out_of_recovery(url: str) -> bool:
-    try:
-        conn = await asyncpg.connect(url, timeout=2)
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
-        return False  # not accepting connections yet (starting up, replaying)
-    try:
-        return not await conn.fetchval("SELECT pg_is_in_recovery()")
-    finally:
-        await conn.close()
 
 
 # The drill -----------------------------------------------------------------------------
@@ -440,7 +262,7 @@ async def run(topo: Topology) -> int:
         return await asyncio.to_thread(api_ready, port)
 
     try:
-        await until(f"API on {port}", api_up, 60)
+        await poll_until(f"API on {port}", api_up, 60)
     except TimeoutError:
         print(api.log.read_text()[-3000:], flush=True)
         raise
@@ -460,7 +282,7 @@ async def run(topo: Topology) -> int:
         candidate = next(n for n in topo.nodes if n is not leader)
         t0 = time.monotonic()
         await asyncio.to_thread(patroni_switchover, leader, candidate)
-        await until(
+        await poll_until(
             "the cluster healthy again", lambda: asyncio.to_thread(healthy, topo, candidate), 90
         )
         print(
@@ -471,7 +293,7 @@ async def run(topo: Topology) -> int:
         await pg.close()
         pg = await asyncpg.connect(candidate.url)
         in_wal = await write(load, "before-target")
-        await until("the logs sealed", lambda: sealed(pg), 60)
+        await poll_until("the logs sealed", lambda: sealed(pg), 60)
         await archived(pg)
         at_target = await digest(pg)
         mark = await marks(pg)
@@ -483,7 +305,7 @@ async def run(topo: Topology) -> int:
             flush=True,
         )
         after = await write(load, "after-target")
-        await until("the logs sealed", lambda: sealed(pg), 60)
+        await poll_until("the logs sealed", lambda: sealed(pg), 60)
         await archived(pg)
         on_primary = await after_rows(pg, after, mark)
     await pg.close()
@@ -492,7 +314,7 @@ async def run(topo: Topology) -> int:
     print(f"[restore] {after.count} writes after the target: {on_primary} rows", flush=True)
 
     # Restore into a fresh data directory and start it alone.
-    data = _own(root / "restored")
+    data = own(root / "restored")
     restore_s = backrest(
         root,
         "restore",
@@ -505,7 +327,7 @@ async def run(topo: Topology) -> int:
     url = f"postgresql://postgres@127.0.0.1:{port}/couponflash"
     t0 = time.monotonic()
     topo.start(restored_proc(root, data, port))
-    await until(
+    await poll_until(
         "the restored server out of recovery", lambda: out_of_recovery(url), RECOVERY_TIMEOUT_S, 0.1
     )
     recovery_s = time.monotonic() - t0  # start, replay to the target, promotion

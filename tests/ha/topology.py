@@ -18,7 +18,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -594,6 +594,18 @@ async def create_and_migrate(topo: Topology) -> None:
     assert migrate.returncode == 0, migrate.stderr.decode()[-2000:]
 
 
+async def poll_until(
+    what: str, check: Callable[[], Awaitable[bool]], timeout: float, every: float = 0.2
+) -> float:
+    """Await `check()` until it is true; the seconds it took."""
+    started = time.monotonic()
+    while not await check():
+        if time.monotonic() - started > timeout:
+            raise TimeoutError(f"{what}: not after {timeout:.0f} s")
+        await asyncio.sleep(every)
+    return time.monotonic() - started
+
+
 def app_check(url: str) -> str:
     """`python -m app check` against `url`; its last line ("N passed, 0 failed"), or an
     AssertionError with what it printed."""
@@ -610,7 +622,7 @@ def app_check(url: str) -> str:
     return out.strip().splitlines()[-1]
 
 
-def run_in_topology(run: Callable[[Topology], Awaitable[int]], **build_args: Any) -> int:
+def run_in_topology(run: Callable[[Topology], Coroutine[Any, Any, int]], **build_args: Any) -> int:
     """Build the topology (`build(**build_args)`), `run(topo)` to its end, then stop
     everything it started and delete its data, whatever happened (SIGTERM included: a CI
     timeout, Ctrl-C of make)."""
