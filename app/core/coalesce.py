@@ -18,7 +18,6 @@ unknown) is every item's answer.
 from __future__ import annotations
 
 import asyncio
-import copy
 from collections import deque
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass, field
@@ -134,8 +133,11 @@ async def _first(
 
 
 def _own_copy(exc: BaseException) -> BaseException:
+    """The same exception as a new object (its class, arguments and attributes), without
+    calling `__init__`, whose signature may differ from `args`."""
     try:
-        twin = copy.copy(exc)
+        twin = type(exc).__new__(type(exc), *exc.args)
+        twin.__dict__.update(vars(exc))
     except Exception:  # one that cannot be copied is raised as is
         return exc
     twin.__cause__, twin.__context__ = exc.__cause__, exc.__context__
