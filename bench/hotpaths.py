@@ -30,7 +30,7 @@ from app.core.migrations import upgrade_to_head
 from app.core.security import Role, TokenService
 from bench.common import SECRET, machine, throwaway_database, worker, write_section
 from bench.flash_crowd import run_flash_crowd, write_flash_crowd
-from bench.load import LUA, Run, batch_sizes, both_apps, commits, vacuum, wrk
+from bench.load import LUA, Run, batch_sizes, both_apps, commits, cpu_seconds, vacuum, wrk
 
 CODES = 1_000_000
 USERS = 100_000
@@ -177,7 +177,15 @@ def hot_paths(
                     for target, port, lua_env in targets[:: -1 if round_ % 2 else 1]:
                         asyncio.run(vacuum(url))
                         before = asyncio.run(commits(url))
+                        cpu_before = cpu_seconds()
                         run = wrk(port, script, connections, args.seconds, lua_env)
+                        cpu = cpu_seconds()
+                        run.cpu_ms = {
+                            side: 1000
+                            * (cpu.get(side, 0.0) - cpu_before.get(side, 0.0))
+                            / max(1, run.requests)
+                            for side in (target, "postgres", "wrk")
+                        }
                         # The worker commits too (sweeps, the sealer): a few a second.
                         committed = asyncio.run(commits(url, settle=True)) - before
                         run.commits_per_request = committed / max(1, run.requests)
@@ -186,6 +194,8 @@ def hot_paths(
                             f"{name:17} c={connections:<4} {target:9} {run.rps:8.0f} req/s"
                             f"  p50 {run.p50_ms:6.1f} ms  p99 {run.p99_ms:6.1f} ms"
                             f"  commits/req {run.commits_per_request:.2f}"
+                            f"  cpu ms/req {target} {run.cpu_ms[target]:.2f}"
+                            f" postgres {run.cpu_ms['postgres']:.2f} wrk {run.cpu_ms['wrk']:.2f}"
                             f"  errors {run.errors(expected)}  {run.statuses}",
                             flush=True,
                         )
@@ -262,8 +272,9 @@ def write(
 ) -> None:
     rows = [
         "| scenario | conns | reference req/s | service req/s | ratio | reference p50 / p99"
-        " | service p50 / p99 | commits / request (ref / svc) | service errors |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        " | service p50 / p99 | commits / request (ref / svc)"
+        " | CPU ms / request: app, postgres (ref / svc) | service errors |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, (_, expected) in SCENARIOS.items():
         for c in levels:
@@ -273,6 +284,8 @@ def write(
                 f"| {name} | {c} | {ref.rps:,.0f} | {svc.rps:,.0f} | **{ratio:.2f}x** |"
                 f" {ref.p50_ms:.1f} / {ref.p99_ms:.1f} ms | {svc.p50_ms:.1f} / {svc.p99_ms:.1f} ms"
                 f" | {ref.commits_per_request:.2f} / {svc.commits_per_request:.2f}"
+                f" | {ref.cpu_ms.get('reference', 0):.2f}, {ref.cpu_ms.get('postgres', 0):.2f}"
+                f" / {svc.cpu_ms.get('service', 0):.2f}, {svc.cpu_ms.get('postgres', 0):.2f}"
                 f" | {svc.errors(expected)} |"
             )
     body = f"""

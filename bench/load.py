@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import asyncpg
+import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.common import ROOT, free_port, process, service
@@ -31,6 +32,8 @@ class Run:
     statuses: dict[int, int] = field(default_factory=dict)
     socket_errors: int = 0
     commits_per_request: float = 0.0  # database transactions per HTTP request, when measured
+    # CPU milliseconds per HTTP request by side (the app run, postgres, wrk), when measured
+    cpu_ms: dict[str, float] = field(default_factory=dict)
 
     def errors(self, expected: set[int]) -> int:
         return self.socket_errors + sum(n for s, n in self.statuses.items() if s not in expected)
@@ -49,6 +52,10 @@ class Run:
             statuses=statuses,
             socket_errors=sum(r.socket_errors for r in runs),
             commits_per_request=statistics.median(r.commits_per_request for r in runs),
+            cpu_ms={
+                side: statistics.median(r.cpu_ms.get(side, 0.0) for r in runs)
+                for side in {side for r in runs for side in r.cpu_ms}
+            },
         )
 
     @property
@@ -188,3 +195,47 @@ def batch_sizes(port: int) -> dict[str, dict[str, float]]:
                 key = sample.labels["le"] if kind == "bucket" else kind
                 out.setdefault(sample.labels["path"], {})[key] = sample.value
     return out
+
+
+def _side(cmdline: str) -> str | None:
+    if "bench.reference_app" in cmdline:
+        return "reference"
+    if "-m app worker" in cmdline:
+        return "worker"
+    if "-m app serve" in cmdline:
+        return "service"
+    return None
+
+
+def _group(proc: psutil.Process) -> str | None:
+    """Which side of a run a process's CPU counts for: the apps' worker processes (spawned
+    by multiprocessing) count for the app that started them."""
+    try:
+        if proc.name().startswith("postgres"):
+            return "postgres"
+        if proc.name() == "wrk":
+            return "wrk"
+        for each in (proc, *proc.parents()):
+            side = _side(" ".join(each.cmdline()))
+            if side is not None:
+                return side
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return None
+    return None
+
+
+def cpu_seconds() -> dict[str, float]:
+    """CPU seconds (user + system) so far of the processes of a run, by side: postgres,
+    the service, the reference app, the worker, wrk. Processes alive at both readings are
+    what a difference counts: the apps' workers and the pools' backends live through a run."""
+    totals: dict[str, float] = {}
+    for proc in psutil.process_iter():
+        group = _group(proc)
+        if group is None:
+            continue
+        try:
+            times = proc.cpu_times()
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+        totals[group] = totals.get(group, 0.0) + times.user + times.system
+    return totals
