@@ -133,6 +133,9 @@ bench: install ## hot paths vs the bare reference app (installs Debian's wrk); w
 bench-seal: install ## how fast the history sealer and the chain verifier go (prints a table)
 	$(PY) -m bench.seal
 
+bench-books: install ## one random assign on a 10,000-code book, a 10,000,000-code book and a book 99.9 % assigned; writes docs/benchmarks.md
+	$(PY) -m bench.book_size
+
 bench-herd: install ## 5,000 users reserve a 1,000-unit promo at once, coalescing on and off; writes docs/benchmarks.md
 	$(PY) -m bench.herd
 

@@ -2,7 +2,8 @@
 
 Concurrent `POST /books/{id}/assign` requests of one book join a batch (app/core/coalesce.py)
 that runs as one call of this function, in one transaction: the book's shared lock, the
-callers' locks in uuid order, then each request in arrival order with the statement and
+callers' locks in uuid order, one set-based claim for every request the book and its limit
+allow, then each request it did not serve alone, in arrival order, with the statement and
 pauses of `book_assign_random` (0012). One row per request, numbered by `ord`. The body is
 the service's statements verbatim (`app.books.assign.ASSIGN_BATCH_FUNCTION`);
 tests/test_hot_functions.py checks that the schema's body is still that text.
@@ -37,12 +38,83 @@ DECLARE
     p_actor uuid;
     p_start float8;
     pause float8;
+    served integer[] := '{}';
 BEGIN
     PERFORM pg_advisory_xact_lock_shared(hashtextextended(p_book::uuid::text, 2));
     FOR p_user IN SELECT DISTINCT u FROM unnest(p_users) AS u ORDER BY u LOOP
         PERFORM pg_advisory_xact_lock(hashtextextended(p_book::uuid::text || ':' || p_user::uuid::text, 1));
     END LOOP;
+    p_start := random();
+    FOR c IN WITH book AS (
+    SELECT b.id, b.max_codes_per_user, b.max_redemptions_per_code, (b.status = 'active' AND (b.starts_at IS NULL OR b.starts_at <= now()) AND (b.expires_at IS NULL OR b.expires_at > now())) AS active
+    FROM books b WHERE b.id = p_book
+),
+req AS (
+    SELECT r.ord::integer AS ord, r.user_id, r.actor_id,
+           row_number() OVER (PARTITION BY r.user_id ORDER BY r.ord) AS nth
+    FROM unnest(p_users::uuid[], p_actors::uuid[]) WITH ORDINALITY AS r(user_id, actor_id, ord)
+),
+held AS (
+    SELECT c.user_id, count(*) AS n FROM codes c
+    WHERE c.book_id = p_book AND c.user_id IN (SELECT user_id FROM req)
+      AND (SELECT max_codes_per_user FROM book) IS NOT NULL  -- no limit: nothing to count
+    GROUP BY c.user_id
+),
+allowed AS MATERIALIZED (
+    SELECT q.ord, q.user_id, q.actor_id, row_number() OVER (ORDER BY q.ord) AS slot
+    FROM req q
+    JOIN users u ON u.id = q.user_id
+    CROSS JOIN book
+    LEFT JOIN held h ON h.user_id = q.user_id
+    WHERE book.active
+      AND (book.max_codes_per_user IS NULL
+           OR coalesce(h.n, 0) + q.nth <= book.max_codes_per_user)
+),
+hi AS MATERIALIZED (
+    SELECT c.id, c.rand_key FROM codes c
+    WHERE c.book_id = p_book AND c.status = 'unassigned' AND c.rand_key >= p_start
+    ORDER BY c.rand_key LIMIT (SELECT count(*) FROM allowed) FOR UPDATE OF c SKIP LOCKED
+),
+lo AS MATERIALIZED (
+    SELECT c.id, c.rand_key FROM codes c
+    WHERE c.book_id = p_book AND c.status = 'unassigned' AND c.rand_key < p_start
+    ORDER BY c.rand_key LIMIT (SELECT count(*) FROM allowed) - (SELECT count(*) FROM hi)
+    FOR UPDATE OF c SKIP LOCKED
+),
+picked AS (
+    SELECT p.id, row_number() OVER (ORDER BY p.part, p.rand_key) AS slot
+    FROM (SELECT id, rand_key, 1 AS part FROM hi UNION ALL SELECT id, rand_key, 2 FROM lo) p
+),
+pairs AS (
+    SELECT a.ord, a.user_id, a.actor_id, p.id FROM allowed a JOIN picked p USING (slot)
+),
+claimed AS (
+    UPDATE codes c
+    SET status = 'assigned', user_id = pairs.user_id, assigned_at = now(), updated_at = now()
+    FROM pairs, book b
+    WHERE c.book_id = p_book AND c.id = pairs.id AND b.id = c.book_id
+    RETURNING pairs.ord, pairs.actor_id, c.id AS code_id,
+    c.code, c.book_id, (CASE WHEN (c.status = 'locked' AND c.locked_until <= now()) THEN 'assigned' ELSE c.status END) AS status,
+    c.user_id, c.assigned_at, (CASE WHEN (c.status = 'locked' AND c.locked_until > now()) THEN c.locked_until END) AS locked_until,
+    c.redemptions,
+    greatest(b.max_redemptions_per_code - c.redemptions, 0) AS redemptions_left
+
+),
+logged AS (
+    INSERT INTO redemption_history (code_id, book_id, user_id, action, actor_id, details)
+    SELECT code_id, book_id, user_id, 'assigned', actor_id, p_details::jsonb FROM claimed
+)
+SELECT ord, code_id, code, book_id, status, user_id, assigned_at, locked_until, redemptions,
+       redemptions_left
+FROM claimed
+    LOOP
+        served := served || c.ord;
+        RETURN QUERY SELECT c.ord, c.code_id, c.code, c.book_id, c.status, c.user_id,
+            c.assigned_at, c.locked_until, c.redemptions, c.redemptions_left, true, true, true,
+            NULL::boolean;
+    END LOOP;
     FOR i IN 1 .. cardinality(p_users) LOOP
+        CONTINUE WHEN i = ANY (served);
         p_user := p_users[i];
         p_actor := p_actors[i];
         FOREACH pause IN ARRAY ARRAY[0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.032, 0.032, 0.032, 0.032, 0.032, 0.032, 0.032, 0.032, 0.032, 0.032, 0.032, 0.032, 0.032, 0.032, 0.032, 0.032, 0.032, 0.032, 0.032, 0.032, 0.032, 0.032, 0.032, 0.032, 0.032, 0.032, 0.032, 0.032, 0.032, 0.032, 0.032, 0.032, 0.032, 0.032, NULL] LOOP

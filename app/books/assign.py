@@ -169,10 +169,75 @@ _RESULT_COLUMNS = """code_id bigint, code text, book_id uuid, status text, user_
 
 # Coalesced assigns of one book (app/core/coalesce.py): one call for a batch of requests, in
 # one transaction. The book's shared lock, then every caller's lock in uuid order (batches
-# that share users take them in the same order: no deadlock; a single assign takes one), then
-# each request in arrival order with the single assign's statement and pauses: a request
-# sees the claims of those before it, so a user asking twice with room for one gets one
-# code and one limit answer, exactly as two requests one after the other.
+# that share users take them in the same order: no deadlock; a single assign takes one).
+# Then one set-based statement serves every request the book and its limit allow at once:
+# a user's requests are ranked in arrival order and allowed while the codes they hold plus
+# their rank stay within `max_codes_per_user` (two requests with room for one: the first),
+# and the allowed requests take, in arrival order, the free codes met from one random start
+# (`SKIP LOCKED`, wrapping round as the single claim does). Every request it did not serve
+# (a limit, a paused book, a missing user, or no free code met) then runs alone, in arrival
+# order, with the single assign's statement and pauses, which decides its answer exactly as
+# for a request on its own; it sees the claims of the batch before it.
+_ASSIGN_SET = f"""
+WITH book AS (
+    SELECT b.id, b.max_codes_per_user, b.max_redemptions_per_code, {BOOK_ACTIVE} AS active
+    FROM books b WHERE b.id = $1
+),
+req AS (
+    SELECT r.ord::integer AS ord, r.user_id, r.actor_id,
+           row_number() OVER (PARTITION BY r.user_id ORDER BY r.ord) AS nth
+    FROM unnest($2::uuid[], $3::uuid[]) WITH ORDINALITY AS r(user_id, actor_id, ord)
+),
+held AS (
+    SELECT c.user_id, count(*) AS n FROM codes c
+    WHERE c.book_id = $1 AND c.user_id IN (SELECT user_id FROM req)
+      AND (SELECT max_codes_per_user FROM book) IS NOT NULL  -- no limit: nothing to count
+    GROUP BY c.user_id
+),
+allowed AS MATERIALIZED (
+    SELECT q.ord, q.user_id, q.actor_id, row_number() OVER (ORDER BY q.ord) AS slot
+    FROM req q
+    JOIN users u ON u.id = q.user_id
+    CROSS JOIN book
+    LEFT JOIN held h ON h.user_id = q.user_id
+    WHERE book.active
+      AND (book.max_codes_per_user IS NULL
+           OR coalesce(h.n, 0) + q.nth <= book.max_codes_per_user)
+),
+hi AS MATERIALIZED (
+    SELECT c.id, c.rand_key FROM codes c
+    WHERE c.book_id = $1 AND c.status = 'unassigned' AND c.rand_key >= $4
+    ORDER BY c.rand_key LIMIT (SELECT count(*) FROM allowed) FOR UPDATE OF c SKIP LOCKED
+),
+lo AS MATERIALIZED (
+    SELECT c.id, c.rand_key FROM codes c
+    WHERE c.book_id = $1 AND c.status = 'unassigned' AND c.rand_key < $4
+    ORDER BY c.rand_key LIMIT (SELECT count(*) FROM allowed) - (SELECT count(*) FROM hi)
+    FOR UPDATE OF c SKIP LOCKED
+),
+picked AS (
+    SELECT p.id, row_number() OVER (ORDER BY p.part, p.rand_key) AS slot
+    FROM (SELECT id, rand_key, 1 AS part FROM hi UNION ALL SELECT id, rand_key, 2 FROM lo) p
+),
+pairs AS (
+    SELECT a.ord, a.user_id, a.actor_id, p.id FROM allowed a JOIN picked p USING (slot)
+),
+claimed AS (
+    UPDATE codes c
+    SET status = 'assigned', user_id = pairs.user_id, assigned_at = now(), updated_at = now()
+    FROM pairs, book b
+    WHERE c.book_id = $1 AND c.id = pairs.id AND b.id = c.book_id
+    RETURNING pairs.ord, pairs.actor_id, c.id AS code_id, {CODE_COLUMNS}
+),
+logged AS (
+    INSERT INTO redemption_history (code_id, book_id, user_id, action, actor_id, details)
+    SELECT code_id, book_id, user_id, 'assigned', actor_id, $5::jsonb FROM claimed
+)
+SELECT ord, code_id, code, book_id, status, user_id, assigned_at, locked_until, redemptions,
+       redemptions_left
+FROM claimed
+"""
+_SET_NAMES = ("p_book", "p_users", "p_actors", "p_start", "p_details")
 ASSIGN_BATCH_FUNCTION_BODY = f"""
 #variable_conflict use_column
 DECLARE
@@ -182,12 +247,22 @@ DECLARE
     p_actor uuid;
     p_start float8;
     pause float8;
+    served integer[] := '{{}}';
 BEGIN
     PERFORM {xact_lock_sql(LockNamespace.BOOK, "p_book::uuid::text", shared=True)};
     FOR p_user IN SELECT DISTINCT u FROM unnest(p_users) AS u ORDER BY u LOOP
         PERFORM {named(xact_lock_sql(LockNamespace.BOOK_USER, _BOOK_USER_KEY), _NAMES)};
     END LOOP;
+    p_start := random();
+    FOR c IN {named(_ASSIGN_SET, _SET_NAMES)}
+    LOOP
+        served := served || c.ord;
+        RETURN QUERY SELECT c.ord, c.code_id, c.code, c.book_id, c.status, c.user_id,
+            c.assigned_at, c.locked_until, c.redemptions, c.redemptions_left, true, true, true,
+            NULL::boolean;
+    END LOOP;
     FOR i IN 1 .. cardinality(p_users) LOOP
+        CONTINUE WHEN i = ANY (served);
         p_user := p_users[i];
         p_actor := p_actors[i];
         FOREACH pause IN ARRAY {RETRY_PAUSES} LOOP

@@ -7,6 +7,7 @@ the same tests run on the per-request path (the batch-size check is then skipped
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections import Counter
 from typing import Any
 
@@ -156,4 +157,28 @@ async def test_one_user_in_many_batches_never_exceeds_the_limit(
     assert Counter(_slug(a) for a in answers[40:]) == {"ok": 20}
     held = await _held(app, book["id"])
     assert len(held[str(user.id)]) == limit
+    await assert_invariants(app)
+
+
+async def test_a_missing_user_in_a_crowd_is_404_and_the_rest_are_served(
+    app: FastAPI, live_client: httpx.AsyncClient, make_live_user: MakeUser
+) -> None:
+    admin = await make_live_user(Role.admin)
+    book, _ = await book_with_codes(live_client, admin, 100, max_codes_per_user=1)
+    users = await asyncio.gather(*[make_live_user() for _ in range(40)])
+    path = f"{API}/books/{book['id']}/assign"
+    calls: list[tuple[str | None, Any]] = []
+    for i, user in enumerate(users):
+        calls.append((str(user.id), live_client.post(path, headers=user.headers)))
+        if i % 8 == 0:  # an admin's assign to a user that does not exist, among them
+            nobody = {"user_id": str(uuid.uuid4())}
+            calls.append((None, live_client.post(path, headers=admin.headers, json=nobody)))
+    answers = await asyncio.gather(*[call for _, call in calls])
+    for (user_id, _), answer in zip(calls, answers, strict=True):
+        if user_id is None:
+            assert answer.status_code == 404, answer.text
+        else:
+            assert answer.status_code == 201 and answer.json()["user_id"] == user_id, answer.text
+    held = await _held(app, book["id"])
+    assert sorted(held) == sorted(str(u.id) for u in users)
     await assert_invariants(app)
