@@ -2,9 +2,10 @@
 
 Concurrent `POST /promos/{id}/reserve` requests of one promo join a batch
 (app/core/coalesce.py) that runs as one call of this function, in one transaction: the
-callers' locks in uuid order, then each request in arrival order with the statements and
-pauses of `promo_reserve` (0011). One row per request, numbered by `ord`; none when the
-promo does not exist. The body is the service's statements verbatim
+callers' locks in uuid order, one set-based claim of free units for the first request of
+every caller who may reserve and holds nothing on the promo, then each request it did not
+serve alone, in arrival order, with the statements and pauses of `promo_reserve` (0011).
+One row per request, numbered by `ord`; none when the promo does not exist. The body is the service's statements verbatim
 (`app.promos.reservations.RESERVE_BATCH_FUNCTION`); tests/test_hot_functions.py checks that
 the schema's body is still that text.
 
@@ -35,11 +36,68 @@ DECLARE
     p_user uuid;
     pause float8;
     released boolean;
+    served integer[] := '{}';
 BEGIN
     FOR p_user IN SELECT DISTINCT u FROM unnest(p_users) AS u ORDER BY u LOOP
         PERFORM pg_advisory_xact_lock(hashtextextended(p_promo::text || ':' || p_user::text, 3));
     END LOOP;
+    FOR c IN WITH req AS (
+    SELECT r.ord::integer AS ord, r.user_id,
+           row_number() OVER (PARTITION BY r.user_id ORDER BY r.ord) AS nth
+    FROM unnest(p_users::uuid[]) WITH ORDINALITY AS r(user_id, ord)
+),
+cand AS MATERIALIZED (
+    SELECT q.ord, q.user_id, p.max_per_user, used.n AS used,
+           row_number() OVER (ORDER BY q.ord) AS slot
+    FROM req q
+    JOIN LATERAL (SELECT u.id, u.tags, u.birth_date, ll_to_earth(u.lat, u.lng) AS e FROM users u WHERE u.id = q.user_id AND u.lat IS NOT NULL AND u.lng IS NOT NULL) me ON true
+    CROSS JOIN promos p
+    JOIN products pr ON pr.id = p.product_id
+    JOIN stores s ON s.id = pr.store_id
+    CROSS JOIN LATERAL (
+        SELECT count(*) AS n FROM reservations r
+        WHERE r.promo_id = p.id AND r.user_id = q.user_id
+          AND (r.status = 'purchased' OR (r.status = 'held' AND r.expires_at > now()))) used
+    WHERE p.id = p_promo AND q.nth = 1 AND (p.active AND p.cancelled_at IS NULL AND p.starts_at <= now() AND now() < p.ends_at) AND (earth_distance(ll_to_earth(s.lat, s.lng), me.e) <= p.radius_m AND (NOT EXISTS (SELECT 1 FROM promo_segments ps WHERE ps.promo_id = p.id)
+    OR EXISTS (
+        SELECT 1 FROM promo_segments ps JOIN segments g ON g.id = ps.segment_id
+        WHERE ps.promo_id = p.id
+          AND segment_contains(g.kind, g.rules, g.id, me.id, me.tags, me.birth_date))))
+      AND used.n < p.max_per_user
+      AND NOT EXISTS (SELECT 1 FROM reservations r
+                      WHERE r.promo_id = p_promo AND r.user_id = q.user_id AND r.status = 'held')
+),
+free AS MATERIALIZED (
+    SELECT f.id, row_number() OVER (ORDER BY f.seq) AS slot
+    FROM (SELECT u.id, u.seq FROM promo_units u
+          WHERE u.promo_id = p_promo AND u.state = 'free'
+          ORDER BY u.seq LIMIT (SELECT count(*) FROM cand)
+          FOR UPDATE SKIP LOCKED) f
+),
+pairs AS (
+    SELECT c.ord, c.user_id, c.used, c.max_per_user, f.id AS unit_id
+    FROM cand c JOIN free f USING (slot)
+),
+hold AS (
+    INSERT INTO reservations (promo_id, user_id, unit_id, expires_at)
+    SELECT p_promo, pairs.user_id, pairs.unit_id, now() + p_ttl::int * interval '1 second' FROM pairs
+    RETURNING id, unit_id, expires_at
+),
+held AS (
+    UPDATE promo_units u SET state = 'held', reservation_id = hold.id
+    FROM hold WHERE u.id = hold.unit_id
+    RETURNING u.id
+)
+SELECT pairs.ord, pairs.used, pairs.max_per_user, hold.id AS hold_id,
+       hold.expires_at AS hold_expires_at
+FROM pairs JOIN hold ON hold.unit_id = pairs.unit_id JOIN held ON held.id = hold.unit_id
+    LOOP
+        served := served || c.ord;
+        RETURN QUERY SELECT c.ord, true, true, c.used, c.max_per_user, NULL::uuid,
+            NULL::timestamptz, c.hold_id, c.hold_expires_at, NULL::boolean;
+    END LOOP;
     FOR i IN 1 .. cardinality(p_users) LOOP
+        CONTINUE WHEN i = ANY (served);
         p_user := p_users[i];
         FOREACH pause IN ARRAY ARRAY[0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.032, 0.032, 0.032, 0.032, 0.032, 0.032, 0.032, 0.032, 0.032, 0.032, 0.032, 0.032, 0.032, 0.032, 0.032, 0.032, 0.032, 0.032, 0.032, 0.032, 0.032, 0.032, 0.032, 0.032, 0.032, 0.032, 0.032, 0.032, 0.032, 0.032, 0.032, 0.032, 0.032, 0.032, NULL] LOOP
             released := false;

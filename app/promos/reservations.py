@@ -381,12 +381,68 @@ def _out(row: asyncpg.Record) -> ReservationOut:
 
 # Coalesced reserves of one promo (app/core/coalesce.py): one call for a batch of requests,
 # in one transaction. Every caller's lock in uuid order (batches that share users take them
-# in the same order; a single reserve takes one), then each request in arrival order with
-# the single reserve's statements and pauses, so each sees the holds of those before it. A
-# missing promo returns no row at all. Two batches can still deadlock in one rare case: a
-# request whose own lapsed hold another batch has just taken over waits, in `_RELEASE`, for
-# that batch, which holds units of its own meanwhile; PostgreSQL ends one of them and the
-# batch is run once more (`retry_transient`).
+# in the same order; a single reserve takes one). Then one set-based statement serves, at
+# once, the plain case: the first request of each caller who may reserve (promo open,
+# eligible, under `max_per_user`) and holds nothing on the promo, live or lapsed; those take,
+# in arrival order, the free units met in `seq` order (`SKIP LOCKED`). Every request it did
+# not serve (a second request of a caller, a caller with a live or a lapsed hold, not
+# eligible, a closed promo, no free unit met) then runs alone, in arrival order, with the
+# single reserve's statements and pauses, which decide its answer exactly as for a request
+# on its own (a live hold again, the release of a lapsed one, a lapsed unit taken over,
+# sold out); it sees the holds of the batch before it. A missing promo returns no row at
+# all. Two batches can still deadlock in one rare case: a request whose own lapsed hold
+# another batch has just taken over waits, in `_RELEASE`, for that batch, which holds units
+# of its own meanwhile; PostgreSQL ends one of them and the batch is run once more
+# (`retry_transient`).
+_RESERVE_SET = f"""
+WITH req AS (
+    SELECT r.ord::integer AS ord, r.user_id,
+           row_number() OVER (PARTITION BY r.user_id ORDER BY r.ord) AS nth
+    FROM unnest($2::uuid[]) WITH ORDINALITY AS r(user_id, ord)
+),
+cand AS MATERIALIZED (
+    SELECT q.ord, q.user_id, p.max_per_user, used.n AS used,
+           row_number() OVER (ORDER BY q.ord) AS slot
+    FROM req q
+    JOIN LATERAL ({rules.me_sql("q.user_id")}) me ON true
+    CROSS JOIN promos p
+    JOIN products pr ON pr.id = p.product_id
+    JOIN stores s ON s.id = pr.store_id
+    CROSS JOIN LATERAL (
+        SELECT count(*) AS n FROM reservations r
+        WHERE r.promo_id = p.id AND r.user_id = q.user_id
+          AND (r.status = 'purchased' OR {rules.HOLD_LIVE})) used
+    WHERE p.id = $1 AND q.nth = 1 AND {rules.OPEN} AND {rules.ELIGIBLE}
+      AND used.n < p.max_per_user
+      AND NOT EXISTS (SELECT 1 FROM reservations r
+                      WHERE r.promo_id = $1 AND r.user_id = q.user_id AND r.status = 'held')
+),
+free AS MATERIALIZED (
+    SELECT f.id, row_number() OVER (ORDER BY f.seq) AS slot
+    FROM (SELECT u.id, u.seq FROM promo_units u
+          WHERE u.promo_id = $1 AND u.state = 'free'
+          ORDER BY u.seq LIMIT (SELECT count(*) FROM cand)
+          FOR UPDATE SKIP LOCKED) f
+),
+pairs AS (
+    SELECT c.ord, c.user_id, c.used, c.max_per_user, f.id AS unit_id
+    FROM cand c JOIN free f USING (slot)
+),
+hold AS (
+    INSERT INTO reservations (promo_id, user_id, unit_id, expires_at)
+    SELECT $1, pairs.user_id, pairs.unit_id, now() + $3::int * interval '1 second' FROM pairs
+    RETURNING id, unit_id, expires_at
+),
+held AS (
+    UPDATE promo_units u SET state = 'held', reservation_id = hold.id
+    FROM hold WHERE u.id = hold.unit_id
+    RETURNING u.id
+)
+SELECT pairs.ord, pairs.used, pairs.max_per_user, hold.id AS hold_id,
+       hold.expires_at AS hold_expires_at
+FROM pairs JOIN hold ON hold.unit_id = pairs.unit_id JOIN held ON held.id = hold.unit_id
+"""
+_SET_NAMES = ("p_promo", "p_users", "p_ttl")
 RESERVE_BATCH_FUNCTION_BODY = f"""
 #variable_conflict use_column
 DECLARE
@@ -395,11 +451,19 @@ DECLARE
     p_user uuid;
     pause float8;
     released boolean;
+    served integer[] := '{{}}';
 BEGIN
     FOR p_user IN SELECT DISTINCT u FROM unnest(p_users) AS u ORDER BY u LOOP
         PERFORM {xact_lock_sql(LockNamespace.PROMO_USER, "p_promo::text || ':' || p_user::text")};
     END LOOP;
+    FOR c IN {named(_RESERVE_SET, _SET_NAMES)}
+    LOOP
+        served := served || c.ord;
+        RETURN QUERY SELECT c.ord, true, true, c.used, c.max_per_user, NULL::uuid,
+            NULL::timestamptz, c.hold_id, c.hold_expires_at, NULL::boolean;
+    END LOOP;
     FOR i IN 1 .. cardinality(p_users) LOOP
+        CONTINUE WHEN i = ANY (served);
         p_user := p_users[i];
         FOREACH pause IN ARRAY {RETRY_PAUSES} LOOP
             released := false;

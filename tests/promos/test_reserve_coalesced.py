@@ -139,3 +139,30 @@ async def test_a_cancel_mid_crowd_answers_promo_not_running_and_loses_nothing(
     }
     assert await _held(app, promo["id"]) == winners
     await assert_invariants(app)
+
+
+async def test_callers_with_lapsed_holds_in_a_crowd_get_new_ones_and_nothing_leaks(
+    app: FastAPI, live_client: httpx.AsyncClient, make_live_user: MakeUser
+) -> None:
+    admin = await make_live_user(Role.admin)
+    lat, lng = random_point()
+    promo = await create_promo(live_client, admin, at=(lat, lng), quantity=60, max_per_user=2)
+    users = await placed_users(app, 50, lat, lng)
+    first = await asyncio.gather(*[reserve(live_client, u, promo["id"]) for u in users[:20]])
+    assert {a.status_code for a in first} == {201}
+    async with app.state.db.engine.begin() as conn:  # their holds lapse
+        await conn.execute(
+            text(
+                "UPDATE reservations SET expires_at = now() - interval '1 second'"
+                " WHERE promo_id = :p"
+            ),
+            {"p": promo["id"]},
+        )
+    answers = await asyncio.gather(*[reserve(live_client, u, promo["id"]) for u in users])
+    # 20 lapsed holds give back or pass on their units: 60 units serve all 50 callers.
+    assert Counter(_slug(a) for a in answers) == {"201": 50}
+    old = {a.json()["id"] for a in first}
+    assert not old & {a.json()["id"] for a in answers}
+    held = await _held(app, promo["id"])
+    assert held == {str(u.id): a.json()["id"] for u, a in zip(users, answers, strict=True)}
+    await assert_invariants(app)
