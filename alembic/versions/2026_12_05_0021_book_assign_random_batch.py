@@ -120,55 +120,55 @@ FROM claimed
         FOREACH pause IN ARRAY ARRAY[0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.032, 0.032, 0.032, 0.032, 0.032, 0.032, 0.032, 0.032, 0.032, 0.032, 0.032, 0.032, 0.032, 0.032, 0.032, 0.032, 0.032, 0.032, 0.032, 0.032, 0.032, 0.032, 0.032, 0.032, 0.032, 0.032, 0.032, 0.032, 0.032, 0.032, 0.032, 0.032, 0.032, 0.032, NULL] LOOP
             p_start := random();
             WITH
-book AS (
-    SELECT b.id, b.max_codes_per_user, b.max_redemptions_per_code, (b.status = 'active' AND (b.starts_at IS NULL OR b.starts_at <= now()) AND (b.expires_at IS NULL OR b.expires_at > now())) AS active
-    FROM books b WHERE b.id = p_book
-),
-target AS (SELECT u.id FROM users u WHERE u.id = p_user),
-held AS (SELECT count(*) AS n FROM codes WHERE user_id = p_user AND book_id = p_book),
-allowed AS (
-    SELECT 1 FROM book, held, target
-    WHERE book.active
-      AND (book.max_codes_per_user IS NULL OR held.n < book.max_codes_per_user)
-),
-hi AS MATERIALIZED (
-    SELECT c.id FROM codes c
-    WHERE c.book_id = p_book AND c.status = 'unassigned' AND c.rand_key >= p_start
-      AND EXISTS (SELECT 1 FROM allowed)
-    ORDER BY c.rand_key LIMIT 1 FOR UPDATE OF c SKIP LOCKED
-),
-lo AS MATERIALIZED (
-    SELECT c.id FROM codes c
-    WHERE c.book_id = p_book AND c.status = 'unassigned' AND c.rand_key < p_start
-      AND EXISTS (SELECT 1 FROM allowed) AND NOT EXISTS (SELECT 1 FROM hi)
-    ORDER BY c.rand_key LIMIT 1 FOR UPDATE OF c SKIP LOCKED
-),
-picked AS (SELECT id FROM hi UNION ALL SELECT id FROM lo),
+    book AS (
+        SELECT b.id, b.max_codes_per_user, b.max_redemptions_per_code, (b.status = 'active' AND (b.starts_at IS NULL OR b.starts_at <= now()) AND (b.expires_at IS NULL OR b.expires_at > now())) AS active
+        FROM books b WHERE b.id = p_book
+    ),
+    target AS (SELECT u.id FROM users u WHERE u.id = p_user),
+    held AS (SELECT count(*) AS n FROM codes WHERE user_id = p_user AND book_id = p_book),
+    allowed AS (
+        SELECT 1 FROM book, held, target
+        WHERE book.active
+          AND (book.max_codes_per_user IS NULL OR held.n < book.max_codes_per_user)
+    ),
+    hi AS MATERIALIZED (
+        SELECT c.id FROM codes c
+        WHERE c.book_id = p_book AND c.status = 'unassigned' AND c.rand_key >= p_start
+          AND EXISTS (SELECT 1 FROM allowed)
+        ORDER BY c.rand_key LIMIT 1 FOR UPDATE OF c SKIP LOCKED
+    ),
+    lo AS MATERIALIZED (
+        SELECT c.id FROM codes c
+        WHERE c.book_id = p_book AND c.status = 'unassigned' AND c.rand_key < p_start
+          AND EXISTS (SELECT 1 FROM allowed) AND NOT EXISTS (SELECT 1 FROM hi)
+        ORDER BY c.rand_key LIMIT 1 FOR UPDATE OF c SKIP LOCKED
+    ),
+    picked AS (SELECT id FROM hi UNION ALL SELECT id FROM lo),
 
-claimed AS (
-    UPDATE codes c
-    SET status = 'assigned', user_id = p_user, assigned_at = now(), updated_at = now()
-    FROM book b
-    WHERE c.book_id = p_book AND c.id IN (SELECT id FROM picked) AND b.id = c.book_id
-    RETURNING c.id AS code_id,
-    c.code, c.book_id, (CASE WHEN (c.status = 'locked' AND c.locked_until <= now()) THEN 'assigned' ELSE c.status END) AS status,
-    c.user_id, c.assigned_at, (CASE WHEN (c.status = 'locked' AND c.locked_until > now()) THEN c.locked_until END) AS locked_until,
-    c.redemptions,
-    greatest(b.max_redemptions_per_code - c.redemptions, 0) AS redemptions_left
+    claimed AS (
+        UPDATE codes c
+        SET status = 'assigned', user_id = p_user, assigned_at = now(), updated_at = now()
+        FROM book b
+        WHERE c.book_id = p_book AND c.id IN (SELECT id FROM picked) AND b.id = c.book_id
+        RETURNING c.id AS code_id,
+        c.code, c.book_id, (CASE WHEN (c.status = 'locked' AND c.locked_until <= now()) THEN 'assigned' ELSE c.status END) AS status,
+        c.user_id, c.assigned_at, (CASE WHEN (c.status = 'locked' AND c.locked_until > now()) THEN c.locked_until END) AS locked_until,
+        c.redemptions,
+        greatest(b.max_redemptions_per_code - c.redemptions, 0) AS redemptions_left
 
-),
-logged AS (
-    INSERT INTO redemption_history (code_id, book_id, user_id, action, actor_id, details)
-    SELECT code_id, book_id, user_id, 'assigned', p_actor, p_details::jsonb FROM claimed
-)
-SELECT claimed.*,
-       (SELECT active FROM book) AS book_active,
-       EXISTS (SELECT 1 FROM target) AS user_exists,
-       EXISTS (SELECT 1 FROM allowed) AS allowed,
-       CASE WHEN NOT EXISTS (SELECT 1 FROM claimed) THEN EXISTS (
-           SELECT 1 FROM codes f WHERE f.book_id = p_book AND f.status = 'unassigned')
-       END AS free_left
-FROM (SELECT 1) AS one LEFT JOIN claimed ON true
+    ),
+    logged AS (
+        INSERT INTO redemption_history (code_id, book_id, user_id, action, actor_id, details)
+        SELECT code_id, book_id, user_id, 'assigned', p_actor, p_details::jsonb FROM claimed
+    )
+    SELECT claimed.*,
+           (SELECT active FROM book) AS book_active,
+           EXISTS (SELECT 1 FROM target) AS user_exists,
+           EXISTS (SELECT 1 FROM allowed) AS allowed,
+           CASE WHEN NOT EXISTS (SELECT 1 FROM claimed) THEN EXISTS (
+               SELECT 1 FROM codes f WHERE f.book_id = p_book AND f.status = 'unassigned')
+           END AS free_left
+    FROM (SELECT 1) AS one LEFT JOIN claimed ON true
             INTO c;
             EXIT WHEN pause IS NULL OR c.code IS NOT NULL OR NOT c.allowed OR NOT c.free_left;
             PERFORM pg_sleep(pause * (0.5 + random()));

@@ -8,6 +8,7 @@ assigns hold the book key shared; `distribute` holds it exclusively.
 
 from __future__ import annotations
 
+import textwrap
 import uuid
 from collections.abc import Sequence
 
@@ -121,6 +122,17 @@ def _raise_for(row: asyncpg.Record, book_id: uuid.UUID, user_id: uuid.UUID) -> N
 
 _NAMES = ("p_book", "p_user", "p_start", "p_actor", "p_details")
 
+# One random assign in a plpgsql body: the claim from a random start, run again from a new
+# start while free codes exist but every one met was being claimed; leaves its answer in `c`.
+_ASSIGN_ONE = f"""    FOREACH pause IN ARRAY {RETRY_PAUSES} LOOP
+        p_start := random();
+        {named(_ASSIGN_RANDOM, _NAMES)}
+        INTO c;
+        EXIT WHEN pause IS NULL OR c.code IS NOT NULL OR NOT c.allowed OR NOT c.free_left;
+        PERFORM pg_sleep(pause * (0.5 + random()));
+    END LOOP;"""
+_ASSIGN_ONE_IN_LOOP = textwrap.indent(_ASSIGN_ONE, "    ")
+
 # One round trip: the book's shared lock and the caller's, then the claim from a random
 # start, each its own statement inside one plpgsql call (so the claim's snapshot follows the
 # locks), the claim run again from a new start while free rows exist but every one met was
@@ -135,13 +147,7 @@ DECLARE
     pause float8;
 BEGIN
     PERFORM {named(LOCK_BOOK_USER.removeprefix("SELECT "), _NAMES)};
-    FOREACH pause IN ARRAY {RETRY_PAUSES} LOOP
-        p_start := random();
-        {named(_ASSIGN_RANDOM, _NAMES)}
-        INTO c;
-        EXIT WHEN pause IS NULL OR c.code IS NOT NULL OR NOT c.allowed OR NOT c.free_left;
-        PERFORM pg_sleep(pause * (0.5 + random()));
-    END LOOP;
+{_ASSIGN_ONE}
     RETURN QUERY SELECT c.code_id, c.code, c.book_id, c.status, c.user_id, c.assigned_at,
         c.locked_until, c.redemptions, c.redemptions_left, c.book_active, c.user_exists,
         c.allowed, c.free_left;
@@ -265,13 +271,7 @@ BEGIN
         CONTINUE WHEN i = ANY (served);
         p_user := p_users[i];
         p_actor := p_actors[i];
-        FOREACH pause IN ARRAY {RETRY_PAUSES} LOOP
-            p_start := random();
-            {named(_ASSIGN_RANDOM, _NAMES)}
-            INTO c;
-            EXIT WHEN pause IS NULL OR c.code IS NOT NULL OR NOT c.allowed OR NOT c.free_left;
-            PERFORM pg_sleep(pause * (0.5 + random()));
-        END LOOP;
+{_ASSIGN_ONE_IN_LOOP}
         RETURN QUERY SELECT i, {_OUT_COLUMNS};
     END LOOP;
 END

@@ -21,6 +21,7 @@ docs/decisions.md).
 
 from __future__ import annotations
 
+import textwrap
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -326,15 +327,10 @@ _NAMES = ("p_promo", "p_user", "p_ttl")
 # answer a momentary `sold-out`. The pauses are `CLAIM_RETRY_DELAYS`. No row: no promo.
 # The schema holds the function as migration 0011 wrote it; a test checks it is this text,
 # so a change here needs a migration that replaces it.
-RESERVE_FUNCTION_BODY = f"""
-#variable_conflict use_column
-DECLARE
-    c record;
-    pause float8;
-    released boolean;
-BEGIN
-    PERFORM {xact_lock_sql(LockNamespace.PROMO_USER, "p_promo::text || ':' || p_user::text")};
-    FOREACH pause IN ARRAY {RETRY_PAUSES} LOOP
+# One reserve in a plpgsql body: the claim (after the release when the caller's own hold
+# has lapsed), run again while claimable units exist but every one met was being claimed;
+# leaves the claim's answer in `c`, or returns no row when there is no promo.
+_RESERVE_ONE = f"""    FOREACH pause IN ARRAY {RETRY_PAUSES} LOOP
         released := false;
         LOOP
             {named(_CLAIM, _NAMES)}
@@ -352,7 +348,16 @@ BEGIN
         END LOOP;
         EXIT WHEN pause IS NULL OR c.hold_id IS NOT NULL OR c.claimable_left IS NOT TRUE;
         PERFORM pg_sleep(pause * (0.5 + random()));
-    END LOOP;
+    END LOOP;"""
+RESERVE_FUNCTION_BODY = f"""
+#variable_conflict use_column
+DECLARE
+    c record;
+    pause float8;
+    released boolean;
+BEGIN
+    PERFORM {xact_lock_sql(LockNamespace.PROMO_USER, "p_promo::text || ':' || p_user::text")};
+{_RESERVE_ONE}
     RETURN QUERY SELECT c.open, c.eligible, c.used, c.max_per_user, c.live_id,
         c.live_expires_at, c.hold_id, c.hold_expires_at, c.sold_out;
 END
@@ -443,6 +448,7 @@ SELECT pairs.ord, pairs.used, pairs.max_per_user, hold.id AS hold_id,
 FROM pairs JOIN hold ON hold.unit_id = pairs.unit_id JOIN held ON held.id = hold.unit_id
 """
 _SET_NAMES = ("p_promo", "p_users", "p_ttl")
+_RESERVE_ONE_IN_LOOP = textwrap.indent(_RESERVE_ONE, "    ")
 RESERVE_BATCH_FUNCTION_BODY = f"""
 #variable_conflict use_column
 DECLARE
@@ -465,24 +471,7 @@ BEGIN
     FOR i IN 1 .. cardinality(p_users) LOOP
         CONTINUE WHEN i = ANY (served);
         p_user := p_users[i];
-        FOREACH pause IN ARRAY {RETRY_PAUSES} LOOP
-            released := false;
-            LOOP
-                {named(_CLAIM, _NAMES)}
-                INTO c;
-                IF NOT FOUND THEN
-                    RETURN;
-                END IF;
-                EXIT WHEN NOT c.release_first;
-                IF released THEN
-                    RAISE EXCEPTION 'a lapsed hold outlived release';
-                END IF;
-                {named(_RELEASE, _NAMES)};
-                released := true;
-            END LOOP;
-            EXIT WHEN pause IS NULL OR c.hold_id IS NOT NULL OR c.claimable_left IS NOT TRUE;
-            PERFORM pg_sleep(pause * (0.5 + random()));
-        END LOOP;
+{_RESERVE_ONE_IN_LOOP}
         RETURN QUERY SELECT i, c.open, c.eligible, c.used, c.max_per_user, c.live_id,
             c.live_expires_at, c.hold_id, c.hold_expires_at, c.sold_out;
     END LOOP;
