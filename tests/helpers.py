@@ -165,3 +165,22 @@ def run_sql(url: str, sql: str, *args: object) -> list[Any]:
             await conn.close()
 
     return asyncio.run(go())
+
+
+def coalesced_batches(path: str) -> tuple[float, float]:
+    """Batches of a coalesced hot path (`assign`, `reserve`) run so far in this process, and
+    the requests they held (`coalesced_batch_size`)."""
+    from app.core.metrics import REGISTRY
+
+    labels = {"path": path}
+    count = REGISTRY.get_sample_value("coalesced_batch_size_count", labels) or 0.0
+    total = REGISTRY.get_sample_value("coalesced_batch_size_sum", labels) or 0.0
+    return count, total
+
+
+def assert_coalesced(path: str, before: tuple[float, float], requests: int) -> None:
+    """Since `before` (a `coalesced_batches` reading), `requests` requests ran in batches,
+    fewer batches than requests."""
+    count, total = (now - then for now, then in zip(coalesced_batches(path), before, strict=True))
+    assert total == requests
+    assert count < total, "every request ran in a batch of its own: nothing was coalesced"

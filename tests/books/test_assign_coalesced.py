@@ -16,19 +16,11 @@ import pytest
 from fastapi import FastAPI
 from sqlalchemy import text
 
-from app.core.metrics import REGISTRY
 from app.core.security import Role
 from tests.books.flows import book_with_codes
 from tests.books.helpers import API, history_count
 from tests.conftest import MakeUser
-from tests.helpers import assert_invariants
-
-
-def _batches() -> tuple[float, float]:
-    """Batches of assigns run so far in this process, and the requests they held."""
-    count = REGISTRY.get_sample_value("coalesced_batch_size_count", {"path": "assign"}) or 0.0
-    total = REGISTRY.get_sample_value("coalesced_batch_size_sum", {"path": "assign"}) or 0.0
-    return count, total
+from tests.helpers import assert_coalesced, assert_invariants, coalesced_batches
 
 
 def _slug(response: httpx.Response) -> str:
@@ -60,7 +52,7 @@ async def test_a_crowd_with_repeat_requests_gets_each_users_limit_in_batches(
     admin = await make_live_user(Role.admin)
     book, codes = await book_with_codes(live_client, admin, 400, max_codes_per_user=2)
     users = await asyncio.gather(*[make_live_user() for _ in range(60)])
-    before = _batches()
+    before = coalesced_batches("assign")
     # Each user asks three times at once; the admin asks once more for the first ten.
     calls: list[tuple[str, Any]] = [
         (u.id, live_client.post(f"{API}/books/{book['id']}/assign", headers=u.headers))
@@ -105,9 +97,7 @@ async def test_a_crowd_with_repeat_requests_gets_each_users_limit_in_batches(
     await assert_invariants(app)
 
     if app.state.settings.coalesce_hot_paths:
-        count, total = (after - start for after, start in zip(_batches(), before, strict=True))
-        assert total == len(calls)
-        assert count < total, "every request ran in a batch of its own: nothing was coalesced"
+        assert_coalesced("assign", before, len(calls))
 
 
 async def test_a_pause_mid_crowd_answers_book_inactive_and_loses_nothing(

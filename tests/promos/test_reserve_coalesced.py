@@ -15,18 +15,10 @@ import httpx
 from fastapi import FastAPI
 from sqlalchemy import text
 
-from app.core.metrics import REGISTRY
 from app.core.security import Role
 from tests.conftest import MakeUser
-from tests.helpers import assert_invariants
+from tests.helpers import assert_coalesced, assert_invariants, coalesced_batches
 from tests.promos.support import create_promo, north_of, placed_users, random_point, reserve
-
-
-def _batches() -> tuple[float, float]:
-    """Batches of reserves run so far in this process, and the requests they held."""
-    count = REGISTRY.get_sample_value("coalesced_batch_size_count", {"path": "reserve"}) or 0.0
-    total = REGISTRY.get_sample_value("coalesced_batch_size_sum", {"path": "reserve"}) or 0.0
-    return count, total
 
 
 def _slug(response: httpx.Response) -> str:
@@ -58,7 +50,7 @@ async def test_a_herd_on_a_small_promo_gets_exactly_its_units_in_batches(
     lat, lng = random_point()
     promo = await create_promo(live_client, admin, at=(lat, lng), quantity=100, max_per_user=1)
     users = await placed_users(app, 300, lat, lng)
-    before = _batches()
+    before = coalesced_batches("reserve")
     answers = await asyncio.gather(*[reserve(live_client, u, promo["id"]) for u in users])
     assert Counter(_slug(a) for a in answers) == {"201": 100, "sold-out": 200}
     winners = {
@@ -72,9 +64,7 @@ async def test_a_herd_on_a_small_promo_gets_exactly_its_units_in_batches(
     assert await _held(app, promo["id"]) == winners
     await assert_invariants(app)
     if app.state.settings.coalesce_hot_paths:
-        count, total = (after - start for after, start in zip(_batches(), before, strict=True))
-        assert total == len(users)
-        assert count < total, "every request ran in a batch of its own: nothing was coalesced"
+        assert_coalesced("reserve", before, len(users))
 
 
 async def test_a_user_asking_at_once_many_times_gets_one_hold_back_each_time(
