@@ -51,25 +51,25 @@ async def fill(conn: asyncpg.Connection, book: Book, users: list[uuid.UUID]) -> 
     )
     taken = book.codes - book.free
     started = time.monotonic()
+    # The first `taken` codes held by the users in turn, as assigns would leave them (one
+    # insert, so the book's counters move once), then the free ones.
     await conn.execute(
-        "INSERT INTO codes (book_id, code) SELECT $1, $2 || g FROM generate_series(1, $3) g",
+        "INSERT INTO codes (book_id, code, status, user_id, assigned_at)"
+        " SELECT $1, $2 || g, 'assigned', ($4::uuid[])[1 + g % $5], now()"
+        " FROM generate_series(1, $3) g",
         book_id,
         f"{book.name[:3].upper()}-",
+        taken,
+        users,
+        len(users),
+    )
+    await conn.execute(
+        "INSERT INTO codes (book_id, code) SELECT $1, $2 || g FROM generate_series($3::int, $4::int) g",
+        book_id,
+        f"{book.name[:3].upper()}-",
+        taken + 1,
         book.codes,
     )
-    if taken:
-        # The first `taken` codes by id held by the users in turn, as assigns would leave them.
-        await conn.execute(
-            """
-            UPDATE codes c SET status = 'assigned', user_id = ($3::uuid[])[1 + c.id % $4],
-                assigned_at = now()
-            WHERE c.book_id = $1 AND c.id <= (SELECT min(id) FROM codes WHERE book_id = $1) + $2 - 1
-            """,
-            book_id,
-            taken,
-            users,
-            len(users),
-        )
     await conn.execute("VACUUM ANALYZE codes")
     print(
         f"{book.name}: {book.codes:,} codes, {book.free:,} free,"
