@@ -64,7 +64,8 @@ async def fill(conn: asyncpg.Connection, book: Book, users: list[uuid.UUID]) -> 
         len(users),
     )
     await conn.execute(
-        "INSERT INTO codes (book_id, code) SELECT $1, $2 || g FROM generate_series($3::int, $4::int) g",
+        "INSERT INTO codes (book_id, code)"
+        " SELECT $1, $2 || g FROM generate_series($3::int, $4::int) g",
         book_id,
         f"{book.name[:3].upper()}-",
         taken + 1,
@@ -156,7 +157,11 @@ codes are the last 0.1 % by id, so every one of them sits among assigned ones.
 The slowest book's mean is {spread:.2f}x the fastest's. The claim reads the partial index
 `ix_codes_book_id_rand_key` (`WHERE status = 'unassigned'`): its depth grows with the log of
 the free codes, and assigned codes are not in it at all, so neither the book's size nor how
-much of it is gone changes what one claim reads.
+much of it is gone changes how many pages one claim reads (the exhausted book's plan is
+taken after its assigns took every free code: the extra pages are index entries of codes
+assigned since the last `VACUUM`). What a large book changes is where those pages are:
+its index and heap outgrow `shared_buffers`, so more of a claim's pages come from the
+operating system's cache, which shows in the mean and the p99 more than in the median.
 """
     write_section("Book size and exhaustion", body)
 
