@@ -151,10 +151,10 @@ $(HA_STAMP): requirements/ha.txt | $(STAMP)
 	$(UV) pip sync -q --python $(HA_VENV)/bin/python --require-hashes requirements/ha.txt
 	@touch $(HA_STAMP)
 
-# Debian's PostgreSQL 15 server binaries, etcd and HAProxy, installed when missing; Patroni
-# from requirements/ha.txt. Not part of `make test` (3½–6 minutes; docs/ha.md).
-test-ha: install $(HA_STAMP) ## failover under load: 3 PostgreSQL under Patroni, etcd, HAProxy, 2 API instances, 2 workers
-	@scripts/ensure-deb.sh postgresql-15 /usr/lib/postgresql/15/bin/postgres etcd-server etcd haproxy haproxy
+# Debian's PostgreSQL 15 server binaries, etcd, HAProxy and PgBouncer, installed when missing;
+# Patroni from requirements/ha.txt. Not part of `make test` (about 7 minutes; docs/ha.md).
+test-ha: install $(HA_STAMP) ## failover under load: 3 PostgreSQL under Patroni, etcd, HAProxy, PgBouncer, 3 API instances, 2 workers
+	@scripts/ensure-deb.sh postgresql-15 /usr/lib/postgresql/15/bin/postgres etcd-server etcd haproxy haproxy pgbouncer /usr/sbin/pgbouncer
 	$(PY) -m tests.ha
 
 # The backup and point-in-time restore drill on the same cluster: Debian's pgBackRest as well,

@@ -1,8 +1,8 @@
 """`make test-ha`: failover under load on real engines (Patroni-managed PostgreSQL 15, etcd,
-HAProxy, two API instances, two notification workers), each fault injected several times;
-after each, the unknown outcomes are retried with their keys and the database is checked
-against what the clients were told. Prints a table and one summary line; exits 1 on any
-violation. Everything it starts is stopped, and its data deleted, however it ends."""
+HAProxy, PgBouncer, three API instances, two notification workers), each fault injected
+several times; after each, the unknown outcomes are retried with their keys and the database
+is checked against what the clients were told. Prints a table and one summary line; exits 1
+on any violation. Everything it starts is stopped, and its data deleted, however it ends."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import os
 import random
+import re
 import signal
 import statistics
 import sys
@@ -30,6 +31,7 @@ from tests.faults.harness import (
     seed_promo,
     seed_users,
 )
+from tests.ha.delay import delayed_standbys, quorum_standbys
 from tests.ha.load import Load, Outcome, Stream, reconcile
 from tests.ha.topology import (
     LOOP_WAIT,
@@ -42,6 +44,7 @@ from tests.ha.topology import (
     create_and_migrate,
     etcd_healthy,
     patroni_switchover,
+    pgbouncer_api_env,
     run_in_topology,
     start_database,
     worker_proc,
@@ -55,6 +58,10 @@ FANOUT_AUDIENCE = 20_000
 SSE_PER_AUDIENCE = 3
 BUDGET_S = 43.8 * 60  # 99.9 % of a 730-hour month
 POLL_S = 0.25
+# Each API instance reaches the primary its own way (api1 and worker1 through HAProxy, api2
+# and worker2 with the multi-host URL, api3 through PgBouncer and HAProxy): the write outage
+# is measured on each.
+PATHS = {"api1": "HAProxy", "api2": "multi-host URL", "api3": "PgBouncer"}
 
 
 # At most one primary ---------------------------------------------------------------------
@@ -134,6 +141,7 @@ class Run:
     outage_s: float
     rejoin_s: float | None
     note: str = ""
+    by_path: dict[str, float] = field(default_factory=dict)  # write outage per way
 
 
 async def _until(what: str, check: Callable[[], bool], timeout: float) -> float:
@@ -193,12 +201,15 @@ class Faults:
         topo: Topology,
         admin_pg: Callable[[], Awaitable[asyncpg.Connection]],
         audiences: list[Audience],
+        load: Load,
     ):
         self.topo = topo
         self.connect = admin_pg
         self.audiences = list(audiences)
+        self.load = load
         self.api_turn = 0
         self.etcd_turn = 0
+        self.delay_figures: list[str] = []
 
     async def switchover(self) -> tuple[float | None, str]:
         topo = self.topo
@@ -280,7 +291,10 @@ class Faults:
         return None, f"{proc.name} killed; leader {leader.name} kept"
 
     async def kill_api(self) -> tuple[float | None, str]:
-        name = f"api{self.api_turn % len(self.topo.api_ports) + 1}"
+        # In turn, the last one (behind PgBouncer) first: a restarted instance checks its
+        # schema and opens its pools through its own way to the primary.
+        count = len(self.topo.api_ports)
+        name = f"api{(self.api_turn + count - 1) % count + 1}"
         self.api_turn += 1
         proc = self.topo.procs[name]
         port = self.topo.api_ports[int(name[3:]) - 1]
@@ -289,6 +303,29 @@ class Faults:
         proc.start()
         await _until(f"{name} up again", lambda: api_ready(port), 60)
         return None, name
+
+    async def delay_one_standby(self) -> tuple[float | None, str]:
+        """One quorum standby's replication delayed (50 ms, then 200 ms, each way): the
+        other confirms the commits, so their latency should not move."""
+        return await self._delay_standbys(1)
+
+    async def delay_both_standbys(self) -> tuple[float | None, str]:
+        """Both standbys' replication delayed: every commit waits for a delayed
+        confirmation, one round trip (twice the delay) longer."""
+        return await self._delay_standbys(2)
+
+    async def _delay_standbys(self, count: int) -> tuple[float | None, str]:
+        topo = self.topo
+        leader = _leader(topo)
+        standbys = await quorum_standbys(leader)
+        assert len(standbys) >= count, f"quorum standbys of {leader.name}: {standbys}"
+        names = sorted(random.sample(standbys, count))
+        figures = await delayed_standbys(topo, leader, names, self.load)
+        self.delay_figures.append(figures)
+        await _until("the cluster healthy again", topo.healthy, 60)
+        after = _leader(topo)
+        assert after.name == leader.name, f"a failover under delay: {leader.name} -> {after.name}"
+        return None, f"{figures}; leader {leader.name} kept"
 
     async def kill_worker(self) -> tuple[float | None, str]:
         conn = await self.connect()
@@ -350,24 +387,25 @@ class Faults:
 # The run -----------------------------------------------------------------------------------
 
 
-def _outage(outcomes: list[Outcome], per_path: bool) -> float:
+def _outages(outcomes: list[Outcome], per_path: bool) -> dict[str, float]:
     """How long writes failed: from the start of the first write refused (503) or left
     unknown to the first acknowledgment after the last one, intermittent successes in
-    between included. On each way to the database (api1 through HAProxy, api2 with the
-    multi-host URL) when `per_path`, the worst of the two; else as the clients saw it (an
-    API instance killed: the other one serves)."""
-    paths = ({o.served_by for o in outcomes} - {None}) if per_path else {None}
-    worst = 0.0
+    between included. On each way to the database (`PATHS`) when `per_path`; else as the
+    clients saw it, under "clients" (an API instance killed: the others serve)."""
+    served = sorted({o.served_by for o in outcomes if o.served_by})
+    paths: list[str | None] = list(served) if per_path else [None]
+    outages = {}
     for path in paths:
         mine = [o for o in outcomes if path is None or o.served_by in (path, None)]
         failed = [o for o in mine if o.status == 503 or o.kind == "unknown"]
-        if not failed:
-            continue
-        first = min(o.started for o in failed)
-        last = max(o.ended for o in failed)
-        back = [o.ended for o in mine if o.kind == "ok" and o.started >= last]
-        worst = max(worst, (min(back) if back else last) - first)
-    return worst
+        outage = 0.0
+        if failed:
+            first = min(o.started for o in failed)
+            last = max(o.ended for o in failed)
+            back = [o.ended for o in mine if o.kind == "ok" and o.started >= last]
+            outage = (min(back) if back else last) - first
+        outages[path or "clients"] = outage
+    return outages
 
 
 async def _commit_latency(url: str, n: int = 400) -> str:
@@ -471,30 +509,19 @@ async def run(topo: Topology) -> int:
     await pg.close()
     held = {i: held_by_id[users[i].id] for i in range(PER_KIND, 2 * PER_KIND)}
 
-    # Two ways to the primary: api1 and worker1 through HAProxy, api2 and worker2 with the
-    # multi-host URL (target_session_attrs=read-write).
+    # Three ways to the primary: api1 and worker1 through HAProxy, api2 and worker2 with the
+    # multi-host URL (target_session_attrs=read-write), api3 through PgBouncer (transaction
+    # mode) in front of HAProxy, its LISTEN session straight through HAProxy.
     for i, url in enumerate((topo.proxy_url, topo.multi_host_url)):
         topo.start(api_proc(topo, i, url))
         topo.start(worker_proc(topo, i, url))
+    topo.start(api_proc(topo, 2, topo.pgbouncer_url, pgbouncer_api_env(topo)))
     for port in topo.api_ports:
         await _until(f"API on {port}", lambda port=port: api_ready(port), 60)
     print(f"[ha] topology up in {time.monotonic() - started:.1f} s", flush=True)
 
     watch = PrimaryWatch(topo.nodes)
     watcher = asyncio.create_task(watch.run())
-    faults = Faults(topo, connect, audiences)
-    schedule: list[tuple[str, Callable[[], Awaitable[tuple[float | None, str]]]]] = [
-        ("switchover", faults.switchover),
-        ("kill -9 postgres", faults.kill_postgres),
-        ("kill -9 patroni", faults.kill_patroni),
-        ("SIGSTOP patroni", faults.sigstop_patroni),
-        ("etcd member lost", faults.kill_etcd),
-        ("kill -9 api", faults.kill_api),
-        ("kill -9 worker", faults.kill_worker),
-    ] * REPEATS
-    only = os.environ.get("HA_FAULTS")  # e.g. "switchover,kill -9 worker" while working on one
-    if only:
-        schedule = [(n, f) for n, f in schedule if n in only.split(",")]
     runs: list[Run] = []
     failures: list[str] = []
     async with (
@@ -502,6 +529,8 @@ async def run(topo: Topology) -> int:
         httpx.AsyncClient(base_url=topo.api_base, timeout=httpx.Timeout(30, read=20)) as sse,
     ):
         load = Load(http, users, book, held, promo)
+        faults = Faults(topo, connect, audiences, load)
+        schedule = _schedule(faults)
         clients = load.start(PER_KIND)
         # Users of every fan-out to come follow their live stream from now on, through
         # every fault; at the end each must have received exactly its inbox.
@@ -523,13 +552,15 @@ async def run(topo: Topology) -> int:
                 await asyncio.to_thread(app_check, leader.url)
                 ledger = await reconcile(leader.url, load)
                 per_path = name not in ("kill -9 api",)
-                run_ = Run(name, window, _outage(window, per_path), rejoin, note)
+                by_path = _outages(window, per_path)
+                run_ = Run(name, window, max(by_path.values(), default=0.0), rejoin, note, by_path)
                 runs.append(run_)
-                by_path = Counter(o.served_by or "lb" for o in window if o.status == 503)
+                refused = Counter(o.served_by or "lb" for o in window if o.status == 503)
+                outage = ", ".join(f"{p} {s:.2f} s" for p, s in by_path.items())
                 print(
                     f"[ha] {name}: {note}; requests {len(window)},"
-                    f" 503 by instance {dict(sorted(by_path.items()))},"
-                    f" outage {run_.outage_s:.2f} s,"
+                    f" 503 by instance {dict(sorted(refused.items()))},"
+                    f" outage {outage},"
                     f" rejoin {'-' if rejoin is None else f'{rejoin:.1f} s'},"
                     f" lost {len(ledger.lost)}, duplicated {len(ledger.duplicated)},"
                     f" unresolved {ledger.unresolved}, check ok on {leader.name}",
@@ -567,12 +598,16 @@ async def run(topo: Topology) -> int:
         print(f"[ha] unhandled: {line[-3000:]}", flush=True)
     five_xx = len(load.bad) + len(unhandled)
     _table(runs)
+    _path_table(runs)
+    for figures in faults.delay_figures:
+        print(f"[ha] delay: {figures}", flush=True)
+    print(f"[ha] pgbouncer closed: {_pgbouncer_closes(topo)}", flush=True)
     two_ms = int(watch.two_primaries * POLL_S * 1000)
     max_outage = max((r.outage_s for r in runs), default=0.0)
+    served = ", ".join(f"via {api} ({way}) {_served(load, api)}" for api, way in PATHS.items())
     print(
         f"[ha] {watch.samples} primary polls; {len(load.outcomes)} requests;"
-        f" ok via api1 (HAProxy) {_served(load, 'api1')}, via api2 (multi-host URL)"
-        f" {_served(load, 'api2')}; {time.monotonic() - started:.0f} s in all;"
+        f" ok {served}; {time.monotonic() - started:.0f} s in all;"
         f" load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs;"
         f" two nodes writable {int(watch.two_writable * POLL_S * 1000)} ms"
         f" (two acknowledging commits: two-primaries below)",
@@ -589,6 +624,40 @@ async def run(topo: Topology) -> int:
     )
     ok = not (failures or sse_bad or ledger.lost or ledger.duplicated or two_ms or five_xx)
     return 0 if ok and len(runs) == len(schedule) else 1
+
+
+def _schedule(
+    faults: Faults,
+) -> list[tuple[str, Callable[[], Awaitable[tuple[float | None, str]]]]]:
+    """Every fault REPEATS times, in turn; `HA_FAULTS="switchover,kill -9 worker"` keeps
+    only those."""
+    schedule: list[tuple[str, Callable[[], Awaitable[tuple[float | None, str]]]]] = [
+        ("switchover", faults.switchover),
+        ("kill -9 postgres", faults.kill_postgres),
+        ("kill -9 patroni", faults.kill_patroni),
+        ("SIGSTOP patroni", faults.sigstop_patroni),
+        ("etcd member lost", faults.kill_etcd),
+        ("delay 1 standby", faults.delay_one_standby),
+        ("delay 2 standbys", faults.delay_both_standbys),
+        ("kill -9 api", faults.kill_api),
+        ("kill -9 worker", faults.kill_worker),
+    ] * REPEATS
+    only = os.environ.get("HA_FAULTS")
+    if only:
+        schedule = [(n, f) for n, f in schedule if n in only.split(",")]
+    return schedule
+
+
+_CLOSING = re.compile(r" ([CS])-0x[0-9a-f]+: .*?closing because: (.+?) \(age=")
+
+
+def _pgbouncer_closes(topo: Topology) -> str:
+    """Why PgBouncer closed connections over the run, from its log: server connections
+    (S, to HAProxy) and client ones (C, the API instance's)."""
+    log = topo.root / "pgbouncer.log"
+    text = log.read_text(errors="replace") if log.exists() else ""
+    reasons = Counter(f"{side} {why}" for side, why in _CLOSING.findall(text))
+    return ", ".join(f"{why} x{n}" for why, n in sorted(reasons.items())) or "nothing"
 
 
 def _served(load: Load, name: str) -> int:
@@ -619,8 +688,22 @@ def _table(runs: list[Run]) -> None:
         )
 
 
+def _path_table(runs: list[Run]) -> None:
+    """The worst write outage of each fault on each way to the primary."""
+    header = f"{'outage by way':<18}" + "".join(f" {way:>15}" for way in PATHS.values())
+    print(header)
+    print("-" * len(header))
+    for fault in dict.fromkeys(r.fault for r in runs):
+        rs = [r for r in runs if r.fault == fault]
+        cells = []
+        for api in PATHS:
+            seen = [r.by_path[api] for r in rs if api in r.by_path]
+            cells.append(f"{max(seen):>14.2f}s" if seen else f"{'-':>15}")
+        print(f"{fault:<18}" + "".join(f" {c}" for c in cells))
+
+
 def main() -> int:
-    return run_in_topology(run)
+    return run_in_topology(run, api_instances=3, with_pgbouncer=True, with_relay=True)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
 """The high-availability topology of `make test-ha`, all on 127.0.0.1: three etcd members, three
 PostgreSQL 15 under Patroni, HAProxy in front of the primary (Patroni REST `/primary`) and
-of the API instances, the API instances and the notification workers. Every process starts
-in a process group of its own and `Topology.close()` stops them all, its data with them."""
+of the API instances, PgBouncer in front of HAProxy's primary port, a relay that carries
+the replication connections (to delay one standby's, `tests/ha/relay.py`), the API
+instances and the notification workers. Every process starts in a process group of its own
+and `Topology.close()` stops them all, its data with them."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import os
 import pwd
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -27,6 +30,7 @@ import asyncpg
 import psutil
 
 from bench.common import ROOT, SECRET, free_port
+from tests.ha import pgbouncer, relay
 from tests.polling import wait_until
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
@@ -99,6 +103,13 @@ class Node:
     rest_port: int
     home: Path
     proc: Proc
+    # The port other nodes reach this one's PostgreSQL on (Patroni's connect_address):
+    # the replication relay's, when the topology has one, else its own.
+    relay_port: int | None = None
+
+    @property
+    def connect_port(self) -> int:
+        return self.relay_port or self.pg_port
 
     @property
     def data(self) -> Path:
@@ -141,6 +152,8 @@ class Topology:
     pg_proxy_port: int
     api_proxy_port: int
     api_ports: list[int]
+    pgbouncer_port: int | None = None
+    relay_control_port: int | None = None
     procs: dict[str, Proc] = field(default_factory=dict)
     api_env: dict[str, dict[str, str]] = field(default_factory=dict)
 
@@ -156,6 +169,12 @@ class Topology:
         """The primary, found by the driver itself among the three servers."""
         hosts = ",".join(f"127.0.0.1:{n.pg_port}" for n in self.nodes)
         return f"postgresql://postgres@{hosts}/couponflash?target_session_attrs=read-write"
+
+    @property
+    def pgbouncer_url(self) -> str:
+        """The primary, through PgBouncer (transaction mode) and HAProxy."""
+        assert self.pgbouncer_port is not None
+        return f"postgresql://postgres@127.0.0.1:{self.pgbouncer_port}/couponflash"
 
     @property
     def api_base(self) -> str:
@@ -222,7 +241,17 @@ class Topology:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-_STOP_ORDER = {"api": 0, "wor": 0, "hap": 1, "pg1": 2, "pg2": 2, "pg3": 2, "etc": 3}
+_STOP_ORDER = {
+    "api": 0,
+    "wor": 0,
+    "pgb": 1,
+    "hap": 1,
+    "pg1": 2,
+    "pg2": 2,
+    "pg3": 2,
+    "etc": 3,
+    "rel": 3,
+}
 
 
 def _patroni_config(
@@ -275,7 +304,8 @@ def _patroni_config(
         },
         "postgresql": {
             "listen": f"127.0.0.1:{node.pg_port}",
-            "connect_address": f"127.0.0.1:{node.pg_port}",
+            # What the other nodes connect to: replication, clones and pg_rewind.
+            "connect_address": f"127.0.0.1:{node.connect_port}",
             "data_dir": str(node.data),
             "bin_dir": str(PG_BIN),
             "pgpass": str(node.home / "pgpass"),
@@ -375,10 +405,13 @@ def build(
     api_instances: int = 2,
     parameters: Callable[[Node], Mapping[str, Any]] | None = None,
     prefix: str = "cf-ha-",
+    with_pgbouncer: bool = False,
+    with_relay: bool = False,
 ) -> Topology:
     """The topology's files under a fresh temporary directory, nothing started yet.
     `parameters(node)`: PostgreSQL settings of that node's own, set through its Patroni
-    configuration (`postgresql.parameters`)."""
+    configuration (`postgresql.parameters`). `with_pgbouncer`: PgBouncer in front of
+    HAProxy's primary port; `with_relay`: replication through the relay."""
     root = Path(tempfile.mkdtemp(prefix=prefix))
     root.chmod(0o755)
     nodes = []
@@ -387,7 +420,14 @@ def build(
         home = root / name
         home.mkdir()
         nodes.append(
-            Node(name, free_port(), free_port(), home, Proc(name, [], root / f"{name}.log"))
+            Node(
+                name,
+                free_port(),
+                free_port(),
+                home,
+                Proc(name, [], root / f"{name}.log"),
+                relay_port=free_port() if with_relay else None,
+            )
         )
     topo = Topology(
         root=root,
@@ -397,6 +437,8 @@ def build(
         pg_proxy_port=free_port(),
         api_proxy_port=free_port(),
         api_ports=[free_port() for _ in range(api_instances)],
+        pgbouncer_port=free_port() if with_pgbouncer else None,
+        relay_control_port=free_port() if with_relay else None,
     )
     pg = pwd.getpwnam(PG_USER)
     for node in nodes:
@@ -408,6 +450,15 @@ def build(
         node.proc.env = {"PATH": f"{PG_BIN}:/usr/bin:/bin", "HOME": str(node.home)}
         node.proc.user = PG_USER if os.getuid() == 0 else None
     (root / "haproxy.cfg").write_text(_haproxy_config(topo))
+    if topo.pgbouncer_port is not None:
+        home = root / "pgbouncer"
+        home.mkdir()
+        (home / "pgbouncer.ini").write_text(
+            pgbouncer.config(home, topo.pgbouncer_port, topo.pg_proxy_port)
+        )
+        (home / "userlist.txt").write_text(pgbouncer.userlist())
+        for path in (home, home / "pgbouncer.ini", home / "userlist.txt"):
+            os.chown(path, pg.pw_uid, pg.pw_gid)
     for name, body in _LB_ERRORS.items():
         (root / name).write_bytes(_http_problem(body))
     return topo
@@ -458,8 +509,47 @@ def etcd_healthy(topo: Topology, index: int) -> bool:
         return False
 
 
+def relay_proc(topo: Topology) -> Proc:
+    """The replication relay (`tests/ha/relay.py`): one listening port per node."""
+    assert topo.relay_control_port is not None
+    routes = [f"{n.relay_port}:{n.pg_port}" for n in topo.nodes]
+    control = str(topo.relay_control_port)
+    return Proc(
+        "relay",
+        [sys.executable, "-m", "tests.ha.relay", "--control", control, *routes],
+        topo.root / "relay.log",
+    )
+
+
+def relay_command(topo: Topology, line: str) -> str:
+    """One command to the replication relay (`delay NAME MS SECONDS`, `clear`, `stats`)."""
+    assert topo.relay_control_port is not None
+    return relay.command(topo.relay_control_port, line)
+
+
+def _listening(port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+        return True
+    return False
+
+
+def pgbouncer_proc(topo: Topology) -> Proc:
+    """PgBouncer in the foreground (its log on stderr), as the PostgreSQL user: it refuses
+    to run as root."""
+    return Proc(
+        "pgbouncer",
+        [pgbouncer.PGBOUNCER, str(topo.root / "pgbouncer" / "pgbouncer.ini")],
+        topo.root / "pgbouncer.log",
+        user=PG_USER if os.getuid() == 0 else None,
+    )
+
+
 def start_database(topo: Topology) -> None:
-    """etcd, then the three Patroni nodes; returns once one leads and two stream from it."""
+    """etcd, then the three Patroni nodes; returns once one leads and two stream from it.
+    Then HAProxy, and PgBouncer behind it when the topology has one."""
+    if topo.relay_control_port is not None:
+        topo.start(relay_proc(topo))
+        topo.wait("the relay listening", lambda: _listening(topo.relay_control_port or 0), 30)
     for i in range(len(topo.etcd_ports)):
         topo.start(etcd_proc(topo, i))
     topo.wait(
@@ -479,6 +569,9 @@ def start_database(topo: Topology) -> None:
             topo.root / "haproxy.log",
         )
     )
+    if topo.pgbouncer_port is not None:
+        topo.start(pgbouncer_proc(topo))
+        topo.wait("PgBouncer listening", lambda: _listening(topo.pgbouncer_port or 0), 30)
 
 
 def patroni_switchover(leader: Node, candidate: Node) -> None:
@@ -521,7 +614,8 @@ def _app_env(url: str, extra: Mapping[str, str] | None = None) -> dict[str, str]
     }
 
 
-def api_proc(topo: Topology, index: int, url: str) -> Proc:
+def api_proc(topo: Topology, index: int, url: str, extra: Mapping[str, str] | None = None) -> Proc:
+    """API instance `index` (api1, api2, ...) on `url`; `extra`: more of its environment."""
     port = topo.api_ports[index]
     data = topo.root / f"api{index + 1}-data"
     data.mkdir(exist_ok=True)
@@ -529,8 +623,14 @@ def api_proc(topo: Topology, index: int, url: str) -> Proc:
         f"api{index + 1}",
         [sys.executable, "-m", "app", "serve", "--host", "127.0.0.1", "--port", str(port)],
         topo.root / f"api{index + 1}.log",
-        env=_app_env(url, {"DATA_DIR": str(data)}),
+        env=_app_env(url, {"DATA_DIR": str(data), **(extra or {})}),
     )
+
+
+def pgbouncer_api_env(topo: Topology) -> dict[str, str]:
+    """An API instance behind PgBouncer: transaction-mode settings, and its `LISTEN`
+    session (the live streams' hub) straight to the primary through HAProxy."""
+    return {"DB_PGBOUNCER": "true", "DATABASE_DIRECT_URL": topo.proxy_url}
 
 
 def worker_proc(topo: Topology, index: int, url: str) -> Proc:
