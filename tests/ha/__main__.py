@@ -31,6 +31,7 @@ from tests.faults.harness import (
     seed_promo,
     seed_users,
 )
+from tests.ha import partition
 from tests.ha.delay import delayed_standbys, quorum_standbys
 from tests.ha.load import Load, Outcome, Stream, reconcile
 from tests.ha.topology import (
@@ -77,7 +78,8 @@ class PrimaryWatch:
     its standbys to the new leader, so its COMMITs wait and nothing it holds was ever
     acknowledged. Writable nodes alone are counted too (`two_writable`), for the record. A
     node that does not answer in time keeps its last answer (so a slow old primary still
-    counts); one that refuses connections or drops them counts as neither."""
+    counts); one that refuses connections or drops them counts as neither. Each node is
+    asked over its Unix socket: what it is inside, even while a partition cuts it off."""
 
     nodes: list[Node]
     samples: int = 0
@@ -93,7 +95,7 @@ class PrimaryWatch:
     )
 
     async def _probe(self, node: Node) -> None:
-        url = node.url.rsplit("/", 1)[0] + "/postgres"
+        url = node.socket_url
         conn: asyncpg.Connection | None = None
         while True:
             tick = time.monotonic()
@@ -174,6 +176,23 @@ async def _rejoined(topo: Topology, old: Node, t0: float) -> float | None:
     if _leader(topo).name == old.name:
         return None
     await _until(f"{old.name} streaming", lambda: _streaming(topo, old.name), 90)
+    return time.monotonic() - t0
+
+
+async def _read_only_after(node: Node, t0: float) -> float:
+    """Seconds from `t0` until `node`'s server is read-only (or down), asked over its Unix
+    socket."""
+    while True:
+        try:
+            conn = await asyncpg.connect(node.socket_url, timeout=1)
+            try:
+                if await conn.fetchval("SELECT pg_is_in_recovery()", timeout=1):
+                    break
+            finally:
+                conn.terminate()
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+            break  # stopped or restarting: no longer writable
+        await asyncio.sleep(POLL_S)
     return time.monotonic() - t0
 
 
@@ -269,6 +288,31 @@ class Faults:
             os.kill(old.proc.pid, signal.SIGCONT)
         rejoin = await _rejoined(topo, old, t0)
         return rejoin, (f"{old.name} patroni stopped {took:.1f} s; leader {_leader(topo).name}")
+
+    async def partition_primary(self) -> tuple[float | None, str]:
+        """The primary's node cut off (every packet its Patroni and PostgreSQL send or
+        receive dropped, `tests/ha/partition.py`) until another node leads with a standby
+        streaming from it, then healed. Unlike a frozen Patroni, this one runs on: unable
+        to reach etcd it should demote its own server before its leader key lapses. After
+        the heal it rewinds its server and follows the new leader."""
+        topo = self.topo
+        old = _leader(topo)
+        t0 = time.monotonic()
+        with partition.partitioned(topo.cgroup(old)):
+            demotion = asyncio.create_task(_read_only_after(old, t0))
+            took = await _until(
+                "a new leader with a standby streaming from it",
+                lambda: _taken_over(topo, old),
+                TTL + 60,
+            )
+            demoted = f"{demotion.result():.1f} s" if demotion.done() else "not yet"
+            demotion.cancel()
+            await asyncio.gather(demotion, return_exceptions=True)
+        rejoin = await _rejoined(topo, old, t0)
+        return rejoin, (
+            f"{old.name} cut off {took:.1f} s; its server read-only after {demoted};"
+            f" leader {_leader(topo).name}"
+        )
 
     async def kill_etcd(self) -> tuple[float | None, str]:
         """One of the three etcd members killed -9 (each in turn): the other two are a
@@ -637,11 +681,14 @@ def _schedule(
         ("kill -9 patroni", faults.kill_patroni),
         ("SIGSTOP patroni", faults.sigstop_patroni),
         ("etcd member lost", faults.kill_etcd),
+        ("partition primary", faults.partition_primary),
         ("delay 1 standby", faults.delay_one_standby),
         ("delay 2 standbys", faults.delay_both_standbys),
         ("kill -9 api", faults.kill_api),
         ("kill -9 worker", faults.kill_worker),
     ] * REPEATS
+    if faults.topo.cgroups is None:  # no partition can be made on this host (printed)
+        schedule = [(n, f) for n, f in schedule if n != "partition primary"]
     only = os.environ.get("HA_FAULTS")
     if only:
         schedule = [(n, f) for n, f in schedule if n in only.split(",")]
@@ -703,7 +750,16 @@ def _path_table(runs: list[Run]) -> None:
 
 
 def main() -> int:
-    return run_in_topology(run, api_instances=3, with_pgbouncer=True, with_relay=True)
+    cannot_cut = partition.available()
+    if cannot_cut:
+        print(f"[ha] no partition fault on this host: {cannot_cut}", flush=True)
+    return run_in_topology(
+        run,
+        api_instances=3,
+        with_pgbouncer=True,
+        with_relay=True,
+        with_partitions=cannot_cut is None,
+    )
 
 
 if __name__ == "__main__":

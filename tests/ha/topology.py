@@ -30,7 +30,7 @@ import asyncpg
 import psutil
 
 from bench.common import ROOT, SECRET, free_port
-from tests.ha import pgbouncer, relay
+from tests.ha import partition, pgbouncer, relay
 from tests.polling import wait_until
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
@@ -55,6 +55,9 @@ class Proc:
     env: dict[str, str] | None = None
     user: str | None = None
     popen: subprocess.Popen[bytes] | None = None
+    # A cgroup (v2) to run in (a Patroni node's, which a partition cuts off): joined as soon
+    # as it starts, before it has opened a connection or started PostgreSQL.
+    cgroup: Path | None = None
 
     def start(self) -> None:
         with self.log.open("ab") as out:
@@ -67,6 +70,8 @@ class Proc:
                 start_new_session=True,  # a process group of its own, stopped as one
                 user=self.user,
             )
+        if self.cgroup is not None:
+            partition.join(self.cgroup, self.popen.pid)
 
     @property
     def pid(self) -> int:
@@ -123,6 +128,12 @@ class Node:
     def url(self) -> str:
         return f"postgresql://postgres@127.0.0.1:{self.pg_port}/couponflash"
 
+    @property
+    def socket_url(self) -> str:
+        """Its `postgres` database over its Unix socket: reachable from this host even while
+        a partition drops every packet of the node."""
+        return f"postgresql://postgres@/postgres?host={self.home}&port={self.pg_port}"
+
     def rest(self, path: str, timeout: float = 1.0) -> tuple[int, Any]:
         """GET Patroni's REST API; (status, JSON body), (0, None) when it does not answer."""
         try:
@@ -154,6 +165,7 @@ class Topology:
     api_ports: list[int]
     pgbouncer_port: int | None = None
     relay_control_port: int | None = None
+    cgroups: Path | None = None  # one cgroup per node under it, when partitions are made
     procs: dict[str, Proc] = field(default_factory=dict)
     api_env: dict[str, dict[str, str]] = field(default_factory=dict)
 
@@ -182,6 +194,11 @@ class Topology:
 
     def node(self, name: str) -> Node:
         return next(n for n in self.nodes if n.name == name)
+
+    def cgroup(self, node: Node) -> Path:
+        """The cgroup `node`'s Patroni and PostgreSQL run in."""
+        assert self.cgroups is not None
+        return self.cgroups / node.name
 
     # Cluster state -----------------------------------------------------------------------
 
@@ -234,10 +251,15 @@ class Topology:
         for proc in order:
             proc.stop()
         root = str(self.root)
+        killed = []
         for p in psutil.process_iter(["pid", "cmdline"]):
             with contextlib.suppress(psutil.Error):
                 if any(root in part for part in p.info["cmdline"] or ()):
                     p.kill()
+                    killed.append(p)
+        psutil.wait_procs(killed, timeout=10)
+        if self.cgroups is not None:
+            partition.remove_groups(self.cgroups)
         shutil.rmtree(self.root, ignore_errors=True)
 
 
@@ -255,7 +277,10 @@ _STOP_ORDER = {
 
 
 def _patroni_config(
-    node: Node, etcd_ports: list[int], local: Mapping[str, Any] | None = None
+    node: Node,
+    etcd_ports: list[int],
+    local: Mapping[str, Any] | None = None,
+    unix_socket: bool = False,
 ) -> str:
     parameters = {
         # pg_rewind needs hint bits WAL-logged (data checksums give the same; both are on).
@@ -308,6 +333,9 @@ def _patroni_config(
             "connect_address": f"127.0.0.1:{node.connect_port}",
             "data_dir": str(node.data),
             "bin_dir": str(PG_BIN),
+            # Patroni talks to its own server over the Unix socket, as across a partition
+            # of its host it still could (a TCP connection would be cut with the rest).
+            "use_unix_socket": unix_socket,
             "pgpass": str(node.home / "pgpass"),
             "authentication": {
                 "superuser": {"username": "postgres", "password": "postgres"},
@@ -407,11 +435,14 @@ def build(
     prefix: str = "cf-ha-",
     with_pgbouncer: bool = False,
     with_relay: bool = False,
+    with_partitions: bool = False,
 ) -> Topology:
     """The topology's files under a fresh temporary directory, nothing started yet.
     `parameters(node)`: PostgreSQL settings of that node's own, set through its Patroni
     configuration (`postgresql.parameters`). `with_pgbouncer`: PgBouncer in front of
-    HAProxy's primary port; `with_relay`: replication through the relay."""
+    HAProxy's primary port; `with_relay`: replication through the relay;
+    `with_partitions`: each node's Patroni in a cgroup of its own, which
+    `partition.partitioned` can cut off."""
     root = Path(tempfile.mkdtemp(prefix=prefix))
     root.chmod(0o755)
     nodes = []
@@ -439,11 +470,16 @@ def build(
         api_ports=[free_port() for _ in range(api_instances)],
         pgbouncer_port=free_port() if with_pgbouncer else None,
         relay_control_port=free_port() if with_relay else None,
+        cgroups=partition.CGROUP2 / root.name if with_partitions else None,
     )
     pg = pwd.getpwnam(PG_USER)
     for node in nodes:
         local = parameters(node) if parameters else None
-        node.config.write_text(_patroni_config(node, topo.etcd_ports, local))
+        node.config.write_text(
+            _patroni_config(node, topo.etcd_ports, local, unix_socket=with_partitions)
+        )
+        if with_partitions:
+            node.proc.cgroup = partition.make_group(f"{root.name}/{node.name}")
         os.chown(node.home, pg.pw_uid, pg.pw_gid)
         os.chown(node.config, pg.pw_uid, pg.pw_gid)
         node.proc.args = [str(HA_VENV / "bin" / "patroni"), str(node.config)]
