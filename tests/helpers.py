@@ -5,8 +5,6 @@ has surely happened."""
 from __future__ import annotations
 
 import asyncio
-import inspect
-import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -20,7 +18,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.api.services import STATE_KEY, Services
 from app.core.security import Role
-from tests.polling import wait_until
+from tests.polling import poll, wait_until
 
 __all__ = ["wait_until"]
 
@@ -95,18 +93,7 @@ async def wait_for(
 ) -> Any:
     """Run `check` (a plain or an async function) until it returns something truthy and
     return that; after `timeout` seconds fail, naming `what` (or the last value seen)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if inspect.isawaitable(value):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(
-                f"{what or 'condition'} not met within {timeout}s (last: {value!r})"
-            )
-        await asyncio.sleep(every)
+    return await poll(check, timeout=timeout, every=every, what=what)
 
 
 # A backend waiting for a heavyweight lock (row, table, advisory) of this database. `conn`

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from app.core.coalesce import Coalescer
+from tests.helpers import wait_for
 
 
 class Recorder:
@@ -30,9 +31,14 @@ class Recorder:
         return [ValueError(f"odd {i}") if i % 2 else i * 10 for i in items]
 
 
-async def _settle() -> None:
-    for _ in range(10):
-        await asyncio.sleep(0)  # lets queued tasks reach their await (no time passes)
+async def _queued(coalescer: Coalescer[int, int], key: str, n: int) -> None:
+    """Wait until `n` requests of `key` wait their turn behind the batch in flight."""
+
+    def queued() -> bool:
+        lane = coalescer._lanes.get(key)
+        return lane is not None and len(lane.queue) == n
+
+    await wait_for(queued, timeout=5, every=0.001, what=f"{n} requests queued on {key}")
 
 
 async def test_a_lone_request_is_a_batch_of_one_and_waits_for_nothing() -> None:
@@ -52,7 +58,8 @@ async def test_requests_during_a_batch_go_together_in_arrival_order_capped() -> 
     await recorder.started.wait()
     rest = [asyncio.ensure_future(coalescer.submit("k", i, recorder.run)) for i in range(2, 16, 2)]
     other = asyncio.ensure_future(coalescer.submit("other", 100, recorder.run))
-    await _settle()
+    await _queued(coalescer, "k", 7)
+    await wait_for(lambda: [100] in recorder.batches, timeout=5, every=0.001)
     recorder.gate.set()
     assert await first == 0
     assert [await r for r in rest] == list(range(20, 160, 20))
@@ -67,7 +74,7 @@ async def test_each_request_gets_its_own_outcome_and_a_failed_batch_fails_them_a
     blocker = asyncio.ensure_future(coalescer.submit("k", 0, recorder.run))
     await recorder.started.wait()
     mixed = [asyncio.ensure_future(coalescer.submit("k", i, recorder.run)) for i in (1, 2, 3)]
-    await _settle()
+    await _queued(coalescer, "k", 3)
     recorder.gate.set()
     await blocker
     outcomes = await asyncio.gather(*mixed, return_exceptions=True)
@@ -93,7 +100,7 @@ async def test_a_cancelled_leader_still_answers_its_batch() -> None:
     leader = asyncio.ensure_future(coalescer.submit("k", 0, recorder.run))
     await recorder.started.wait()
     followers = [asyncio.ensure_future(coalescer.submit("k", i, recorder.run)) for i in (2, 4)]
-    await _settle()
+    await _queued(coalescer, "k", 2)
     leader.cancel()
     with pytest.raises(asyncio.CancelledError):
         await leader
@@ -110,9 +117,9 @@ async def test_a_request_cancelled_in_the_queue_leaves_it() -> None:
     await recorder.started.wait()
     gone = asyncio.ensure_future(coalescer.submit("k", 2, recorder.run))
     stays = asyncio.ensure_future(coalescer.submit("k", 4, recorder.run))
-    await _settle()
+    await _queued(coalescer, "k", 2)
     gone.cancel()
-    await _settle()
+    await _queued(coalescer, "k", 1)
     recorder.gate.set()
     assert await blocker == 0 and await stays == 40
     assert recorder.batches == [[0], [4]]
@@ -140,7 +147,7 @@ async def test_a_leader_cancelled_before_its_batch_starts_still_runs_it() -> Non
     await recorder.started.wait()
     chosen = asyncio.ensure_future(coalescer.submit("k", 2, recorder.run))
     follower = asyncio.ensure_future(coalescer.submit("k", 4, recorder.run))
-    await _settle()
+    await _queued(coalescer, "k", 2)
     coalescer.victim = chosen
     recorder.gate.set()
     assert await blocker == 0

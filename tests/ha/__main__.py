@@ -46,10 +46,12 @@ from tests.ha.topology import (
     etcd_healthy,
     patroni_switchover,
     pgbouncer_api_env,
+    poll_until,
     run_in_topology,
     start_database,
     worker_proc,
 )
+from tests.polling import wait_until
 
 PER_KIND = 6  # clients per kind of write (assign, lock+redeem, reserve+purchase)
 REPEATS = 2
@@ -147,21 +149,13 @@ class Run:
 
 
 async def _until(what: str, check: Callable[[], bool], timeout: float) -> float:
-    started = time.monotonic()
-    while not await asyncio.to_thread(check):
-        if time.monotonic() - started > timeout:
-            raise TimeoutError(f"{what}: not after {timeout:.0f} s")
-        await asyncio.sleep(POLL_S)
-    return time.monotonic() - started
+    """Poll a blocking `check` (off the event loop) until it is true; the seconds it took."""
+    return await poll_until(what, lambda: asyncio.to_thread(check), timeout, every=POLL_S)
 
 
 def _leader(topo: Topology, timeout: float = 60) -> Node:
     """The running leader, waited for (Patroni's view lags a crash by up to a loop)."""
-    deadline = time.monotonic() + timeout
-    while (leader := topo.leader()) is None:
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"no running leader for {timeout:.0f} s")
-        time.sleep(POLL_S)
+    leader: Node = wait_until(topo.leader, timeout=timeout, every=POLL_S, what="a running leader")
     return leader
 
 

@@ -18,11 +18,15 @@ from dataclasses import dataclass, field
 import asyncpg
 
 from tests.ha.load import Load
-from tests.ha.topology import Node, Topology, relay_command
+from tests.ha.topology import Node, Topology, poll_until, relay_command
 
 DELAYS_MS = (50, 200)
-PHASE_S = 8.0  # with no delay (the reference), then at each delay
-PROBE_PAUSE_S = 0.02  # between the probe's commits: a trickle beside the load
+# A phase (no delay, the reference; then each delay) lasts until it holds this many of the
+# probe's commits and of the load's acknowledged writes, started and ended within it: enough
+# for a p50 and a p99 at every delay (at 200 ms each way on both standbys, about 8 s).
+PHASE_COMMITS = 20
+PHASE_WRITES = 300
+PHASE_TIMEOUT_S = 90
 
 
 def percentiles(values: list[float]) -> tuple[float, float]:
@@ -64,8 +68,7 @@ class CommitProbe:
             t = time.perf_counter()
             await self.conn.execute("INSERT INTO ha_delay_probe VALUES ($1)", n)
             self.samples.append((time.monotonic(), (time.perf_counter() - t) * 1000))
-            n += 1
-            await asyncio.sleep(PROBE_PAUSE_S)
+            n += 1  # one connection, one commit after another: a trickle beside the load
 
     async def __aexit__(self, *exc: object) -> None:
         assert self.conn is not None and self.task is not None
@@ -77,7 +80,31 @@ class CommitProbe:
         await self.conn.close()
 
     def during(self, phase: Phase) -> list[float]:
-        return [ms for ended, ms in self.samples if phase.start <= ended < phase.end]
+        end = phase.end or float("inf")
+        return [ms for ended, ms in self.samples if phase.start <= ended < end]
+
+
+def _acknowledged(load: Load, phase: Phase) -> list[float]:
+    """Milliseconds of the load's writes acknowledged within the phase."""
+    end = phase.end or float("inf")
+    return [
+        1000 * (o.ended - o.started)
+        for o in load.outcomes
+        if o.kind == "ok" and phase.start <= o.started <= o.ended < end
+    ]
+
+
+async def _run_phase(phase: Phase, probe: CommitProbe, load: Load) -> None:
+    """Until the phase holds enough commits and writes to measure; then it ends."""
+
+    async def enough() -> bool:
+        return (
+            len(probe.during(phase)) >= PHASE_COMMITS
+            and len(_acknowledged(load, phase)) >= PHASE_WRITES
+        )
+
+    await poll_until(f"{phase.label}: enough commits and writes", enough, PHASE_TIMEOUT_S)
+    phase.end = time.monotonic()
 
 
 async def quorum_standbys(leader: Node) -> list[str]:
@@ -112,7 +139,7 @@ async def _set_delay(topo: Topology, names: list[str], ms: int) -> None:
     for name in names:
         # Lapses by itself a little after the phase, should this process die meanwhile.
         answer = await asyncio.to_thread(
-            relay_command, topo, f"delay {name} {ms} {PHASE_S + 10:.0f}"
+            relay_command, topo, f"delay {name} {ms} {PHASE_TIMEOUT_S + 10}"
         )
         word, _, conns = answer.partition(" ")
         assert word == "ok" and int(conns) >= 1, f"{name} streams outside the relay: {answer}"
@@ -122,27 +149,25 @@ async def delayed_standbys(topo: Topology, leader: Node, names: list[str], load:
     """Run the phases on `names` (standbys of `leader`); one line of figures."""
     phases = [Phase("no delay", time.monotonic())]
     async with CommitProbe(leader.url) as probe:
-        await asyncio.sleep(PHASE_S)  # the reference phase
-        phases[0].end = time.monotonic()
+        await _run_phase(phases[0], probe, load)
         try:
             for ms in DELAYS_MS:
                 await _set_delay(topo, names, ms)
                 phase = Phase(f"+{ms} ms each way", time.monotonic())
                 phases.append(phase)
-                await asyncio.sleep(PHASE_S)
-                phase.end = time.monotonic()
+                await _run_phase(phase, probe, load)
                 phase.lag_bytes = await _flush_lag(leader, names)
         finally:
             await asyncio.to_thread(relay_command, topo, "clear")
     figures = []
     for phase in phases:
-        window = [o for o in load.outcomes if phase.start <= o.started <= o.ended < phase.end]
-        writes = [1000 * (o.ended - o.started) for o in window if o.kind == "ok"]
+        writes = _acknowledged(load, phase)
         w50, w99 = percentiles(writes)
         c50, c99 = percentiles(probe.during(phase))
         lag = ", ".join(f"{n} {b / 1024:.0f} kB behind" for n, b in phase.lag_bytes.items())
         figures.append(
-            f"{phase.label}: {len(writes)} writes acknowledged, p50 {w50:.0f} ms,"
+            f"{phase.label}: {len(writes)} writes acknowledged in"
+            f" {phase.end - phase.start:.1f} s, p50 {w50:.0f} ms,"
             f" p99 {w99:.0f} ms; commit p50 {c50:.1f} ms, p99 {c99:.1f} ms"
             + (f"; {lag}" if lag else "")
         )

@@ -31,7 +31,7 @@ import psutil
 
 from bench.common import ROOT, SECRET, free_port
 from tests.ha import partition, pgbouncer, relay
-from tests.polling import wait_until
+from tests.polling import poll, wait_until
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 HA_VENV = ROOT / ".venv-ha"
@@ -735,10 +735,10 @@ async def poll_until(
 ) -> float:
     """Await `check()` until it is true; the seconds it took."""
     started = time.monotonic()
-    while not await check():
-        if time.monotonic() - started > timeout:
-            raise TimeoutError(f"{what}: not after {timeout:.0f} s")
-        await asyncio.sleep(every)
+    try:
+        await poll(check, timeout=timeout, every=every, what=what)
+    except AssertionError as missed:
+        raise TimeoutError(f"{what}: not after {timeout:.0f} s") from missed
     return time.monotonic() - started
 
 
