@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import shutil
 import sys
 import tempfile
@@ -42,7 +43,10 @@ SCENARIOS = {
     "assign-random": ("assign.lua", {201}),
     "lock+redeem": ("lock_redeem.lua", {200}),
     "reserve+purchase": ("reserve_purchase.lua", {200, 201}),
+    "reserve": ("reserve.lua", {201}),
 }
+# The reserve crowd: every run has a promo of its own per app, with a unit for every user.
+CROWD_UNITS = USERS
 
 
 @dataclass
@@ -50,10 +54,14 @@ class Seeded:
     books: list[uuid.UUID]  # one per app: per-user counts grow with each app's own run
     promos: list[uuid.UUID]
     users_file: Path
+    crowd_promos: list[Path]  # per app, a file of its reserve-crowd promos, one per run
+    crowd: Path  # <connections>/<slot>.txt: "token user_id" lines, the crowd split by connection
 
 
-async def seed(url: str, workdir: Path, rounds: int) -> Seeded:
-    """`rounds`: how many lock+redeem runs there will be; each gets codes of its own."""
+async def seed(url: str, workdir: Path, rounds: int, levels: list[int]) -> Seeded:
+    """`rounds`: how many runs a scenario has, both apps together (lock+redeem gets codes of
+    its own for each, the reserve crowd a promo of its own); `levels`: the connection counts,
+    each with the crowd split into that many slices."""
     conn = await asyncpg.connect(url)
     try:
         started = time.monotonic()
@@ -117,6 +125,22 @@ async def seed(url: str, workdir: Path, rounds: int) -> Seeded:
             )
             for app in ("reference", "service")
         ]
+        crowd_promos = []
+        for app in ("reference", "service"):
+            ids = [
+                await conn.fetchval(
+                    "INSERT INTO promos (product_id, title, promo_price_cents, quantity,"
+                    " max_per_user, starts_at, ends_at) VALUES ($1, $3, 500, $2, 1,"
+                    " now() - interval '1 minute', now() + interval '1 day') RETURNING id",
+                    product,
+                    CROWD_UNITS,
+                    f"bench crowd {run} ({app})",
+                )
+                for run in range(1, rounds // 2 + 1)
+            ]
+            crowd_promos.append(workdir / f"crowd-promos-{app}.txt")
+            crowd_promos[-1].write_text("".join(f"{i}\n" for i in ids))
+        crowd_users = await conn.fetch("SELECT id FROM users ORDER BY id")
         await conn.execute("VACUUM ANALYZE")
         print(f"seeded in {time.monotonic() - started:.1f} s", flush=True)
     finally:
@@ -124,7 +148,20 @@ async def seed(url: str, workdir: Path, rounds: int) -> Seeded:
     tokens = TokenService(secret=SECRET, ttl_seconds=86_400)
     users_file = workdir / "users.txt"
     users_file.write_text("".join(f"{tokens.issue(r['id'], Role.user)} {r['id']}\n" for r in slots))
-    return Seeded(books=books, promos=promos, users_file=users_file)
+    crowd_lines = [f"{tokens.issue(r['id'], Role.user)} {r['id']}\n" for r in crowd_users]
+    crowd = workdir / "crowd"
+    for connections in levels:
+        (crowd / str(connections)).mkdir(parents=True)
+        for slot in range(1, connections + 1):
+            share = crowd_lines[slot - 1 :: connections]
+            (crowd / str(connections) / f"{slot}.txt").write_text("".join(share))
+    return Seeded(
+        books=books,
+        promos=promos,
+        users_file=users_file,
+        crowd_promos=crowd_promos,
+        crowd=crowd,
+    )
 
 
 async def check(url: str) -> tuple[int, list[str]]:
@@ -147,7 +184,7 @@ def hot_paths(
     chosen = {name: SCENARIOS[name] for name in args.scenarios.split(",")}
     levels = [int(c) for c in args.connections.split(",")]
     runs_per_app = 1 + args.rounds + len(levels) - 1  # a warm-up, then the measurements
-    seeded = asyncio.run(seed(url, workdir, 2 * runs_per_app))
+    seeded = asyncio.run(seed(url, workdir, 2 * runs_per_app, levels))
     results: dict[RunKey, Run] = {}
     # The worker runs beside both apps as it does in a deployment: its chain sealer signs
     # the history the requests write, every SEAL_SECONDS.
@@ -158,18 +195,38 @@ def hot_paths(
             "BENCH_BASE": "/api/v1",
         }
         targets = [
-            (target, port, {**common, "BENCH_BOOK": str(book), "BENCH_PROMO": str(promo)})
-            for target, port, book, promo in zip(
+            (
+                target,
+                port,
+                {
+                    **common,
+                    "BENCH_BOOK": str(book),
+                    "BENCH_PROMO": str(promo),
+                    "BENCH_PROMOS": str(crowd_promos),
+                },
+            )
+            for target, port, book, promo, crowd_promos in zip(
                 ("reference", "service"),
                 (ref_port, svc_port),
                 seeded.books,
                 seeded.promos,
+                seeded.crowd_promos,
                 strict=True,
             )
         ]
+
+        def each_run(target: str, connections: int, lua_env: dict[str, str]) -> dict[str, str]:
+            """The run's own number per app (the reserve crowd's promo) and crowd slices."""
+            return {
+                **lua_env,
+                "BENCH_RUN": str(next(run_numbers[target])),
+                "BENCH_CROWD": str(seeded.crowd / str(connections)),
+            }
+
         for name, (script, expected) in chosen.items():
-            for _, port, lua_env in targets:
-                wrk(port, script, 32, args.warmup, lua_env)
+            run_numbers = {target: itertools.count(1) for target, _, _ in targets}
+            for target, port, lua_env in targets:
+                wrk(port, script, levels[0], args.warmup, each_run(target, levels[0], lua_env))
             for level, connections in enumerate(levels):
                 runs: dict[str, list[Run]] = {"reference": [], "service": []}
                 for round_ in range(args.rounds if level == 0 else 1):
@@ -178,7 +235,13 @@ def hot_paths(
                         asyncio.run(vacuum(url))
                         before = asyncio.run(commits(url))
                         cpu_before = cpu_seconds()
-                        run = wrk(port, script, connections, args.seconds, lua_env)
+                        run = wrk(
+                            port,
+                            script,
+                            connections,
+                            args.seconds,
+                            each_run(target, connections, lua_env),
+                        )
                         cpu = cpu_seconds()
                         run.cpu_ms = {
                             side: 1000
@@ -300,8 +363,11 @@ chain sealer signing the history every `SEAL_SECONDS`). Data:
 a book of {CODES:,} codes per app for assign (each app counts only its own
 assignments per user), {USERS:,} users, {SLOTS} clients each with a multi-use code
 (lock → redeem with the `lock_id`, repeated), a promo of {UNITS:,} units per app (reserve →
-purchase, repeated). The reference (`bench/reference_app.py`) runs the service's own SQL,
-imported from the service modules, with no auth, ORM or middleware. Requests/s count every
+purchase, repeated), and for the reserve crowd a promo of {CROWD_UNITS:,} units per app and run
+(one reserve per request, each by a user who holds nothing on it yet, nobody buying: the
+{USERS:,} users split between the connections). The reference (`bench/reference_app.py`)
+runs the service's own SQL, imported from the service modules, with no auth, ORM or
+middleware. Requests/s count every
 HTTP request (lock+redeem and reserve+purchase are two requests per cycle).
 
 {chr(10).join(rows)}

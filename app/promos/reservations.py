@@ -67,6 +67,7 @@ _LOCK = f"SELECT {xact_lock_sql(LockNamespace.PROMO_USER, _LOCK_KEY)}"
 # $1 promo, $2 user, $3 TTL in seconds. Each step reads the ones above it; every one seeks
 # by index, so the work is the caller's own rows on this promo and the one unit claimed,
 # however many holds other promos (or lapsed holds of this one) have:
+# - `mine`: the caller's reservations of the promo (`_MINE`), which the next three read.
 # - `verdict`: is the promo open, is the caller eligible, how many units have they used
 #   (purchases and live holds)? No row: no such promo.
 # - `live`: the caller's live hold, answered again instead of a second one.
@@ -97,22 +98,29 @@ _LOCK = f"SELECT {xact_lock_sql(LockNamespace.PROMO_USER, _LOCK_KEY)}"
 # unit pointing at it, so the earliest expiry among the promo's holds says whether a lapsed
 # unit is left.
 _LAPSED_CANDIDATES = 32
+# The caller's reservations of the promo, by `ix_reservations_promo_id_user_id` and nothing
+# else: no condition on status or expiry, which the indexes of holds (by expiry, by
+# creation) also match. Statistics lag a flash sale (a promo's holds pile up within a
+# minute, long before autovacuum analyzes them), and a planner that believes the promo has
+# no holds may seek the promo's holds by expiry and filter them on the user: every hold of
+# the promo read, for one caller. MATERIALIZED: read once, the steps below filter it.
+_MINE = """SELECT r.id, r.unit_id, r.status, r.expires_at FROM reservations r
+    WHERE r.promo_id = $1 AND r.user_id = $2"""
 _CLAIM = f"""
 WITH me AS ({rules.me_sql("$2")}),
+mine AS MATERIALIZED ({_MINE}),
 verdict AS (
     SELECT p.max_per_user, {rules.OPEN} AS open,
            EXISTS (SELECT 1 FROM me WHERE {rules.ELIGIBLE}) AS eligible,
-           (SELECT count(*) FROM reservations r
-             WHERE r.promo_id = p.id AND r.user_id = $2
-               AND (r.status = 'purchased' OR {rules.HOLD_LIVE})) AS used
+           (SELECT count(*) FROM mine r
+             WHERE r.status = 'purchased' OR {rules.HOLD_LIVE}) AS used
     FROM promos p
     JOIN products pr ON pr.id = p.product_id
     JOIN stores s ON s.id = pr.store_id
     WHERE p.id = $1
 ),
 live AS (
-    SELECT r.id, r.expires_at FROM reservations r
-    WHERE r.promo_id = $1 AND r.user_id = $2 AND {rules.HOLD_LIVE}
+    SELECT r.id, r.expires_at FROM mine r WHERE {rules.HOLD_LIVE}
 ),
 may_reserve AS (
     SELECT 1 FROM verdict v
@@ -121,8 +129,7 @@ may_reserve AS (
 ),
 may_claim AS (
     SELECT 1 FROM may_reserve
-    WHERE NOT EXISTS (SELECT 1 FROM reservations r
-                      WHERE r.promo_id = $1 AND r.user_id = $2 AND {rules.HOLD_LAPSED})
+    WHERE NOT EXISTS (SELECT 1 FROM mine r WHERE {rules.HOLD_LAPSED})
 ),
 free_unit AS MATERIALIZED (
     SELECT u.id, NULL::uuid AS old FROM promo_units u
@@ -181,17 +188,22 @@ LEFT JOIN (SELECT hold.id, hold.expires_at FROM hold JOIN held ON held.id = hold
 # A plain UPDATE, not SKIP LOCKED: if a concurrent reserve, cancel or sweep is taking the
 # unit, it waits for it (holding no unit itself), then frees the unit only if it still
 # points at the caller's hold; whoever took it retired the hold. ARRAY(...) is computed
-# before the scan, so the unit is locked before the reservation.
+# before the scan, so the unit is locked before the reservation. Both updates find their
+# row by primary key only: "held" is said in words no partial index of holds matches
+# (`_UNIT_HELD`, `_STILL_HELD`), since a planner whose statistics predate the crowd takes
+# such an index for empty and reads every entry of it.
+_UNIT_HELD = "u.reservation_id = r.id AND u.state <> 'sold'"  # set and not sold: held
+_STILL_HELD = "r.status NOT IN ('purchased', 'cancelled', 'expired')"  # i.e. 'held'
 _RELEASE = f"""
-WITH freed AS (
+WITH mine AS MATERIALIZED ({_MINE}),
+freed AS (
     UPDATE promo_units u SET state = 'free', reservation_id = NULL
-    FROM reservations r
-    WHERE r.promo_id = $1 AND r.user_id = $2 AND {rules.HOLD_LAPSED}
-      AND u.id = r.unit_id AND u.reservation_id = r.id AND u.state = 'held'
+    FROM mine r
+    WHERE {rules.HOLD_LAPSED} AND u.id = r.unit_id AND {_UNIT_HELD}
     RETURNING r.id AS old
 )
 UPDATE reservations r SET status = 'expired', updated_at = now()
-WHERE r.id = ANY (ARRAY(SELECT old FROM freed)) AND {rules.HOLD_LAPSED}
+WHERE r.id = ANY (ARRAY(SELECT old FROM freed)) AND {_STILL_HELD} AND r.expires_at <= now()
 """
 
 # The worker's sweep, $1 holds at most: the oldest lapsed holds of every promo (by
@@ -414,13 +426,12 @@ cand AS MATERIALIZED (
     JOIN products pr ON pr.id = p.product_id
     JOIN stores s ON s.id = pr.store_id
     CROSS JOIN LATERAL (
-        SELECT count(*) AS n FROM reservations r
-        WHERE r.promo_id = p.id AND r.user_id = q.user_id
-          AND (r.status = 'purchased' OR {rules.HOLD_LIVE})) used
+        SELECT count(*) FILTER (WHERE r.status = 'purchased' OR {rules.HOLD_LIVE}) AS n,
+               count(*) FILTER (WHERE r.status = 'held') AS holds
+        FROM reservations r
+        WHERE r.promo_id = p.id AND r.user_id = q.user_id) used
     WHERE p.id = $1 AND q.nth = 1 AND {rules.OPEN} AND {rules.ELIGIBLE}
-      AND used.n < p.max_per_user
-      AND NOT EXISTS (SELECT 1 FROM reservations r
-                      WHERE r.promo_id = $1 AND r.user_id = q.user_id AND r.status = 'held')
+      AND used.n < p.max_per_user AND used.holds = 0
 ),
 free AS MATERIALIZED (
     SELECT f.id, row_number() OVER (ORDER BY f.seq) AS slot
