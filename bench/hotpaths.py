@@ -1,13 +1,14 @@
-"""`make bench`: assign-random, lock+redeem and reserve+purchase through the service and
-through the bare reference app (same SQL), side by side in one run, with wrk; then the
-reserve-only flash crowd (`bench/flash_crowd.py`). `--only hot` or `--only reserve-flash`
-runs one of the two.
+"""`make bench`: assign-random, lock+redeem, reserve+purchase and the reserve crowd through
+the service and through the bare reference app (same SQL), side by side in one run, with
+wrk; then the reserve-only flash crowd over many promos (`bench/flash_crowd.py`) and
+`GET /me/promos` (`bench/eligibility.py`). `--only hot`, `--only reserve-flash` or `--only
+eligibility` runs one of the three.
 
 Seeds a book of 1,000,000 codes, 100,000 users, a multi-use book with one code per client,
-and a promo with 1,000,000 units; starts both apps with the same worker count and pool
-size on 127.0.0.1; drives each scenario for a fixed time at 32 and 128 connections; checks
-the invariants; writes the "Hot paths" (and "Reserve flash crowd") sections of
-docs/benchmarks.md. Stops by itself.
+a promo with 1,000,000 units, and a promo per run for the reserve crowd; starts both apps
+with the same worker count and pool size on 127.0.0.1; drives each scenario for a fixed
+time at 32 and 128 connections; checks the invariants; writes the "Hot paths" (and "Reserve
+flash crowd", "Eligibility") sections of docs/benchmarks.md. Stops by itself.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from app.check import run_checks, violations
 from app.core.migrations import upgrade_to_head
 from app.core.security import Role, TokenService
 from bench.common import SECRET, machine, throwaway_database, worker, write_section
+from bench.eligibility import run_eligibility, write_eligibility
 from bench.flash_crowd import run_flash_crowd, write_flash_crowd
 from bench.load import LUA, Run, batch_sizes, both_apps, commits, cpu_seconds, vacuum, wrk
 
@@ -37,7 +39,7 @@ CODES = 1_000_000
 USERS = 100_000
 UNITS = 1_000_000
 SLOTS = 256
-PROFILES = ("hot", "reserve-flash")
+PROFILES = ("hot", "reserve-flash", "eligibility")
 RunKey = tuple[str, int, str]  # scenario, connections, "reference" or "service"
 SCENARIOS = {
     "assign-random": ("assign.lua", {201}),
@@ -291,7 +293,7 @@ def main() -> None:
     parser.add_argument(
         "--only",
         choices=PROFILES,
-        help="run one profile: the hot paths, or the reserve-only flash crowd",
+        help="run one profile: the hot paths, the reserve-only flash crowd, or eligibility",
     )
     parser.add_argument(
         "--coalesce",
@@ -311,6 +313,12 @@ def main() -> None:
         results = hot_paths(url, args, workdir, batches) if "hot" in profiles else {}
         flash = run_flash_crowd(url, args, workdir) if "reserve-flash" in profiles else None
         total, bad = asyncio.run(check(url))
+    eligible = None
+    if "eligibility" in profiles:
+        # A database of its own: the other profiles' promos would be candidates too.
+        with throwaway_database("eligibility") as eligibility_url:
+            upgrade_to_head(eligibility_url)
+            eligible = run_eligibility(eligibility_url, args, workdir)
     shutil.rmtree(workdir, ignore_errors=True)
     print(f"invariants: {total - len(bad)} passed, {len(bad)} failed")
     for line in bad:
@@ -321,6 +329,8 @@ def main() -> None:
             write(results, levels, args, batches, total, bad)
         if flash is not None:
             write_flash_crowd(flash, args, total, bad)
+        if eligible is not None:
+            write_eligibility(eligible, args)
     if bad:
         sys.exit(1)
 

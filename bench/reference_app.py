@@ -28,6 +28,7 @@ from app.books.redeem import _LOCK as LOCK_CODE
 from app.books.redeem import _LOCK_HOLDER, _REDEEM
 from app.core.db import keep_session
 from app.core.locking import CLAIM_RETRY_DELAYS
+from app.promos.listings import _ELIGIBLE
 from app.promos.reservations import _CLAIM, _PURCHASE, _RELEASE
 from app.promos.reservations import _LOCK as LOCK_PROMO_USER
 
@@ -147,6 +148,14 @@ async def purchase(request: Request) -> Response:
     )
 
 
+async def my_promos(request: Request) -> Response:
+    async with POOL["pool"].acquire() as conn:
+        rows = await conn.fetch(_ELIGIBLE, _user(request), 50)
+    return Response(
+        orjson.dumps([dict(r) for r in rows], default=str), media_type="application/json"
+    )
+
+
 async def healthz(request: Request) -> Response:
     return _json({"status": "ok"})
 
@@ -173,6 +182,7 @@ app = Starlette(
         Route("/api/v1/codes/{code}/redeem", redeem, methods=["POST"]),
         Route("/api/v1/promos/{promo_id}/reserve", reserve, methods=["POST"]),
         Route("/api/v1/reservations/{reservation_id}/purchase", purchase, methods=["POST"]),
+        Route("/api/v1/me/promos", my_promos),
     ],
     lifespan=lifespan,
 )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
+import asyncpg
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.db import raw_connection
@@ -83,10 +84,9 @@ async def running_promos(
 
 
 async def eligible_promos(
-    session: AsyncSession, user_id: uuid.UUID, limit: int
+    conn: asyncpg.Connection, user_id: uuid.UUID, limit: int
 ) -> list[EligiblePromo]:
     """Running promos the user may reserve: in one of its segments (or it has none) and
     within its radius of the user's last location; nearest first. None without location."""
-    conn = await raw_connection(session)
     rows = await conn.fetch(_ELIGIBLE, user_id, limit)
     return [EligiblePromo.model_validate(dict(r)) for r in rows]

@@ -9,7 +9,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response, status
 
-from app.api.deps import AdminUser, Audit, CurrentUser, Idempotent, Session
+from app.api.deps import AdminUser, Audit, CurrentUser, Idempotent, Session, Tx
 from app.core.openapi import AUTH, problems
 from app.core.pagination import Cursor, Limit, Page, encode_cursor, time_id_cursor
 from app.core.report import Bucket
@@ -59,13 +59,15 @@ async def running_promos(
 )
 async def my_promos(
     user: CurrentUser,
-    session: Session,
+    tx: Tx,
     limit: Annotated[int, Query(ge=1, le=500, description="At most this many (1..500).")] = 50,
 ) -> list[EligiblePromo]:
     """Running promos the caller may reserve (in one of their segments, or for everyone, and
     within the promo's radius of their last location), nearest first, with `distance_m` and
     `units_left`. `[]` until the caller has set a location (`PUT /me/location`)."""
-    return await listings.eligible_promos(session, user.id, limit)
+    # One statement in its own implicit transaction: no BEGIN and COMMIT round trips.
+    async with tx.one_statement() as conn:
+        return await listings.eligible_promos(conn, user.id, limit)
 
 
 # Promos (admin)
