@@ -311,8 +311,17 @@ def main() -> None:
         upgrade_to_head(url)
         batches: dict[str, dict[str, float]] = {}
         results = hot_paths(url, args, workdir, batches) if "hot" in profiles else {}
-        flash = run_flash_crowd(url, args, workdir) if "reserve-flash" in profiles else None
         total, bad = asyncio.run(check(url))
+    flash = None
+    if "reserve-flash" in profiles:
+        # A database of its own: its held rows pile up from none, not from what the hot
+        # paths' reserve crowd left (hundreds of thousands of holds and a million units
+        # more, which outgrow shared_buffers and slow both apps alike).
+        with throwaway_database("flash") as flash_url:
+            upgrade_to_head(flash_url)
+            flash = run_flash_crowd(flash_url, args, workdir)
+            flash_total, flash_bad = asyncio.run(check(flash_url))
+        total, bad = total + flash_total, bad + flash_bad
     eligible = None
     if "eligibility" in profiles:
         # A database of its own: the other profiles' promos would be candidates too.

@@ -179,7 +179,7 @@ async def test_a_crowd_that_arrived_after_the_last_analyze_does_not_slow_the_nex
     user; about 30 after)."""
     lat, lng = random_point()
     await place(client, user, lat, lng)
-    promo = await create_promo(client, admin, at=(lat, lng), quantity=25_000)
+    promo = await create_promo(client, admin, at=(lat, lng), quantity=20_016)
     promo_id = uuid.UUID(promo["id"])
     await conn.execute(text("ANALYZE reservations, promo_units"))
     await _crowd(conn, promo["id"], 10_000, -60)
@@ -195,7 +195,9 @@ async def test_a_crowd_that_arrived_after_the_last_analyze_does_not_slow_the_nex
         )
     ]
 
-    plans = {"claim": await _explain(conn, _CLAIM, promo_id, user.id, 60)}
+    # The batch takes the 16 free units; the caller's claim then takes a lapsed one over.
+    plans = {"batch of 16": await _explain(conn, _RESERVE_SET, promo_id, batch, 60)}
+    plans["claim"] = await _explain(conn, _CLAIM, promo_id, user.id, 60)
     await conn.execute(
         text(
             "UPDATE reservations SET expires_at = now() - interval '1 second'"
@@ -204,7 +206,6 @@ async def test_a_crowd_that_arrived_after_the_last_analyze_does_not_slow_the_nex
         {"promo": promo["id"], "user": user.id},
     )
     plans["release"] = await _explain(conn, _RELEASE, promo_id, user.id)
-    plans["batch of 16"] = await _explain(conn, _RESERVE_SET, promo_id, batch, 60)
     mine = dict(
         (
             await conn.execute(
@@ -217,6 +218,14 @@ async def test_a_crowd_that_arrived_after_the_last_analyze_does_not_slow_the_nex
         ).all()
     )
     assert mine == {"expired": 1, "held": 16}  # the release, and one hold per batch caller
+    taken_over = await conn.scalar(
+        text(
+            "SELECT count(*) FROM reservations"
+            " WHERE promo_id = :promo AND status = 'expired' AND NOT (user_id = ANY(:users))"
+        ),
+        {"promo": promo["id"], "users": [user.id, *batch]},
+    )
+    assert taken_over == 1  # the caller's claim retired the lapsed hold it took the unit of
     for name, plan in plans.items():
         assert not _seq_scans(plan), f"{name}: {_seq_scans(plan)}"
         # The holds read: the crowd's units, claimed in this transaction, stay in the index
