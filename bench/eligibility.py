@@ -21,7 +21,7 @@ import asyncpg
 from app.core.security import Role, TokenService
 from app.promos.listings import _ELIGIBLE
 from bench.common import SECRET, machine, write_section
-from bench.load import LUA, Run, both_apps, cpu_seconds, load_average, wrk
+from bench.load import LUA, Run, both_apps, load_average, wrk, wrk_with_cpu
 from bench.promos import EYE_USERS, PROMOS, STORES
 from bench.promos import seed as seed_promos
 
@@ -102,15 +102,9 @@ def run_eligibility(url: str, args: argparse.Namespace, workdir: Path) -> Eligib
             rounds: dict[str, list[Run]] = {t: [] for t in TARGETS}
             for round_ in range(args.rounds):
                 for target, port in targets[:: -1 if round_ % 2 else 1]:
-                    cpu_before = cpu_seconds()
-                    run = wrk(port, SCRIPT, connections, args.seconds, env(connections))
-                    cpu = cpu_seconds()
-                    run.cpu_ms = {
-                        side: 1000
-                        * (cpu.get(side, 0.0) - cpu_before.get(side, 0.0))
-                        / max(1, run.requests)
-                        for side in (target, "postgres")
-                    }
+                    run = wrk_with_cpu(
+                        port, SCRIPT, connections, args.seconds, env(connections), target
+                    )
                     rounds[target].append(run)
                     print(
                         f"me-promos c={connections:<4} {target:9} {run.rps:8.0f} req/s"

@@ -33,7 +33,7 @@ from app.core.security import Role, TokenService
 from bench.common import SECRET, machine, throwaway_database, worker, write_section
 from bench.eligibility import run_eligibility, write_eligibility
 from bench.flash_crowd import run_flash_crowd, write_flash_crowd
-from bench.load import LUA, Run, batch_sizes, both_apps, commits, cpu_seconds, vacuum, wrk
+from bench.load import LUA, Run, batch_sizes, both_apps, commits, vacuum, wrk, wrk_with_cpu
 
 CODES = 1_000_000
 USERS = 100_000
@@ -236,21 +236,14 @@ def hot_paths(
                     for target, port, lua_env in targets[:: -1 if round_ % 2 else 1]:
                         asyncio.run(vacuum(url))
                         before = asyncio.run(commits(url))
-                        cpu_before = cpu_seconds()
-                        run = wrk(
+                        run = wrk_with_cpu(
                             port,
                             script,
                             connections,
                             args.seconds,
                             each_run(target, connections, lua_env),
+                            target,
                         )
-                        cpu = cpu_seconds()
-                        run.cpu_ms = {
-                            side: 1000
-                            * (cpu.get(side, 0.0) - cpu_before.get(side, 0.0))
-                            / max(1, run.requests)
-                            for side in (target, "postgres", "wrk")
-                        }
                         # The worker commits too (sweeps, the sealer): a few a second.
                         committed = asyncio.run(commits(url, settle=True)) - before
                         run.commits_per_request = committed / max(1, run.requests)

@@ -119,6 +119,21 @@ def wrk(port: int, script: str, connections: int, seconds: int, env: dict[str, s
     )
 
 
+def wrk_with_cpu(
+    port: int, script: str, connections: int, seconds: int, env: dict[str, str], target: str
+) -> Run:
+    """`wrk`, with the CPU milliseconds per request that each side spent meanwhile in
+    `run.cpu_ms`: the app run (`target`), PostgreSQL and wrk."""
+    before = cpu_seconds()
+    run = wrk(port, script, connections, seconds, env)
+    after = cpu_seconds()
+    run.cpu_ms = {
+        side: 1000 * (after.get(side, 0.0) - before.get(side, 0.0)) / max(1, run.requests)
+        for side in (target, "postgres", "wrk")
+    }
+    return run
+
+
 @contextlib.contextmanager
 def both_apps(url: str, args: argparse.Namespace) -> Iterator[tuple[int, int]]:
     """The reference app and the service on `url`, with the same worker count and pool size;

@@ -18,6 +18,17 @@ function load_slot(file, slot)
   return fields
 end
 
+-- A connection's share of a crowd: the request headers of each "token user_id" line of
+-- <dir>/<slot>.txt.
+function load_crowd(dir, slot)
+  local crowd = {}
+  for line in io.lines(dir .. "/" .. slot .. ".txt") do
+    local token, user_id = string.match(line, "(%S+) (%S+)")
+    crowd[#crowd + 1] = headers_for(token, user_id)
+  end
+  return crowd
+end
+
 function headers_for(token, user_id)
   return {
     ["Authorization"] = "Bearer " .. token,

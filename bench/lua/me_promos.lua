@@ -7,11 +7,7 @@ local users, at, path
 
 function init(args)
   path = os.getenv("BENCH_BASE") .. "/me/promos"
-  users = {}
-  for line in io.lines(os.getenv("BENCH_CROWD") .. "/" .. slot .. ".txt") do
-    local token, user_id = string.match(line, "(%S+) (%S+)")
-    users[#users + 1] = headers_for(token, user_id)
-  end
+  users = load_crowd(os.getenv("BENCH_CROWD"), slot)
   at = 0
 end
 

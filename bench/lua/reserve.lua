@@ -12,11 +12,7 @@ function init(args)
   for line in io.lines(os.getenv("BENCH_PROMOS")) do promos[#promos + 1] = line end
   path = os.getenv("BENCH_BASE") .. "/promos/" .. promos[tonumber(os.getenv("BENCH_RUN"))]
     .. "/reserve"
-  crowd = {}
-  for line in io.lines(os.getenv("BENCH_CROWD") .. "/" .. slot .. ".txt") do
-    local token, user_id = string.match(line, "(%S+) (%S+)")
-    crowd[#crowd + 1] = headers_for(token, user_id)
-  end
+  crowd = load_crowd(os.getenv("BENCH_CROWD"), slot)
   at = 0
 end
 

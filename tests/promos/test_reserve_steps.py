@@ -361,4 +361,3 @@ async def test_a_sale_counts_in_its_units_slot_of_the_declared_number(
     assert slots == dict(expected)
     assert len(slots) == SALES_SLOTS
     assert f"slot <= {SALES_SLOTS - 1}" in check
-
