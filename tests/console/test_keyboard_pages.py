@@ -302,6 +302,9 @@ def test_admin_history_by_keyboard(
     expect(rows.first).to_contain_text(book["name"])
     _focused(page, show)
     assert page.evaluate("document.documentElement.scrollWidth") <= width
+    # On a phone each entry reads as a card, its cells labelled; no sideways scrolling.
+    display = rows.first.evaluate("row => getComputedStyle(row).display")
+    assert display == ("block" if size == "phone" else "table-row"), display
 
     # The next page: the last, so its button goes and focus moves to the list's heading.
     tab_to(page, page.get_by_role("button", name="Next page"))
