@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Form, Request, Response, status
+from fastapi import APIRouter, Form, Query, Request, Response, status
 
 from app.api.deps import AdminUser, AppServices, Audit, CurrentUser, RateLimit, Session, Tokens
 from app.auth import refresh, service
@@ -143,10 +143,23 @@ async def put_profile(body: ProfileIn, user: CurrentUser, session: Session) -> P
     "/users", response_model=Page[ProfileOut], responses=problems(*AUTH, 403), tags=["users"]
 )
 async def list_users(
-    admin: AdminUser, session: Session, limit: Limit = 50, cursor: Cursor = None
+    admin: AdminUser,
+    session: Session,
+    limit: Limit = 50,
+    cursor: Cursor = None,
+    email: Annotated[
+        str | None,
+        Query(
+            min_length=3,
+            max_length=320,
+            pattern=r"^[^\x00-\x1f\s]+@[^\x00-\x1f\s]+$",
+            description="Only the account with this email (any case): none or one item.",
+            examples=["ana@example.com"],
+        ),
+    ] = None,
 ) -> Page[ProfileOut]:
-    """Accounts, keyset-paginated by id."""
-    users = await service.list_users(session, limit + 1, uuid_cursor(cursor))
+    """Accounts, keyset-paginated by id; `email` finds one account by its email."""
+    users = await service.list_users(session, limit + 1, uuid_cursor(cursor), email=email)
     page = users[:limit]
     next_cursor = encode_cursor(page[-1].id) if len(users) > limit else None
     return Page[ProfileOut](

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import date
 
-from sqlalchemy import select, text
+from sqlalchemy import ColumnElement, select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -59,9 +59,14 @@ async def get_user(session: AsyncSession, user_id: uuid.UUID) -> User:
     return user
 
 
-async def list_users(session: AsyncSession, limit: int, after: uuid.UUID | None) -> list[User]:
-    """Users in id order, keyset-paginated."""
-    return await page_by_id(session, User, limit, after, User.erased_at.is_(None))
+async def list_users(
+    session: AsyncSession, limit: int, after: uuid.UUID | None, *, email: str | None = None
+) -> list[User]:
+    """Users in id order, keyset-paginated; with `email`, only the one it names (any case)."""
+    where: list[ColumnElement[bool]] = [User.erased_at.is_(None)]
+    if email is not None:
+        where.append(User.email == normalise_email(email))
+    return await page_by_id(session, User, limit, after, *where)
 
 
 async def set_role(session: AsyncSession, user_id: uuid.UUID, role: Role) -> User:

@@ -119,6 +119,25 @@ async def test_users_pagination_walks_every_user(
     )
 
 
+async def test_users_by_email_finds_one_account_in_any_case(
+    client: httpx.AsyncClient, admin: ApiUser, make_user: object, user: ApiUser
+) -> None:
+    wanted: ApiUser = await make_user()  # type: ignore[operator]
+    await make_user()  # type: ignore[operator]
+    url = "/api/v1/users"
+    found = await client.get(url, params={"email": wanted.email.upper()}, headers=admin.headers)
+    assert found.status_code == 200, found.text
+    assert [u["id"] for u in found.json()["items"]] == [str(wanted.id)]
+    assert found.json()["next_cursor"] is None
+    nobody = await client.get(url, params={"email": _email()}, headers=admin.headers)
+    assert nobody.json() == {"items": [], "next_cursor": None}
+    for bad in ("not-an-email", "a\x00b@example.com", "x" * 321 + "@example.com"):
+        response = await client.get(url, params={"email": bad}, headers=admin.headers)
+        assert_problem(response, 422, "validation-error")
+    refused = await client.get(url, params={"email": wanted.email}, headers=user.headers)
+    assert_problem(refused, 403, "forbidden")
+
+
 SECRET = "test-secret-" + "x" * 32
 
 

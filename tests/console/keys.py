@@ -39,17 +39,23 @@ def assert_focus_shown(page: Page) -> None:
     assert state["onScreen"], f"the focused {state['what']} is off the screen"
 
 
-def tab_to(page: Page, target: Locator, limit: int = 150) -> None:
-    """Press Tab until `target` has focus; every stop on the way must show its focus ring."""
+def tab_to(page: Page, target: Locator, limit: int = 150, key: str = "Tab") -> None:
+    """Press Tab (or `key`) until `target` has focus; every stop on the way must show its
+    focus ring."""
     for _ in range(limit):
         if target.evaluate("node => node === document.activeElement"):
             assert_focus_shown(page)
             return
-        page.keyboard.press("Tab")
+        page.keyboard.press(key)
         state = focus_state(page)
         if state is not None:
             assert state["ring"], f"no visible focus ring on {state['what']}"
-    raise AssertionError(f"{target} not reached with Tab")
+    raise AssertionError(f"{target} not reached with {key}")
+
+
+def shift_tab_to(page: Page, target: Locator, limit: int = 150) -> None:
+    """Press Shift+Tab until `target` has focus (a control above the one focused)."""
+    tab_to(page, target, limit, "Shift+Tab")
 
 
 def choose(page: Page, select: Locator, label: str) -> None:

@@ -109,7 +109,20 @@ def test_history_filters_and_pages(
     expect(page.get_by_role("button", name="Next page")).to_be_hidden()
     page.get_by_role("button", name="Previous page").click()
     expect(rows).to_have_count(10)
+    form.get_by_label("User").fill(user.email)
+    form.get_by_role("button", name="Show history").click()
+    expect(rows).to_have_count(10)
     shot(page, "admin-history")
+
+    # A time range: entries until a time before they were written, none; since it, all.
+    form.get_by_label("Until").fill("2020-01-01T00:00")
+    form.get_by_role("button", name="Show history").click()
+    expect(rows).to_have_count(1)
+    expect(rows.first).to_have_text("Nothing yet.")
+    form.get_by_label("Until").fill("")
+    form.get_by_label("Since").fill("2020-01-01T00:00")
+    form.get_by_role("button", name="Show history").click()
+    expect(rows).to_have_count(10)
 
     # The user sees the same twelve entries as their own history.
     user_page = new_page(390, 844)

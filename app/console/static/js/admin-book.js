@@ -514,6 +514,11 @@ async function showCode(code) {
 
 onSubmit($("#find-form"), async (data) => {
   await showCode(String(data.get("code")).trim());
+  // The answer starts below the search: bring the tool to the top of the screen, and its
+  // first Roll back into view, so nobody scrolls to reach what they searched for.
+  $("#find").scrollIntoView({ block: "start" });
+  const rollBack = $("#find-result .rollback button");
+  if (rollBack) rollBack.scrollIntoView({ block: "nearest" });
 });
 
 // ---- codes table with cursor paging ----

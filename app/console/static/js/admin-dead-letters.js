@@ -1,5 +1,5 @@
 // /admin/dead-letters: failed notification jobs, with replay.
-import { $, actionButton, allPages, api, el, flash, fmtTime, named, query, showProblem, table } from "./api.js";
+import { $, actionButton, allPages, api, el, flash, fmtTime, focusInList, named, query, showProblem, table } from "./api.js";
 
 let cursor = null;
 const rows = [];
@@ -38,9 +38,12 @@ async function load(more = false) {
         d.last_error || "—",
         fmtTime(d.updated_at || d.run_at),
         actionButton("Replay", async () => {
+          const at = rows.indexOf(d);
           await api("POST", `/notifications/dead-letters/${d.id}/retry`);
           flash(`Job ${d.id} queued again.`);
           await load();
+          // The replayed job left the list: focus goes to the next one's Replay.
+          focusInList($("#dead-letters"), "button[aria-label^='Replay job']", at, $("#dl-h"));
         }, box, { "aria-label": `Replay job ${d.id}` }),
       ]),
     ),

@@ -1,5 +1,5 @@
 // /admin/promos: every promo with its status, and the "new promo" form.
-import { $, api, el, every, fmtTime, money, onSubmit, query, showProblem, table } from "./api.js";
+import { $, api, el, every, fmtTime, money, onSubmit, query, replaceKeepingFocus, showProblem, table } from "./api.js";
 import { currencyOf, defaultWindow, prepare, promoBody } from "./promo-form.js";
 
 const form = $("#promo-form");
@@ -26,7 +26,9 @@ async function load() {
     showProblem($("#promos-problem"), err);
     return;
   }
-  $("#promos").replaceChildren(
+  // A refresh keeps keyboard focus on the promo it was on.
+  replaceKeepingFocus(
+    $("#promos"),
     table(
       ["Title", "Status", "Price", "Units", "Starts", "Ends"],
       promos.map((p) =>

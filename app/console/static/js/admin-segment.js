@@ -1,5 +1,5 @@
 // /admin/segments/{id}: edit, delete, members add/remove.
-import { $, actionButton, api, el, flash, onSubmit, query, showProblem, table } from "./api.js";
+import { $, actionButton, api, el, flash, focusInList, onSubmit, query, showProblem, table } from "./api.js";
 import { fillRules, rulesFrom } from "./segment-rules.js";
 
 const id = $("#segment").dataset.segmentId;
@@ -66,8 +66,11 @@ async function loadMembers(more = false) {
         m.email,
         el("code", {}, m.user_id),
         actionButton("Remove", async () => {
+          const at = members.indexOf(m);
           await api("DELETE", `${base}/members/${m.user_id}`);
           await loadMembers();
+          // The row is gone: focus goes to the next member's Remove, or to the list's heading.
+          focusInList($("#members"), "button[aria-label^='Remove ']", at, $("#members-h"));
         }, box, { class: "secondary", "aria-label": `Remove ${m.email}` }),
       ]),
     ),

@@ -25,7 +25,11 @@ function editable(form, heading, noun) {
     heading.textContent = `New ${noun}`;
     reset.hidden = true;
   };
-  reset.addEventListener("click", done);
+  reset.addEventListener("click", () => {
+    done();
+    // The button hid itself: focus goes to the form's first field, ready for a new one.
+    form.elements[1].focus();
+  });
   return {
     done,
     edit(values) {

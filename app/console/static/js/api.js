@@ -606,6 +606,18 @@ export function replaceKeepingFocus(box, ...nodes) {
   outcome.focus();
 }
 
+/** After an action took its own row or item out of a list, keyboard focus goes on from the
+ * same place: to the control now at that position (`index` among those `selector` finds in
+ * `box`), else the list's last one, else `fallback` (a heading or a message). */
+export function focusInList(box, selector, index, fallback) {
+  if (document.activeElement && document.activeElement !== document.body) return;
+  const controls = [...box.querySelectorAll(selector)].filter((c) => !c.disabled);
+  const target = controls[Math.min(index, controls.length - 1)] || fallback;
+  if (!target) return;
+  if (!target.matches("a[href], button, input, select, textarea")) target.setAttribute("tabindex", "-1");
+  target.focus();
+}
+
 const emails = new Map();
 
 /** Emails of these users (admins only), fetched once each; unknown ones are left out. */

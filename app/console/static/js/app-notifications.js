@@ -32,7 +32,10 @@ function item(n) {
     li.append(
       actionButton("Mark as read", async () => {
         const read = await api("POST", `/me/notifications/${n.id}/read`);
-        li.replaceWith(item(read));
+        const now = item(read);
+        li.replaceWith(now);
+        // Its button is gone: focus goes to the same notification's link to its promo.
+        if (!document.activeElement || document.activeElement === document.body) now.querySelector("a").focus();
       }, $("#n-problem"), { class: "secondary" }),
     );
   }

@@ -1,5 +1,5 @@
 // History with filters and cursor paging (admin: /history, user: /me/history).
-import { $, api, bookNames, el, fmtTime, localToIso, named, onSubmit, query, showProblem, table, userCell, userEmails } from "./api.js";
+import { $, ApiError, api, bookNames, el, fmtTime, localToIso, named, onSubmit, query, showProblem, table, userCell, userEmails } from "./api.js";
 
 const path = document.querySelector("script[data-path]").dataset.path;
 const form = $("#history-form");
@@ -57,10 +57,29 @@ async function show(i) {
   $("#next").hidden = !page.next_cursor;
 }
 
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+
+/** A problem on the User field, said in the page's words (the API is not asked). */
+function userProblem(msg) {
+  return new ApiError(422, { type: "/problems/validation-error", errors: [{ loc: ["query", "user"], msg }] });
+}
+
+// The User field takes a person's email (looked up to their id) or their id itself.
+async function userFilter(f) {
+  const typed = f.user;
+  delete f.user;
+  if (!typed) return f;
+  if (UUID.test(typed)) return { ...f, user_id: typed.toLowerCase() };
+  if (!/^[^\s@]+@[^\s@]+$/.test(typed)) throw userProblem("Enter an email address like ana@example.com, or a user id.");
+  const found = await api("GET", "/users" + query({ email: typed, limit: 1 }));
+  if (!found.items.length) throw userProblem(`No account has the email ${typed}.`);
+  return { ...f, user_id: found.items[0].id };
+}
+
 onSubmit(form, async (data) => {
-  filters = readFilters(data);
   cursors.length = 1;
   try {
+    filters = await userFilter(readFilters(data));
     await show(0);
   } catch (err) {
     $("#entries").replaceChildren();
@@ -76,8 +95,23 @@ function failed(err) {
   $("#page-label").textContent = "";
   showProblem(problem(), err);
 }
-$("#next").addEventListener("click", () => show(index + 1).catch(failed));
-$("#prev").addEventListener("click", () => show(index - 1).catch(failed));
+// Paging by keyboard: focus stays on the button pressed while it is there to press again;
+// on the last (or first) page it moves to the list's heading, which names the page.
+async function turn(button, to) {
+  try {
+    await show(to);
+  } catch (err) {
+    failed(err);
+    return;
+  }
+  if (document.activeElement === document.body || button.hidden) {
+    const heading = $("#entries-h");
+    heading.setAttribute("tabindex", "-1");
+    heading.focus();
+  }
+}
+$("#next").addEventListener("click", (event) => turn(event.currentTarget, index + 1));
+$("#prev").addEventListener("click", (event) => turn(event.currentTarget, index - 1));
 
 // Campaigns by name in the filter and the table; the ids stay second.
 async function start() {
