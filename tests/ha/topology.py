@@ -356,6 +356,12 @@ def _patroni_config(
     return json.dumps(config, indent=2)  # JSON is YAML
 
 
+# How HAProxy checks each PostgreSQL node's Patroni (see the `listen postgres` comment).
+_PG_CHECKS = (
+    "inter 500ms fastinter 250ms downinter 250ms fall 2 rise 1 on-marked-down shutdown-sessions"
+)
+
+
 def _haproxy_config(topo: Topology) -> str:
     pg_servers = "\n".join(
         f"    server {n.name} 127.0.0.1:{n.pg_port} check port {n.rest_port}" for n in topo.nodes
@@ -385,7 +391,7 @@ listen postgres
     option httpchk GET /primary
     http-check expect status 200
     retries 0
-    default-server inter 500ms fastinter 250ms downinter 250ms fall 2 rise 1 on-marked-down shutdown-sessions
+    default-server {_PG_CHECKS}
 {pg_servers}
 
 # The API instances. A request whose instance died before answering is sent again to
