@@ -20,7 +20,7 @@ CLIENTS_STAMP := $(CLIENTS_VENV)/.installed
 NODE_DIR := tests/contract/node
 NODE_STAMP := $(NODE_DIR)/node_modules/.installed
 
-.PHONY: install contract-tools run test test-pg test-pgbouncer lint format migrate bench bench-import clean bench-notify bench-promos test-faults bench-scale bench-flash test-ha bench-seal bench-herd test-restore
+.PHONY: install contract-tools run test test-pg test-pgbouncer lint format migrate bench bench-import clean bench-notify bench-promos test-faults bench-scale bench-flash test-ha bench-seal bench-herd test-restore test-ha-smoke
 
 # Installs exactly requirements/dev.txt (hash-checked; `uv pip sync` also removes anything the
 # lock does not list), then the project itself without resolving anything.
@@ -94,10 +94,11 @@ console-assets: $(WEB_STAMP) ## copy the locked charting library into the consol
 
 # The console's browser tests drive Debian's Chromium, and promtool (Debian package
 # `prometheus`) unit-tests the alert rules in tests/deploy: both installed when missing.
-test: install lint contract-tools $(WEB_STAMP) ## lint, then the whole suite, then the hot-path and security tests with lean routes and coalescing off
+test: install lint contract-tools $(WEB_STAMP) ## lint, then the whole suite, then the hot-path and security tests with lean routes and coalescing off, then the failover smoke
 	@scripts/ensure-deb.sh chromium /usr/bin/chromium prometheus promtool
 	$(PY) -m pytest
 	LEAN_ROUTES=false COALESCE_HOT_PATHS=false $(PY) -m pytest -q -p no:randomly tests/core tests/books tests/promos tests/security tests/test_hot_functions.py
+	$(MAKE) test-ha-smoke
 
 test-pg: install contract-tools $(WEB_STAMP) ## the suite against the server at 127.0.0.1:5432
 	@scripts/ensure-deb.sh chromium /usr/bin/chromium prometheus promtool
@@ -156,6 +157,12 @@ $(HA_STAMP): requirements/ha.txt | $(STAMP)
 test-ha: install $(HA_STAMP) ## failover under load: 3 PostgreSQL under Patroni, etcd, HAProxy, PgBouncer, 3 API instances, 2 workers
 	@scripts/ensure-deb.sh postgresql-15 /usr/lib/postgresql/15/bin/postgres etcd-server etcd haproxy haproxy pgbouncer /usr/sbin/pgbouncer
 	$(PY) -m tests.ha
+
+# The failover smoke of `make test` (about 2 minutes): the same topology and packages as
+# `make test-ha`, one planned switchover and one kill -9 of the primary's postgres.
+test-ha-smoke: install $(HA_STAMP) ## failover smoke: the test-ha topology, one switchover and one kill -9 of the primary's postgres under load
+	@scripts/ensure-deb.sh postgresql-15 /usr/lib/postgresql/15/bin/postgres etcd-server etcd haproxy haproxy pgbouncer /usr/sbin/pgbouncer
+	$(PY) -m tests.ha.smoke
 
 # The backup and point-in-time restore drill on the same cluster: Debian's pgBackRest as well,
 # installed when missing. Not part of `make test` (docs/ha.md, "Restore").

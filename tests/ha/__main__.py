@@ -227,12 +227,15 @@ class Faults:
     async def switchover(self) -> tuple[float | None, str]:
         topo = self.topo
         old = _leader(topo)
-        candidate = random.choice([n for n in topo.nodes if n.name != old.name])
         t0 = time.monotonic()
-        await asyncio.to_thread(patroni_switchover, old, candidate)
+        # No candidate named: Patroni promotes the healthiest quorum standby and the other
+        # follows it at once (a named one would keep the other waiting 2 s, every second
+        # of it write outage in strict synchronous mode).
+        await asyncio.to_thread(patroni_switchover, old)
         rejoin = await _rejoined(topo, old, t0)
-        assert _leader(topo).name == candidate.name
-        return rejoin, f"{old.name}->{candidate.name}"
+        new = _leader(topo)
+        assert new.name != old.name, f"{old.name} still leads after the switchover"
+        return rejoin, f"{old.name}->{new.name}"
 
     async def kill_postgres(self) -> tuple[float | None, str]:
         old = _leader(self.topo)
@@ -522,6 +525,52 @@ async def _wait_oks(load: Load, since: int, n: int, timeout: float = 120) -> Non
         await asyncio.sleep(0.05)
 
 
+Inject = Callable[[], Awaitable[tuple[float | None, str]]]
+
+
+async def drill(
+    topo: Topology,
+    load: Load,
+    name: str,
+    inject: Inject,
+    steady_oks: int = STEADY_OKS,
+    after_oks: int = AFTER_OKS,
+) -> tuple[Run, str | None]:
+    """One fault under the running load: `steady_oks` acknowledged writes, the fault,
+    `after_oks` more once it is over; then the load paused, every unknown outcome settled
+    with its key, `python -m app check` on the leader and the database reconciled with what
+    the clients were told. The run's figures, and what went wrong (None when nothing did).
+    The load stays paused: `load.resume()` for the next fault."""
+    mark = len(load.outcomes)
+    await _wait_oks(load, mark, steady_oks)
+    t0 = time.monotonic()
+    rejoin, note = await inject()
+    recovered = len(load.outcomes)
+    await _wait_oks(load, recovered, after_oks)
+    await load.pause()
+    window = [o for o in load.outcomes[mark:] if o.started >= t0 - 0.5]
+    await load.resolve(load.outcomes[mark:])
+    leader = _leader(topo)
+    await asyncio.to_thread(app_check, leader.url)
+    ledger = await reconcile(leader.url, load)
+    per_path = name not in ("kill -9 api",)
+    by_path = _outages(window, per_path)
+    run_ = Run(name, window, max(by_path.values(), default=0.0), rejoin, note, by_path)
+    refused = Counter(o.served_by or "lb" for o in window if o.status == 503)
+    outage = ", ".join(f"{p} {s:.2f} s" for p, s in by_path.items())
+    print(
+        f"[ha] {name}: {note}; requests {len(window)},"
+        f" 503 by instance {dict(sorted(refused.items()))},"
+        f" outage {outage},"
+        f" rejoin {'-' if rejoin is None else f'{rejoin:.1f} s'},"
+        f" lost {len(ledger.lost)}, duplicated {len(ledger.duplicated)},"
+        f" unresolved {ledger.unresolved}, check ok on {leader.name}",
+        flush=True,
+    )
+    failed = ledger.lost or ledger.duplicated or ledger.unresolved
+    return run_, f"{name}: {ledger}" if failed else None
+
+
 async def run(topo: Topology) -> int:
     started = time.monotonic()
     await asyncio.to_thread(start_database, topo)
@@ -577,35 +626,10 @@ async def run(topo: Topology) -> int:
         followers = [asyncio.create_task(st.follow(sse, stop_streams)) for st in streams]
         try:
             for name, inject in schedule:
-                mark = len(load.outcomes)
-                await _wait_oks(load, mark, STEADY_OKS)
-                t0 = time.monotonic()
-                rejoin, note = await inject()
-                recovered = len(load.outcomes)
-                await _wait_oks(load, recovered, AFTER_OKS)
-                await load.pause()
-                window = [o for o in load.outcomes[mark:] if o.started >= t0 - 0.5]
-                await load.resolve(load.outcomes[mark:])
-                leader = _leader(topo)
-                await asyncio.to_thread(app_check, leader.url)
-                ledger = await reconcile(leader.url, load)
-                per_path = name not in ("kill -9 api",)
-                by_path = _outages(window, per_path)
-                run_ = Run(name, window, max(by_path.values(), default=0.0), rejoin, note, by_path)
+                run_, failure = await drill(topo, load, name, inject)
                 runs.append(run_)
-                refused = Counter(o.served_by or "lb" for o in window if o.status == 503)
-                outage = ", ".join(f"{p} {s:.2f} s" for p, s in by_path.items())
-                print(
-                    f"[ha] {name}: {note}; requests {len(window)},"
-                    f" 503 by instance {dict(sorted(refused.items()))},"
-                    f" outage {outage},"
-                    f" rejoin {'-' if rejoin is None else f'{rejoin:.1f} s'},"
-                    f" lost {len(ledger.lost)}, duplicated {len(ledger.duplicated)},"
-                    f" unresolved {ledger.unresolved}, check ok on {leader.name}",
-                    flush=True,
-                )
-                if ledger.lost or ledger.duplicated or ledger.unresolved:
-                    failures.append(f"{name}: {ledger}")
+                if failure:
+                    failures.append(failure)
                 load.resume()
         finally:
             load.stop()
@@ -625,16 +649,7 @@ async def run(topo: Topology) -> int:
     sse_bad = await _streams_match_inboxes(_leader(topo).url, streams)
     latency = await _commit_latency(_leader(topo).url)
     print(f"[ha] one-row write, synchronous_commit {latency}", flush=True)
-    unhandled = [
-        line
-        for n in topo.procs
-        if n.startswith("api")
-        for line in (topo.root / f"{n}.log").read_text(errors="replace").splitlines()
-        if "unhandled_error" in line
-    ]
-    for line in unhandled[:2]:
-        print(f"[ha] unhandled: {line[-3000:]}", flush=True)
-    five_xx = len(load.bad) + len(unhandled)
+    five_xx = non_503_5xx(topo, load)
     _table(runs)
     _path_table(runs)
     for figures in faults.delay_figures:
@@ -664,12 +679,25 @@ async def run(topo: Topology) -> int:
     return 0 if ok and len(runs) == len(schedule) else 1
 
 
-def _schedule(
-    faults: Faults,
-) -> list[tuple[str, Callable[[], Awaitable[tuple[float | None, str]]]]]:
+def non_503_5xx(topo: Topology, load: Load) -> int:
+    """Answers that were a 5xx other than 503 (or not a problem at all), and errors the API
+    instances logged as unhandled (each a 500); the first two of those printed."""
+    unhandled = [
+        line
+        for n in topo.procs
+        if n.startswith("api")
+        for line in (topo.root / f"{n}.log").read_text(errors="replace").splitlines()
+        if "unhandled_error" in line
+    ]
+    for line in unhandled[:2]:
+        print(f"[ha] unhandled: {line[-3000:]}", flush=True)
+    return len(load.bad) + len(unhandled)
+
+
+def _schedule(faults: Faults) -> list[tuple[str, Inject]]:
     """Every fault REPEATS times, in turn; `HA_FAULTS="switchover,kill -9 worker"` keeps
     only those."""
-    schedule: list[tuple[str, Callable[[], Awaitable[tuple[float | None, str]]]]] = [
+    schedule: list[tuple[str, Inject]] = [
         ("switchover", faults.switchover),
         ("kill -9 postgres", faults.kill_postgres),
         ("kill -9 patroni", faults.kill_patroni),

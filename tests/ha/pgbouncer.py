@@ -35,8 +35,9 @@ reserve_pool_size = 0
 ; After a failed server login (HAProxy had no primary to send the connection to, so it
 ; closed it), PgBouncer tries again only after this long, and meanwhile fails each new
 ; transaction at once when it has no server left. The default 15 s would add up to 15 s
-; of outage after the new primary is up; 1 s adds at most 1 s.
-server_login_retry = 1
+; of outage after the new primary is up; 0.25 s adds at most a quarter of a second (a
+; login attempt to HAProxy, refused at once while it has no primary, costs nothing).
+server_login_retry = 0.25
 ; HAProxy accepts at once; a login that does not finish in 5 s is as good as failed.
 server_connect_timeout = 5
 ; A transaction waits at most this long for a server connection, as a request waits at

@@ -300,7 +300,8 @@ def _patroni_config(
         "scope": SCOPE,
         "namespace": "/service/",
         "name": node.name,
-        "log": {"level": "WARNING"},
+        # Every step of a failover, with its time, when the logs are kept (HA_LOGS).
+        "log": {"level": "INFO" if os.environ.get("HA_LOGS") else "WARNING"},
         "restapi": {
             "listen": f"127.0.0.1:{node.rest_port}",
             "connect_address": f"127.0.0.1:{node.rest_port}",
@@ -355,6 +356,12 @@ def _patroni_config(
     return json.dumps(config, indent=2)  # JSON is YAML
 
 
+# How HAProxy checks each PostgreSQL node's Patroni (see the `listen postgres` comment).
+_PG_CHECKS = (
+    "inter 500ms fastinter 250ms downinter 250ms fall 2 rise 1 on-marked-down shutdown-sessions"
+)
+
+
 def _haproxy_config(topo: Topology) -> str:
     pg_servers = "\n".join(
         f"    server {n.name} 127.0.0.1:{n.pg_port} check port {n.rest_port}" for n in topo.nodes
@@ -373,12 +380,18 @@ defaults
 
 # The primary: the one node whose Patroni answers 200 on /primary. When that changes, the
 # old primary's sessions are cut at once, so no client keeps writing to a demoted server.
+# A node that is not the primary is checked every 250 ms (downinter), so a new one takes
+# connections at most that long after Patroni promotes it. No retries: a connection the
+# old primary refuses (it is shutting down, not yet marked down) is closed at once, and
+# the service answers 503 with Retry-After; HAProxy would retry the same node three
+# times a second apart, holding the request 3 s past the new primary's promotion.
 listen postgres
     mode tcp
     bind 127.0.0.1:{topo.pg_proxy_port}
     option httpchk GET /primary
     http-check expect status 200
-    default-server inter 500ms fastinter 250ms fall 2 rise 1 on-marked-down shutdown-sessions
+    retries 0
+    default-server {_PG_CHECKS}
 {pg_servers}
 
 # The API instances. A request whose instance died before answering is sent again to
@@ -610,8 +623,14 @@ def start_database(topo: Topology) -> None:
         topo.wait("PgBouncer listening", lambda: _listening(topo.pgbouncer_port or 0), 30)
 
 
-def patroni_switchover(leader: Node, candidate: Node) -> None:
-    """A planned switchover (`patronictl switchover`); returns once Patroni has done it."""
+def patroni_switchover(leader: Node, candidate: Node | None = None) -> None:
+    """A planned switchover (`patronictl switchover`); returns once Patroni has done it.
+    Without a candidate Patroni promotes the healthiest quorum standby, and the other one
+    follows it at once; naming one makes every other standby wait 2 s (Patroni's fixed
+    pause for the named candidate to take the leader key) before it follows, and in strict
+    synchronous mode no commit is acknowledged until a standby streams from the new
+    primary (docs/ha.md, "Planned switchover")."""
+    chosen = ["--candidate", candidate.name] if candidate is not None else []
     done = subprocess.run(
         [
             str(HA_VENV / "bin" / "patronictl"),
@@ -620,8 +639,7 @@ def patroni_switchover(leader: Node, candidate: Node) -> None:
             "switchover",
             "--leader",
             leader.name,
-            "--candidate",
-            candidate.name,
+            *chosen,
             "--force",
         ],
         capture_output=True,
