@@ -39,4 +39,7 @@ def test_the_rules_say_what_they_name() -> None:
     assert books.LOCK_LAPSED == "(c.status = 'locked' AND c.locked_until <= now())"
     assert promos.HOLD_LIVE == "(r.status = 'held' AND r.expires_at > now())"
     assert promos.HOLD_LAPSED == "(r.status = 'held' AND r.expires_at <= now())"
+    assert promos.HOLD_LAPSED_BY_KEY == (
+        "(r.status NOT IN ('purchased', 'cancelled', 'expired') AND r.expires_at <= now())"
+    )
     assert promos.sales_slot("unit.seq") == f"(unit.seq % {promos.SALES_SLOTS})"

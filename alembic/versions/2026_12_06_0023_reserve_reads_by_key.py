@@ -141,7 +141,7 @@ freed AS (
     RETURNING r.id AS old
 )
 UPDATE reservations r SET status = 'expired', updated_at = now()
-WHERE r.id = ANY (ARRAY(SELECT old FROM freed)) AND r.status NOT IN ('purchased', 'cancelled', 'expired') AND r.expires_at <= now();
+WHERE r.id = ANY (ARRAY(SELECT old FROM freed)) AND (r.status NOT IN ('purchased', 'cancelled', 'expired') AND r.expires_at <= now());
             released := true;
         END LOOP;
         EXIT WHEN pause IS NULL OR c.hold_id IS NOT NULL OR c.claimable_left IS NOT TRUE;
@@ -329,7 +329,7 @@ FROM pairs JOIN hold ON hold.unit_id = pairs.unit_id JOIN held ON held.id = hold
         RETURNING r.id AS old
     )
     UPDATE reservations r SET status = 'expired', updated_at = now()
-    WHERE r.id = ANY (ARRAY(SELECT old FROM freed)) AND r.status NOT IN ('purchased', 'cancelled', 'expired') AND r.expires_at <= now();
+    WHERE r.id = ANY (ARRAY(SELECT old FROM freed)) AND (r.status NOT IN ('purchased', 'cancelled', 'expired') AND r.expires_at <= now());
                 released := true;
             END LOOP;
             EXIT WHEN pause IS NULL OR c.hold_id IS NOT NULL OR c.claimable_left IS NOT TRUE;

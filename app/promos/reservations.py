@@ -190,10 +190,9 @@ LEFT JOIN (SELECT hold.id, hold.expires_at FROM hold JOIN held ON held.id = hold
 # points at the caller's hold; whoever took it retired the hold. ARRAY(...) is computed
 # before the scan, so the unit is locked before the reservation. Both updates find their
 # row by primary key only: "held" is said in words no partial index of holds matches
-# (`_UNIT_HELD`, `_STILL_HELD`), since a planner whose statistics predate the crowd takes
-# such an index for empty and reads every entry of it.
+# (`_UNIT_HELD`, `rules.HOLD_LAPSED_BY_KEY`), since a planner whose statistics predate the
+# crowd takes such an index for empty and reads every entry of it.
 _UNIT_HELD = "u.reservation_id = r.id AND u.state <> 'sold'"  # set and not sold: held
-_STILL_HELD = "r.status NOT IN ('purchased', 'cancelled', 'expired')"  # i.e. 'held'
 _RELEASE = f"""
 WITH mine AS MATERIALIZED ({_MINE}),
 freed AS (
@@ -203,7 +202,7 @@ freed AS (
     RETURNING r.id AS old
 )
 UPDATE reservations r SET status = 'expired', updated_at = now()
-WHERE r.id = ANY (ARRAY(SELECT old FROM freed)) AND {_STILL_HELD} AND r.expires_at <= now()
+WHERE r.id = ANY (ARRAY(SELECT old FROM freed)) AND {rules.HOLD_LAPSED_BY_KEY}
 """
 
 # The worker's sweep, $1 holds at most: the oldest lapsed holds of every promo (by
