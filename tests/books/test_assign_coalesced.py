@@ -172,3 +172,42 @@ async def test_a_missing_user_in_a_crowd_is_404_and_the_rest_are_served(
     held = await _held(app, book["id"])
     assert sorted(held) == sorted(str(u.id) for u in users)
     await assert_invariants(app)
+
+
+async def test_keyed_requests_in_a_crowd_run_once_and_replay_what_they_stored(
+    app: FastAPI, live_client: httpx.AsyncClient, make_live_user: MakeUser
+) -> None:
+    """Each of 40 users, limited to one code, sends two plain assigns and three with one
+    `Idempotency-Key` at once. A keyed request runs alone, outside the batches, and its
+    record commits with its effect: every user ends with exactly one code; the keyed
+    answers are the key's one run (201, or `code-limit-reached` when a plain request won)
+    or `idempotency-key-in-use` while it runs; a later replay answers what was stored."""
+    admin = await make_live_user(Role.admin)
+    book, _ = await book_with_codes(live_client, admin, 300, max_codes_per_user=1)
+    users = await asyncio.gather(*[make_live_user() for _ in range(40)])
+    path = f"{API}/books/{book['id']}/assign"
+
+    def keyed(user: Any) -> dict[str, str]:
+        return {**user.headers, "Idempotency-Key": f"crowd-{user.id}"}
+
+    calls = [(u, False, live_client.post(path, headers=u.headers)) for u in users for _ in "ab"]
+    calls += [(u, True, live_client.post(path, headers=keyed(u))) for u in users for _ in "abc"]
+    answers = await asyncio.gather(*[call for _, _, call in calls])
+
+    held = await _held(app, book["id"])
+    assert sorted(len(held.get(str(u.id), [])) for u in users) == [1] * 40
+    for user in users:
+        mine = [a for (u, is_keyed, _), a in zip(calls, answers, strict=True) if u is user]
+        keyed_answers = [
+            a for (u, is_keyed, _), a in zip(calls, answers, strict=True) if u is user and is_keyed
+        ]
+        assert {_slug(a) for a in mine} <= {"ok", "code-limit-reached", "idempotency-key-in-use"}
+        ran = [a for a in keyed_answers if _slug(a) != "idempotency-key-in-use"]
+        assert ran, user.id  # one of the three ran the key; the others saw it in use or replayed
+        assert len({(a.status_code, a.text) for a in ran}) == 1, [a.text for a in ran]
+        replay = await live_client.post(path, headers=keyed(user))
+        assert (replay.status_code, replay.json()) == (ran[0].status_code, ran[0].json())
+        if replay.status_code == 201:
+            assert held[str(user.id)] == [replay.json()["code"]]
+    assert await history_count(app.state.db.engine, book["id"]) == 40
+    await assert_invariants(app)
