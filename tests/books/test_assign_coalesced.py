@@ -211,3 +211,35 @@ async def test_keyed_requests_in_a_crowd_run_once_and_replay_what_they_stored(
             assert held[str(user.id)] == [replay.json()["code"]]
     assert await history_count(app.state.db.engine, book["id"]) == 40
     await assert_invariants(app)
+
+
+async def test_a_crowd_on_a_book_of_multi_use_codes_gets_one_code_each_to_redeem_often(
+    app: FastAPI, live_client: httpx.AsyncClient, make_live_user: MakeUser
+) -> None:
+    """A multi-use book (each code redeemable three times) is assigned like any other in
+    batches: 30 users asking twice at once, one code a user, each code to one user; then
+    each redeems theirs three times and a fourth is refused."""
+    admin = await make_live_user(Role.admin)
+    book, codes = await book_with_codes(
+        live_client, admin, 50, max_codes_per_user=1, max_redemptions_per_code=3
+    )
+    users = await asyncio.gather(*[make_live_user() for _ in range(30)])
+    path = f"{API}/books/{book['id']}/assign"
+    calls = [(u, live_client.post(path, headers=u.headers)) for u in users for _ in "ab"]
+    answers = await asyncio.gather(*[call for _, call in calls])
+    assert Counter(_slug(a) for a in answers) == {"ok": 30, "code-limit-reached": 30}
+    won = {
+        str(u.id): a.json()["code"]
+        for (u, _), a in zip(calls, answers, strict=True)
+        if a.status_code == 201
+    }
+    assert len(won) == len(set(won.values())) == 30 and set(won.values()) <= set(codes)
+    for user in users[:5]:
+        code = won[str(user.id)]
+        for left in (2, 1, 0):
+            redeemed = await live_client.post(f"{API}/codes/{code}/redeem", headers=user.headers)
+            assert redeemed.status_code == 200, redeemed.text
+            assert redeemed.json()["redemptions_left"] == left
+        again = await live_client.post(f"{API}/codes/{code}/redeem", headers=user.headers)
+        assert again.status_code == 409, again.text
+    await assert_invariants(app)
