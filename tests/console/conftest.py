@@ -15,9 +15,12 @@ from typing import Any, TypeVar
 
 import asyncpg
 import pytest
+from fastapi.responses import HTMLResponse
+from fastapi.routing import APIRoute
 from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
 from pwdlib import PasswordHash
 
+from app.console.router import router as console_router
 from app.core.db import libpq_url
 from app.core.settings import Settings
 from tests.live_server import LiveServer
@@ -178,3 +181,14 @@ def sign_in(page: Page, server: LiveServer, account: Account, path: str = "/admi
     expect(page).to_have_url(f"{server.url}{path}")
     # The page's module scripts have run (their handlers are attached) once the DOM is loaded.
     page.wait_for_load_state("domcontentloaded")
+
+
+def served_pages() -> set[str]:
+    """Every page path the console serves (its GET routes that answer HTML)."""
+    return {
+        route.path
+        for route in console_router.routes
+        if isinstance(route, APIRoute)
+        and "GET" in route.methods
+        and route.response_class is HTMLResponse
+    }

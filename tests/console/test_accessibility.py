@@ -11,12 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fastapi.responses import HTMLResponse
-from fastapi.routing import APIRoute
 from playwright.sync_api import Browser, BrowserContext, Page, expect
 
-from app.console.router import router as console_router
-from tests.console.conftest import Account, Accounts, LiveServer, shot
+from tests.console.conftest import Account, Accounts, LiveServer, served_pages, shot
 
 AXE = Path(__file__).resolve().parents[2] / "web/node_modules/axe-core/axe.min.js"
 SIZES = {"desktop": (1280, 900), "phone": (390, 844)}
@@ -135,13 +132,7 @@ def _pages(site: dict[str, Any]) -> list[tuple[str, str]]:
 
 def test_the_pages_checked_are_every_page_the_console_serves() -> None:
     """A page added to the console without a place in PAGES fails here."""
-    served = {
-        route.path
-        for route in console_router.routes
-        if isinstance(route, APIRoute)
-        and "GET" in route.methods
-        and route.response_class is HTMLResponse
-    }
+    served = served_pages()
     assert served == {route for _, route in PAGES}
 
 

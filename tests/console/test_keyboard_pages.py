@@ -13,13 +13,10 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from fastapi.responses import HTMLResponse
-from fastapi.routing import APIRoute
 from playwright.sync_api import Page, expect
 
-from app.console.router import router as console_router
 from tests.console import test_keyboard, test_shopper_keyboard
-from tests.console.conftest import Accounts, LiveServer
+from tests.console.conftest import Accounts, LiveServer, served_pages
 from tests.console.keys import assert_focus_shown, choose, shift_tab_to, tab_to
 from tests.console.test_keyboard import keyboard_sign_in
 
@@ -47,13 +44,7 @@ JOURNEYS: dict[str, str] = {
 
 
 def test_every_console_page_has_a_keyboard_journey() -> None:
-    served = {
-        route.path
-        for route in console_router.routes
-        if isinstance(route, APIRoute)
-        and "GET" in route.methods
-        and route.response_class is HTMLResponse
-    }
+    served = served_pages()
     assert served == set(JOURNEYS)
     modules = {
         "test_keyboard": test_keyboard,
