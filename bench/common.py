@@ -84,10 +84,15 @@ def wait_healthy(port: int, proc: subprocess.Popen[bytes], path: str = "/healthz
 
 @contextlib.contextmanager
 def process(
-    args: list[str], port: int, env: Mapping[str, str], health: str = "/healthz"
+    args: list[str],
+    port: int,
+    env: Mapping[str, str],
+    health: str = "/healthz",
+    cwd: Path = ROOT,
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """Run a server process until the block ends; waits for its health route first."""
-    proc = subprocess.Popen(args, cwd=ROOT, env={**os.environ, **env})
+    """Run a server process until the block ends; waits for its health route first. `cwd`:
+    the checkout it runs from (`python -m` imports from there)."""
+    proc = subprocess.Popen(args, cwd=cwd, env={**os.environ, **env})
     try:
         wait_healthy(port, proc, health)
         yield proc
@@ -112,9 +117,10 @@ def service(
     workers: int,
     extra_env: Mapping[str, str] | None = None,
     health: str = "/healthz",
+    cwd: Path = ROOT,
 ) -> contextlib.AbstractContextManager[subprocess.Popen[bytes]]:
     """`python -m app serve` against `url`, rate limits and the worker off; `extra_env`
-    adds to (or overrides) its environment."""
+    adds to (or overrides) its environment; `cwd`: the checkout it runs from."""
     env = {
         "DATABASE_URL": url,
         "JWT_SECRET": SECRET,
@@ -126,7 +132,7 @@ def service(
         **(extra_env or {}),
     }
     args = [sys.executable, "-m", "app", "serve", "--port", str(port), "--host", "127.0.0.1"]
-    return process(args, port, env, health)
+    return process(args, port, env, health, cwd)
 
 
 @contextlib.contextmanager

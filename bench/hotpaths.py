@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import itertools
 import shutil
 import sys
@@ -27,26 +28,48 @@ from pathlib import Path
 
 import asyncpg
 
+from app.audit.ledgers import LEDGERS
 from app.check import run_checks, violations
 from app.core.migrations import upgrade_to_head
 from app.core.security import Role, TokenService
 from bench.common import SECRET, machine, throwaway_database, worker, write_section
 from bench.eligibility import run_eligibility, write_eligibility
 from bench.flash_crowd import run_flash_crowd, write_flash_crowd
-from bench.load import LUA, Run, batch_sizes, both_apps, commits, vacuum, wrk, wrk_with_cpu
+from bench.load import (
+    LUA,
+    Run,
+    Variant,
+    batch_sizes,
+    both_apps,
+    commits,
+    load_average,
+    vacuum,
+    wrk,
+    wrk_with_cpu,
+)
 
 CODES = 1_000_000
 USERS = 100_000
 UNITS = 1_000_000
 SLOTS = 256
 PROFILES = ("hot", "reserve-flash", "eligibility")
-RunKey = tuple[str, int, str]  # scenario, connections, "reference" or "service"
+RunKey = tuple[str, int, str]  # scenario, connections, app ("reference", "service", ...)
 SCENARIOS = {
     "assign-random": ("assign.lua", {201}),
     "lock+redeem": ("lock_redeem.lua", {200}),
     "reserve+purchase": ("reserve_purchase.lua", {200, 201}),
     "reserve": ("reserve.lua", {201}),
 }
+
+
+@dataclass(frozen=True)
+class Arm:
+    """A setting of the worker that the rounds alternate (`--toggle-sealer`)."""
+
+    label: str
+    worker_env: tuple[tuple[str, str], ...] = ()
+
+
 # The reserve crowd: every run has a promo of its own per app, with a unit for every user.
 CROWD_UNITS = USERS
 
@@ -60,10 +83,11 @@ class Seeded:
     crowd: Path  # <connections>/<slot>.txt: "token user_id" lines, the crowd split by connection
 
 
-async def seed(url: str, workdir: Path, rounds: int, levels: list[int]) -> Seeded:
-    """`rounds`: how many runs a scenario has, both apps together (lock+redeem gets codes of
+async def seed(url: str, workdir: Path, rounds: int, levels: list[int], apps: list[str]) -> Seeded:
+    """`rounds`: how many runs a scenario has, all apps together (lock+redeem gets codes of
     its own for each, the reserve crowd a promo of its own); `levels`: the connection counts,
-    each with the crowd split into that many slices."""
+    each with the crowd split into that many slices; `apps`: who runs, each with its own
+    book and promos."""
     conn = await asyncpg.connect(url)
     try:
         started = time.monotonic()
@@ -73,7 +97,7 @@ async def seed(url: str, workdir: Path, rounds: int, levels: list[int]) -> Seede
             USERS,
         )
         books = []
-        for app in ("reference", "service"):
+        for index, app in enumerate(apps):
             book = await conn.fetchval(
                 "INSERT INTO books (name, max_codes_per_user) VALUES ($1, NULL) RETURNING id",
                 f"bench assign ({app})",
@@ -82,7 +106,7 @@ async def seed(url: str, workdir: Path, rounds: int, levels: list[int]) -> Seede
                 "INSERT INTO codes (book_id, code)"
                 " SELECT $1, $2 || g FROM generate_series(1, $3) g",
                 book,
-                f"BA-{app[0].upper()}-",
+                f"BA-{index}-",
                 CODES,
             )
             books.append(book)
@@ -125,10 +149,10 @@ async def seed(url: str, workdir: Path, rounds: int, levels: list[int]) -> Seede
                 UNITS,
                 f"bench ({app})",
             )
-            for app in ("reference", "service")
+            for app in apps
         ]
         crowd_promos = []
-        for app in ("reference", "service"):
+        for app in apps:
             ids = [
                 await conn.fetchval(
                     "INSERT INTO promos (product_id, title, promo_price_cents, quantity,"
@@ -138,7 +162,7 @@ async def seed(url: str, workdir: Path, rounds: int, levels: list[int]) -> Seede
                     CROWD_UNITS,
                     f"bench crowd {run} ({app})",
                 )
-                for run in range(1, rounds // 2 + 1)
+                for run in range(1, rounds // len(apps) + 1)
             ]
             crowd_promos.append(workdir / f"crowd-promos-{app}.txt")
             crowd_promos[-1].write_text("".join(f"{i}\n" for i in ids))
@@ -179,18 +203,44 @@ async def check(url: str) -> tuple[int, list[str]]:
 
 
 def hot_paths(
-    url: str, args: argparse.Namespace, workdir: Path, batches: dict[str, dict[str, float]]
+    url: str,
+    args: argparse.Namespace,
+    workdir: Path,
+    batches: dict[str, dict[str, float]],
+    variants: tuple[Variant, ...] = (),
+    arms: tuple[Arm, ...] = (Arm(""),),
 ) -> dict[RunKey, Run]:
-    """Each chosen scenario at each connection level, reference and service alternating;
-    `batches` gets the service's batch sizes (`coalesced_batch_size`) at the end."""
+    """Each chosen scenario at each connection level, the apps alternating (the reference,
+    the service, then `variants`); each round once per arm (a worker setting, in order).
+    Results are keyed by app, or "app · arm" when there are several arms. `batches` gets the
+    service's batch sizes (`coalesced_batch_size`) at the end."""
     chosen = {name: SCENARIOS[name] for name in args.scenarios.split(",")}
     levels = [int(c) for c in args.connections.split(",")]
-    runs_per_app = 1 + args.rounds + len(levels) - 1  # a warm-up, then the measurements
-    seeded = asyncio.run(seed(url, workdir, 2 * runs_per_app, levels))
+    apps = ["reference", "service", *(v.label for v in variants)]
+    # A warm-up, then the measurements, in every arm.
+    runs_per_app = 1 + len(arms) * (args.rounds + len(levels) - 1)
+    seeded = asyncio.run(seed(url, workdir, len(apps) * runs_per_app, levels, apps))
     results: dict[RunKey, Run] = {}
-    # The worker runs beside both apps as it does in a deployment: its chain sealer signs
-    # the history the requests write, every SEAL_SECONDS.
-    with worker(url), both_apps(url, args) as (ref_port, svc_port):
+    # The worker runs beside the apps as it does in a deployment: its chain sealer signs
+    # the history the requests write, every SEAL_SECONDS. With several arms it is started
+    # again with each arm's settings.
+    with contextlib.ExitStack() as arm_worker, both_apps(url, args, variants) as ports:
+        started = False
+
+        def enter(arm: Arm) -> None:
+            """The worker with `arm`'s settings; with several arms, first the logs that the
+            run before wrote are sealed by a worker of the default settings, so no run pays
+            for another's backlog. With one arm, one worker for the whole run."""
+            nonlocal started
+            if started and len(arms) == 1:
+                return
+            started = True
+            arm_worker.close()
+            if len(arms) > 1:
+                with worker(url):
+                    asyncio.run(sealed(url))
+            arm_worker.enter_context(worker(url, dict(arm.worker_env)))
+
         common = {
             "BENCH_LUA": str(LUA),
             "BENCH_USERS": str(seeded.users_file),
@@ -208,12 +258,7 @@ def hot_paths(
                 },
             )
             for target, port, book, promo, crowd_promos in zip(
-                ("reference", "service"),
-                (ref_port, svc_port),
-                seeded.books,
-                seeded.promos,
-                seeded.crowd_promos,
-                strict=True,
+                apps, ports, seeded.books, seeded.promos, seeded.crowd_promos, strict=True
             )
         ]
 
@@ -227,40 +272,141 @@ def hot_paths(
 
         for name, (script, expected) in chosen.items():
             run_numbers = {target: itertools.count(1) for target, _, _ in targets}
+            enter(arms[0])
             for target, port, lua_env in targets:
                 wrk(port, script, levels[0], args.warmup, each_run(target, levels[0], lua_env))
             for level, connections in enumerate(levels):
-                runs: dict[str, list[Run]] = {"reference": [], "service": []}
+                runs: dict[str, list[Run]] = {}
                 for round_ in range(args.rounds if level == 0 else 1):
-                    # Who goes first alternates, so neither app always follows the other.
-                    for target, port, lua_env in targets[:: -1 if round_ % 2 else 1]:
-                        asyncio.run(vacuum(url))
-                        before = asyncio.run(commits(url))
-                        run = wrk_with_cpu(
-                            port,
-                            script,
-                            connections,
-                            args.seconds,
-                            each_run(target, connections, lua_env),
-                            target,
-                        )
-                        # The worker commits too (sweeps, the sealer): a few a second.
-                        committed = asyncio.run(commits(url, settle=True)) - before
-                        run.commits_per_request = committed / max(1, run.requests)
-                        runs[target].append(run)
-                        print(
-                            f"{name:17} c={connections:<4} {target:9} {run.rps:8.0f} req/s"
-                            f"  p50 {run.p50_ms:6.1f} ms  p99 {run.p99_ms:6.1f} ms"
-                            f"  commits/req {run.commits_per_request:.2f}"
-                            f"  cpu ms/req {target} {run.cpu_ms[target]:.2f}"
-                            f" postgres {run.cpu_ms['postgres']:.2f} wrk {run.cpu_ms['wrk']:.2f}"
-                            f"  errors {run.errors(expected)}  {run.statuses}",
-                            flush=True,
-                        )
-                for target, target_runs in runs.items():
-                    results[(name, connections, target)] = Run.combined(target_runs)
-        batches.update(batch_sizes(svc_port))
+                    # Who goes first alternates, so no app always follows the same one; so
+                    # does the order of the arms.
+                    for arm in arms[:: -1 if round_ % 2 else 1]:
+                        enter(arm)
+                        for target, port, lua_env in targets[:: -1 if round_ % 2 else 1]:
+                            key = f"{target} · {arm.label}" if len(arms) > 1 else target
+                            asyncio.run(vacuum(url))
+                            before = asyncio.run(commits(url))
+                            run = wrk_with_cpu(
+                                port,
+                                script,
+                                connections,
+                                args.seconds,
+                                each_run(target, connections, lua_env),
+                                "reference" if target == "reference" else "service",
+                            )
+                            # The worker commits too (sweeps, the sealer): a few a second.
+                            committed = asyncio.run(commits(url, settle=True)) - before
+                            run.commits_per_request = committed / max(1, run.requests)
+                            runs.setdefault(key, []).append(run)
+                            print(
+                                f"{name:17} c={connections:<4} {key:9} {run.rps:8.0f} req/s"
+                                f"  p50 {run.p50_ms:6.1f} ms  p99 {run.p99_ms:6.1f} ms"
+                                f"  commits/req {run.commits_per_request:.2f}"
+                                f"  cpu ms/req app {run.cpu_ms.get('service', 0):.2f}"
+                                f" {run.cpu_ms.get('reference', 0):.2f}"
+                                f" postgres {run.cpu_ms['postgres']:.2f}"
+                                f" wrk {run.cpu_ms['wrk']:.2f}"
+                                f"  errors {run.errors(expected)}  {run.statuses}",
+                                flush=True,
+                            )
+                for key, key_runs in runs.items():
+                    results[(name, connections, key)] = Run.combined(key_runs)
+        batches.update(batch_sizes(ports[1]))
     return results
+
+
+async def sealed(url: str) -> None:
+    """Until every row of the sealed logs is in a block (a worker must be sealing)."""
+    conn = await asyncpg.connect(url)
+    try:
+        for ledger in LEDGERS:
+            query = (
+                f"SELECT coalesce((SELECT max(id) FROM {ledger.table}), 0)"
+                f" <= coalesce((SELECT max(last_id) FROM {ledger.blocks}), 0)"
+            )
+            deadline = time.monotonic() + 120
+            while not await conn.fetchval(query):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the {ledger.name} log was not sealed within 120 s")
+                await asyncio.sleep(0.2)
+    finally:
+        await conn.close()
+
+
+COMPARISONS = ("sealer", "tracing")
+
+
+def compare(args: argparse.Namespace) -> int:
+    """`--compare`: the hot paths with a feature on and off in the same run, against the
+    reference; returns the exit status."""
+    arms: tuple[Arm, ...] = (Arm(""),)
+    variants: tuple[Variant, ...] = ()
+    if args.compare == "sealer":
+        arms = (
+            Arm("sealer on", (("SEAL_SECONDS", "1"),)),
+            # Never again after the pass at its start (which finds nothing: `sealed`).
+            Arm("sealer off", (("SEAL_SECONDS", "1000000000"),)),
+        )
+    else:
+        variants = (Variant("tracing on", {"OTEL_ENABLED": "true"}),)
+        if args.baseline:
+            variants += (Variant("baseline", cwd=args.baseline.resolve()),)
+    workdir = Path(tempfile.mkdtemp(prefix="cf-bench-compare-"))
+    load_before = load_average()
+    with throwaway_database("compare") as url:
+        upgrade_to_head(url)
+        results = hot_paths(url, args, workdir, {}, variants, arms)
+        total, bad = asyncio.run(check(url))
+    shutil.rmtree(workdir, ignore_errors=True)
+    rows = [
+        "| scenario | conns | app | req/s | p50 / p99 | / reference | / service |",
+        "|---|---:|---|---:|---:|---:|---:|",
+    ]
+    for (name, connections, key), run in sorted(results.items()):
+        app, _, arm = key.partition(" · ")
+        if app == "reference":
+            continue
+        ref = results[(name, connections, " · ".join(filter(None, ("reference", arm))))]
+        svc = results[(name, connections, " · ".join(filter(None, ("service", arm))))]
+        rows.append(
+            f"| {name} | {connections} | {key} | {run.rps:,.0f} | {run.p50_ms:.1f} /"
+            f" {run.p99_ms:.1f} ms | {run.rps / ref.rps:.2f}x | {run.rps / svc.rps:.2f}x |"
+        )
+    table = "\n".join(rows)
+    print(table)
+    print(f"invariants: {total - len(bad)} passed, {len(bad)} failed")
+    if not args.no_write:
+        write_comparison(args, table, load_before, total, bad)
+    return 1 if bad else 0
+
+
+def write_comparison(
+    args: argparse.Namespace, table: str, load_before: str, total: int, bad: list[str]
+) -> None:
+    what = {
+        "sealer": "every round run twice, the worker's chain sealer on (`SEAL_SECONDS=1`, the"
+        ' default) and off, arms and apps alternating in order; "/ service" compares with the'
+        " service in the same arm; the reference's rows are in the arm's ratio",
+        "tracing": "a third app, the service with `OTEL_ENABLED=true` (no exporter endpoint:"
+        " spans are made and dropped)"
+        + (
+            ", and a fourth run from another checkout (`--baseline`, below)"
+            if args.baseline
+            else ""
+        )
+        + ", all alternating with the reference and the service (tracing off, the default)",
+    }[args.compare]
+    body = f"""
+`python -m bench.hotpaths --compare {args.compare}` on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC —
+{machine()}; load average before: {load_before}. The hot paths as in "Hot paths" ({args.seconds} s
+runs, {args.rounds} rounds at the first connection level), {what}. req/s and p50 are the
+medians of an app's rounds, p99 the worst.
+
+{table}
+
+Invariants afterwards ({total} checks): {"all hold" if not bad else "VIOLATED: " + "; ".join(bad)}.
+"""
+    write_section(f"Hot paths: {args.compare} on and off", body)
 
 
 def main() -> None:
@@ -294,8 +440,23 @@ def main() -> None:
         default="on",
         help="the service's COALESCE_HOT_PATHS: concurrent assigns and reserves in batches",
     )
+    parser.add_argument(
+        "--compare",
+        choices=COMPARISONS,
+        help="the hot paths only, to see what a feature costs: `sealer`: every round twice,"
+        " the worker's chain sealer on and off; `tracing`: a third app with OTEL_ENABLED=true"
+        " (and --baseline's); writes its own section of docs/benchmarks.md",
+    )
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="with --compare tracing: a further app run from this checkout (same schema),"
+        " e.g. one without the code under test",
+    )
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
+    if args.compare:
+        sys.exit(compare(args))
     if shutil.which("wrk") is None:
         sys.exit("wrk is needed: apt-get install -y wrk")
     profiles = [args.only] if args.only else list(PROFILES)

@@ -14,6 +14,7 @@ import sys
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import asyncpg
 import psutil
@@ -134,11 +135,23 @@ def wrk_with_cpu(
     return run
 
 
+@dataclass(frozen=True)
+class Variant:
+    """A further service instance beside the two apps: its own environment on top of the
+    service's, from its own checkout (`cwd`: one with the same schema)."""
+
+    label: str
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: Path = ROOT
+
+
 @contextlib.contextmanager
-def both_apps(url: str, args: argparse.Namespace) -> Iterator[tuple[int, int]]:
-    """The reference app and the service on `url`, with the same worker count and pool size;
-    yields their ports (reference, service)."""
-    svc_port, ref_port = free_port(), free_port()
+def both_apps(
+    url: str, args: argparse.Namespace, variants: tuple[Variant, ...] = ()
+) -> Iterator[tuple[int, ...]]:
+    """The reference app and the service on `url`, with the same worker count and pool size,
+    then each of `variants`; yields their ports in that order (reference, service, ...)."""
+    ref_port = free_port()
     ref_env = {"REF_DATABASE_URL": url, "REF_POOL_SIZE": str(args.pool)}
     ref_args = [
         sys.executable,
@@ -164,8 +177,14 @@ def both_apps(url: str, args: argparse.Namespace) -> Iterator[tuple[int, int]]:
         "DB_MAX_OVERFLOW": "0",
         "COALESCE_HOT_PATHS": "false" if getattr(args, "coalesce", "on") == "off" else "true",
     }
-    with service(url, svc_port, args.workers, svc_env), process(ref_args, ref_port, ref_env):
-        yield ref_port, svc_port
+    with contextlib.ExitStack() as running:
+        running.enter_context(process(ref_args, ref_port, ref_env))
+        ports = [ref_port]
+        for variant in (Variant("service"), *variants):
+            ports.append(free_port())
+            env = {**svc_env, **variant.env}
+            running.enter_context(service(url, ports[-1], args.workers, env, cwd=variant.cwd))
+        yield tuple(ports)
 
 
 def load_average() -> str:
