@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import itertools
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -209,11 +210,13 @@ def hot_paths(
     batches: dict[str, dict[str, float]],
     variants: tuple[Variant, ...] = (),
     arms: tuple[Arm, ...] = (Arm(""),),
+    each_round: dict[RunKey, list[Run]] | None = None,
 ) -> dict[RunKey, Run]:
     """Each chosen scenario at each connection level, the apps alternating (the reference,
     the service, then `variants`); each round once per arm (a worker setting, in order).
-    Results are keyed by app, or "app · arm" when there are several arms. `batches` gets the
-    service's batch sizes (`coalesced_batch_size`) at the end."""
+    Results are keyed by app, or "app · arm" when there are several arms; `each_round` gets
+    every run, in round order. `batches` gets the service's batch sizes
+    (`coalesced_batch_size`) at the end."""
     chosen = {name: SCENARIOS[name] for name in args.scenarios.split(",")}
     levels = [int(c) for c in args.connections.split(",")]
     apps = ["reference", "service", *(v.label for v in variants)]
@@ -311,6 +314,8 @@ def hot_paths(
                             )
                 for key, key_runs in runs.items():
                     results[(name, connections, key)] = Run.combined(key_runs)
+                    if each_round is not None:
+                        each_round[(name, connections, key)] = key_runs
         batches.update(batch_sizes(ports[1]))
     return results
 
@@ -336,9 +341,17 @@ async def sealed(url: str) -> None:
 COMPARISONS = ("sealer", "tracing")
 
 
-def compare(args: argparse.Namespace) -> int:
+async def max_connections(url: str) -> int:
+    conn = await asyncpg.connect(url)
+    try:
+        return int(await conn.fetchval("SHOW max_connections"))
+    finally:
+        await conn.close()
+
+
+def compare(args: argparse.Namespace) -> int | str:
     """`--compare`: the hot paths with a feature on and off in the same run, against the
-    reference; returns the exit status."""
+    reference; returns the exit status (or why it could not run)."""
     arms: tuple[Arm, ...] = (Arm(""),)
     variants: tuple[Variant, ...] = ()
     if args.compare == "sealer":
@@ -353,24 +366,48 @@ def compare(args: argparse.Namespace) -> int:
             variants += (Variant("baseline", cwd=args.baseline.resolve()),)
     workdir = Path(tempfile.mkdtemp(prefix="cf-bench-compare-"))
     load_before = load_average()
+    each_round: dict[RunKey, list[Run]] = {}
     with throwaway_database("compare") as url:
+        # Every app holds workers x pool connections; the worker and this script a few more.
+        needed = (2 + len(variants)) * args.workers * args.pool + 10
+        available = asyncio.run(max_connections(url))
+        if available < needed:
+            return (
+                f"{len(variants) + 2} apps need max_connections >= {needed}; the server has"
+                f" {available}: point DATABASE_URL at a server with more, or lower --pool"
+            )
         upgrade_to_head(url)
-        results = hot_paths(url, args, workdir, {}, variants, arms)
+        results = hot_paths(url, args, workdir, {}, variants, arms, each_round)
         total, bad = asyncio.run(check(url))
     shutil.rmtree(workdir, ignore_errors=True)
+
+    def paired(key: RunKey, other: RunKey) -> str:
+        """The ratio of two apps' req/s round by round (they ran back to back): median,
+        and the range over the rounds."""
+        ratios = sorted(
+            a.rps / b.rps for a, b in zip(each_round[key], each_round[other], strict=True)
+        )
+        return f"{statistics.median(ratios):.2f}x ({ratios[0]:.2f} to {ratios[-1]:.2f})"
+
+    control_name = "sealer off" if args.compare == "sealer" else "service"
     rows = [
-        "| scenario | conns | app | req/s | p50 / p99 | / reference | / service |",
+        "| scenario | conns | app | req/s | p50 / p99 | / reference, by round"
+        f" | / {control_name}, by round |",
         "|---|---:|---|---:|---:|---:|---:|",
     ]
     for (name, connections, key), run in sorted(results.items()):
         app, _, arm = key.partition(" · ")
-        if app == "reference":
+        control = f"{app} · sealer off" if args.compare == "sealer" else "service"
+        if key == control or (app == "reference" and args.compare != "sealer"):
             continue
-        ref = results[(name, connections, " · ".join(filter(None, ("reference", arm))))]
-        svc = results[(name, connections, " · ".join(filter(None, ("service", arm))))]
+        ref = " · ".join(filter(None, ("reference", arm)))
+        to_ref = (
+            "" if app == "reference" else paired((name, connections, key), (name, connections, ref))
+        )
         rows.append(
             f"| {name} | {connections} | {key} | {run.rps:,.0f} | {run.p50_ms:.1f} /"
-            f" {run.p99_ms:.1f} ms | {run.rps / ref.rps:.2f}x | {run.rps / svc.rps:.2f}x |"
+            f" {run.p99_ms:.1f} ms | {to_ref}"
+            f" | {paired((name, connections, key), (name, connections, control))} |"
         )
     table = "\n".join(rows)
     print(table)
@@ -455,10 +492,10 @@ def main() -> None:
     )
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
-    if args.compare:
-        sys.exit(compare(args))
     if shutil.which("wrk") is None:
         sys.exit("wrk is needed: apt-get install -y wrk")
+    if args.compare:
+        sys.exit(compare(args))
     profiles = [args.only] if args.only else list(PROFILES)
     workdir = Path(tempfile.mkdtemp(prefix="cf-bench-hot-"))
     with throwaway_database("hot") as url:
