@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import sys
 import tempfile
@@ -26,10 +27,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from app.core.db import libpq_url
 from bench.common import (
     RssSampler,
     free_port,
@@ -102,6 +105,36 @@ async def assign_load(base: str, token: str, book_id: str, user_id: str, done: A
     return out
 
 
+# What the import's backend costs the box apart from its locks and WAL: one PostgreSQL
+# backend on a core (an endless PL/pgSQL loop, cut by its statement timeout).
+BUSY_SQL = "DO $$ BEGIN LOOP PERFORM 1; END LOOP; END $$"
+
+
+async def busy_core(url: str, seconds: float) -> None:
+    conn = await asyncpg.connect(libpq_url(url))
+    try:
+        await conn.execute(f"SET statement_timeout = {int(seconds * 1000)}")
+        with contextlib.suppress(asyncpg.QueryCanceledError):
+            await conn.execute(BUSY_SQL)
+    finally:
+        await conn.close()
+
+
+async def assigns_beside_busy_core(
+    base: str, token: str, book_id: str, user_id: str, url: str
+) -> Latencies:
+    state = {"done": False}
+
+    async def hog() -> None:
+        await busy_core(url, IDLE_S)
+        state["done"] = True
+
+    latencies, _ = await asyncio.gather(
+        assign_load(base, token, book_id, user_id, lambda: state["done"]), hog()
+    )
+    return latencies
+
+
 @dataclass
 class Result:
     lines: int
@@ -113,6 +146,7 @@ class Result:
     api_mb: float
     worker_mb: float
     idle: Latencies
+    busy: Latencies
     during: Latencies
     load_before: tuple[float, float, float]
     load_after: tuple[float, float, float]
@@ -141,7 +175,7 @@ def bench(lines: int) -> Result:
             httpx.Client(base_url=base, timeout=600) as client,
             worker(url, env) as jobs,
         ):
-            return _run(client, base, server.pid, jobs.pid, big, lines, file_mb, load_before)
+            return _run(client, base, url, server.pid, jobs.pid, big, lines, file_mb, load_before)
     finally:
         big.unlink(missing_ok=True)
 
@@ -149,6 +183,7 @@ def bench(lines: int) -> Result:
 def _run(
     client: httpx.Client,
     base: str,
+    url: str,
     api_pid: int,
     worker_pid: int,
     big: Path,
@@ -178,6 +213,8 @@ def _run(
         assign_load(base, token, book["id"], user_id, lambda: time.monotonic() > deadline)
     )
     print(f"idle assigns: {len(idle.samples)}, p99 {idle.pct(0.99):.1f} ms")
+    busy = asyncio.run(assigns_beside_busy_core(base, token, book["id"], user_id, url))
+    print(f"assigns beside a busy core: {len(busy.samples)}, p99 {busy.pct(0.99):.1f} ms")
 
     with RssSampler(api_pid, 0.05) as api_rss, RssSampler(worker_pid, 0.05) as worker_rss:
         started = time.perf_counter()
@@ -234,6 +271,7 @@ def _run(
         api_rss.peak_mb,
         worker_rss.peak_mb,
         idle,
+        busy,
         during,
         load_before,
         os.getloadavg(),
@@ -248,6 +286,7 @@ def summary(r: Result) -> str:
         and r.worker_mb <= GOAL_MB
     )
     ratio = r.during.pct(0.99) / r.idle.pct(0.99)
+    busy_ratio = r.during.pct(0.99) / r.busy.pct(0.99)
     load = ", ".join(f"{x:.1f}" for x in r.load_before)
     load_after = ", ".join(f"{x:.1f}" for x in r.load_after)
     return "\n".join(
@@ -277,7 +316,11 @@ def summary(r: Result) -> str:
             f"| assign p50 / p99, during the import | {r.during.pct(0.5):.1f} /"
             f" {r.during.pct(0.99):.1f} ms ({len(r.during.samples):,} assigns,"
             f" {r.during.errors} errors) |",
+            f"| assign p50 / p99, book idle, one core busy ({IDLE_S:.0f} s of a PL/pgSQL"
+            f" loop) | {r.busy.pct(0.5):.1f} / {r.busy.pct(0.99):.1f} ms"
+            f" ({len(r.busy.samples):,} assigns, {r.busy.errors} errors) |",
             f"| p99 during / idle | {ratio:.2f}x |",
+            f"| p99 during / one core busy | {busy_ratio:.2f}x |",
             "",
             "No assign during the job returned one of its codes: they are inserted in one"
             " transaction (batches of `IMPORT_BATCH_SIZE`, progress published from a second"

@@ -14,17 +14,30 @@ from app.books import checksum, generate
 from app.books.import_jobs import FOREIGN_REASON
 from app.books.import_schemas import JobState
 from app.books.import_side import Conn, Failed, Outcome, Side, Stop, Totals
-from app.books.imports import DATA_LINE, INVALID_SELECT, MAX_REPORTED, TRIMMED
+from app.books.imports import DATA_LINE, INVALID_SELECT, INVALID_TEST, MAX_REPORTED, TRIMMED
 from app.books.schemas import GenerateIn
 from app.core.problems import ProblemError
 
+# One pass over the staging table: its rows (a database crash empties an unlogged table)
+# and its invalid data lines (which are listed only when there are any).
+_SCAN = f"""
+SELECT count(*) AS stored, count(*) FILTER (WHERE data) AS received,
+       count(*) FILTER (WHERE data AND {INVALID_TEST}) AS invalid
+FROM (SELECT {DATA_LINE} AS data, {TRIMMED} AS t FROM {{staging}}) AS s
+"""
+
 # The file's distinct codes with their first line and how many lines carry them; a unique
 # index orders the batches by code, so concurrent writers meet common codes in one order.
+# The grouping sorts under "C" (byte order, with abbreviated keys: about a third faster on
+# ten million codes than the database's libc collation); the column keeps the database's
+# collation, so the index, the batches and the joins with `codes` use its order as before.
 _DISTINCT = """
 CREATE TEMP TABLE job_codes ON COMMIT DROP AS
-SELECT upper({trimmed}) AS code, min(line) AS line, count(*) AS n
-FROM {staging} WHERE {data_line}
-GROUP BY 1
+SELECT code COLLATE "default" AS code, line, n FROM (
+    SELECT upper({trimmed}) COLLATE "C" AS code, min(line) AS line, count(*) AS n
+    FROM {staging} WHERE {data_line}
+    GROUP BY 1 ORDER BY 1
+) AS d
 """
 
 _OVERLAP = """
@@ -58,16 +71,16 @@ async def store_csv(
     staging, book_id = job["staging"], job["book_id"]
     if staging is None or not await work.fetchval("SELECT to_regclass($1) IS NOT NULL", staging):
         raise Failed("The uploaded file is no longer stored; upload it again.")
-    stored = await work.fetchval(f"SELECT count(*) FROM {staging}")
-    if stored != job["lines_total"]:
+    scan = await work.fetchrow(_SCAN.format(staging=staging))
+    assert scan is not None
+    if scan["stored"] != job["lines_total"]:
         # An unlogged table is emptied by a database crash: the upload is gone.
         raise Failed("The uploaded file was lost by a database restart; upload it again.")
-    invalid = await work.fetch(
-        f"SELECT *, count(*) OVER () AS total FROM ({INVALID_SELECT.format(table=staging)}) e"
-        f" ORDER BY line LIMIT {MAX_REPORTED}"
-    )
-    if invalid:
-        total = int(invalid[0]["total"])
+    if scan["invalid"]:
+        total = int(scan["invalid"])
+        invalid = await work.fetch(
+            f"{INVALID_SELECT.format(table=staging)} ORDER BY line LIMIT {MAX_REPORTED}"
+        )
         raise Failed(
             f"{total} invalid line(s), the first at line {invalid[0]['line']}; nothing stored.",
             [{k: r[k] for k in ("line", "code", "reason")} for r in invalid],
@@ -75,14 +88,12 @@ async def store_csv(
             "invalid",
         )
     await work.execute("DROP TABLE IF EXISTS pg_temp.job_codes")
-    await work.execute(_DISTINCT.format(trimmed=TRIMMED, staging=staging, data_line=DATA_LINE))
+    status = await work.execute(
+        _DISTINCT.format(trimmed=TRIMMED, staging=staging, data_line=DATA_LINE)
+    )
+    received, distinct = int(scan["received"]), int(status.rsplit(" ", 1)[-1])
     await work.execute("CREATE UNIQUE INDEX ON job_codes (code)")
     await work.execute("ANALYZE job_codes")
-    totals = await work.fetchrow(
-        "SELECT coalesce(sum(n), 0) AS received, count(*) AS distinct_ FROM job_codes"
-    )
-    assert totals is not None
-    received, distinct = int(totals["received"]), int(totals["distinct_"])
     if await checksum.any_claimed(work):
         # Codes under a claimed checksum prefix must pass its check, as in the upload route.
         unchecked = await work.fetch(

@@ -144,13 +144,16 @@ async def copy_source(feed: CopyFeed, chunks: AsyncIterable[bytes]) -> AsyncIter
 TRIMMED = "btrim(raw, E' \\t')"
 DATA_LINE = f"{TRIMMED} <> '' AND NOT (line = 1 AND lower({TRIMMED}) = 'code')"
 
+# Whether a trimmed data line `t` holds no valid code.
+INVALID_TEST = f"(t !~ '^[A-Za-z0-9_-]+$' OR length(t) > {CODE_MAX_LENGTH})"
+
 # Every invalid data line of a staging table (`{table}`), with why.
 INVALID_SELECT = f"""
 SELECT line, left(t, 100) AS code,
        CASE WHEN length(t) > {CODE_MAX_LENGTH} THEN 'longer than {CODE_MAX_LENGTH} characters'
             ELSE 'invalid characters (allowed: A-Z a-z 0-9 - _)' END AS reason
 FROM (SELECT line, {TRIMMED} AS t FROM {{table}} WHERE {DATA_LINE}) AS s
-WHERE t !~ '^[A-Za-z0-9_-]+$' OR length(t) > {CODE_MAX_LENGTH}
+WHERE {INVALID_TEST}
 """
 
 _INVALID = INVALID_SELECT.format(table="import_lines") + f"ORDER BY line LIMIT {MAX_REPORTED}"
