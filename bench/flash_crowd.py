@@ -242,7 +242,9 @@ level {last} service runs, each between two reference runs (reference, service,
 reference, …): the reference columns are the mean of the runs just before and just after
 the service's, so both sides are measured at the same held rows. "Held rows at start":
 every held reservation in the database when the service's run began. PostgreSQL CPU:
-every postgres process on the box, per request of the run.
+every postgres process on the box, per request of the run. The `ANALYZE` before each run
+also makes both apps plan their cached statements again for the tables as they are then
+(docs/decisions.md, "A reserve's plan outlives the table sizes it was made for").
 
 {chr(10).join(rows)}
 

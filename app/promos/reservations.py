@@ -381,7 +381,7 @@ END
 # ANALYZE (or DDL) of a table it reads; made while `reservations` was a page or two (a new
 # database's first crowd), it scanned the table where an index seeks, and every reserve
 # read more as holds piled up until autovacuum next analyzed the table (measured: 0.5 ms
-# and 100 buffers a reserve with an empty table, 4.6 ms and 610 after 20,000 holds). Every
+# and 100 buffers a reserve over the first 2,000 holds, 4.6 ms and 610 at 20,000). Every
 # step is meant to seek, so no plan of theirs needs a sequential scan; the setting holds
 # only inside the call (docs/decisions.md, "A reserve's plan outlives the table sizes").
 RESERVE_SETTINGS = {"enable_seqscan": "off"}
