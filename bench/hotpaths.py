@@ -464,7 +464,8 @@ def main() -> None:
         "--flash-rounds",
         type=int,
         default=3,
-        help="alternating runs per app at every connection level of the reserve-only flash crowd",
+        help="service runs at every connection level of the reserve-only flash crowd, each"
+        " between two reference runs",
     )
     parser.add_argument(
         "--only",

@@ -128,8 +128,11 @@ def wrk_with_cpu(
     before = cpu_seconds()
     run = wrk(port, script, connections, seconds, env)
     after = cpu_seconds()
+    spent: dict[str, float] = {}
+    for side, pid in before.keys() & after.keys():  # a process that ended counts nothing
+        spent[side] = spent.get(side, 0.0) + after[side, pid] - before[side, pid]
     run.cpu_ms = {
-        side: 1000 * (after.get(side, 0.0) - before.get(side, 0.0)) / max(1, run.requests)
+        side: 1000 * spent.get(side, 0.0) / max(1, run.requests)
         for side in (target, "postgres", "wrk")
     }
     return run
@@ -258,11 +261,13 @@ def _group(proc: psutil.Process) -> str | None:
     return None
 
 
-def cpu_seconds() -> dict[str, float]:
-    """CPU seconds (user + system) so far of the processes of a run, by side: postgres,
-    the service, the reference app, the worker, wrk. Processes alive at both readings are
-    what a difference counts: the apps' workers and the pools' backends live through a run."""
-    totals: dict[str, float] = {}
+def cpu_seconds() -> dict[tuple[str, int], float]:
+    """CPU seconds (user + system) so far of the processes of a run, by side (postgres,
+    the service, the reference app, the worker, wrk) and pid. Processes alive at both
+    readings are what a difference counts: the apps' workers and the pools' backends live
+    through a run; a total by side would go down when another process of that side ends
+    meanwhile (another server's backend, an autovacuum worker)."""
+    totals: dict[tuple[str, int], float] = {}
     for proc in psutil.process_iter():
         group = _group(proc)
         if group is None:
@@ -271,5 +276,5 @@ def cpu_seconds() -> dict[str, float]:
             times = proc.cpu_times()
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             continue
-        totals[group] = totals.get(group, 0.0) + times.user + times.system
+        totals[group, proc.pid] = times.user + times.system
     return totals

@@ -13,7 +13,11 @@ from fastapi import FastAPI
 
 from app.books.assign import ASSIGN_BATCH_FUNCTION_BODY, ASSIGN_FUNCTION_BODY
 from app.core.security import Role
-from app.promos.reservations import RESERVE_BATCH_FUNCTION_BODY, RESERVE_FUNCTION_BODY
+from app.promos.reservations import (
+    RESERVE_BATCH_FUNCTION_BODY,
+    RESERVE_FUNCTION_BODY,
+    RESERVE_SETTINGS,
+)
 from tests.books.flows import book_with_codes
 from tests.conftest import MakeUser
 from tests.promos.support import create_promo, placed_users, random_point
@@ -24,15 +28,27 @@ BODIES = {
     "book_assign_random": ASSIGN_FUNCTION_BODY,
     "book_assign_random_batch": ASSIGN_BATCH_FUNCTION_BODY,
 }
+# The settings each function runs with (`CREATE FUNCTION … SET`), as `pg_proc.proconfig`.
+SETTINGS = {
+    "promo_reserve": RESERVE_SETTINGS,
+    "promo_reserve_batch": RESERVE_SETTINGS,
+    "book_assign_random": {},
+    "book_assign_random_batch": {},
+}
 
 
 @pytest.mark.parametrize("name", sorted(BODIES))
 async def test_the_schema_holds_the_function_the_code_writes(
     pg: asyncpg.Connection, name: str
 ) -> None:
-    body = await pg.fetchval("SELECT prosrc FROM pg_proc WHERE proname = $1", name)
-    assert body == BODIES[name], (
+    row = await pg.fetchrow("SELECT prosrc, proconfig FROM pg_proc WHERE proname = $1", name)
+    assert row["prosrc"] == BODIES[name], (
         f"{name} in the schema differs from the code's: write a migration that replaces it"
+    )
+    settings = dict(item.split("=", 1) for item in row["proconfig"] or [])
+    assert settings == SETTINGS[name], (
+        f"{name} in the schema runs with {settings}, the code's with {SETTINGS[name]}:"
+        " write a migration that replaces it"
     )
 
 

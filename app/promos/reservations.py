@@ -87,7 +87,10 @@ _LOCK = f"SELECT {xact_lock_sql(LockNamespace.PROMO_USER, _LOCK_KEY)}"
 #   in `_claim` sees them gone.
 # - `retired`: the hold the unit is taken from becomes `expired`, by primary key, after
 #   the unit is locked (units before reservations, as in purchase and cancel). The answer
-#   does not read it: PostgreSQL runs every data-modifying sub-statement to the end.
+#   does not read it: PostgreSQL runs every data-modifying sub-statement to the end. By
+#   key only: a scalar sub-select, not a join with `unit` (which may be planned as a hash
+#   of the whole table), and "held" in words no partial index of holds matches (else the
+#   planner may walk such an index, filtering on the key), as in `_RELEASE`.
 # - `hold` and `held`: insert the hold and point the claimed unit (locked above) at it.
 # The answer: the verdict, the live hold, the new hold (`hold_id`), whether a lapsed hold
 # of the caller's must be released first; when nothing was claimed, whether the promo is
@@ -153,7 +156,7 @@ lapsed_unit AS MATERIALIZED (
 unit AS (SELECT id, old FROM free_unit UNION ALL SELECT id, old FROM lapsed_unit),
 retired AS (
     UPDATE reservations r SET status = 'expired', updated_at = now()
-    FROM unit WHERE r.id = unit.old AND {rules.HOLD_LAPSED}
+    WHERE r.id = (SELECT old FROM lapsed_unit) AND {rules.HOLD_LAPSED_BY_KEY}
 ),
 hold AS (
     INSERT INTO reservations (promo_id, user_id, unit_id, expires_at)
@@ -373,12 +376,22 @@ BEGIN
         c.live_expires_at, c.hold_id, c.hold_expires_at, c.sold_out;
 END
 """
+# Both reserve functions plan their statements with sequential scans off. plpgsql caches
+# a generic plan of each statement from its sixth run on a connection and keeps it until an
+# ANALYZE (or DDL) of a table it reads; made while `reservations` was a page or two (a new
+# database's first crowd), it scanned the table where an index seeks, and every reserve
+# read more as holds piled up until autovacuum next analyzed the table (measured: 0.5 ms
+# and 100 buffers a reserve over the first 2,000 holds, 4.6 ms and 610 at 20,000). Every
+# step is meant to seek, so no plan of theirs needs a sequential scan; the setting holds
+# only inside the call (docs/decisions.md, "A reserve's plan outlives the table sizes").
+RESERVE_SETTINGS = {"enable_seqscan": "off"}
+_SET = "".join(f"\nSET {name} = {value}" for name, value in RESERVE_SETTINGS.items())
 RESERVE_FUNCTION = f"""
 CREATE OR REPLACE FUNCTION promo_reserve(p_promo uuid, p_user uuid, p_ttl integer)
 RETURNS TABLE (open boolean, eligible boolean, used bigint, max_per_user integer,
                live_id uuid, live_expires_at timestamptz, hold_id uuid,
                hold_expires_at timestamptz, sold_out boolean)
-LANGUAGE plpgsql AS $reserve${RESERVE_FUNCTION_BODY}$reserve$
+LANGUAGE plpgsql{_SET} AS $reserve${RESERVE_FUNCTION_BODY}$reserve$
 """
 _RESERVE = "SELECT * FROM promo_reserve($1, $2, $3)"
 
@@ -492,7 +505,7 @@ CREATE OR REPLACE FUNCTION promo_reserve_batch(p_promo uuid, p_users uuid[], p_t
 RETURNS TABLE (ord integer, open boolean, eligible boolean, used bigint,
                max_per_user integer, live_id uuid, live_expires_at timestamptz, hold_id uuid,
                hold_expires_at timestamptz, sold_out boolean)
-LANGUAGE plpgsql AS $reserve${RESERVE_BATCH_FUNCTION_BODY}$reserve$
+LANGUAGE plpgsql{_SET} AS $reserve${RESERVE_BATCH_FUNCTION_BODY}$reserve$
 """
 _RESERVE_BATCH = "SELECT * FROM promo_reserve_batch($1, $2::text::uuid[], $3) ORDER BY ord"
 
