@@ -493,6 +493,8 @@ def main() -> None:
     )
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
+    if args.baseline and args.compare != "tracing":
+        parser.error("--baseline goes with --compare tracing")
     if shutil.which("wrk") is None:
         sys.exit("wrk is needed: apt-get install -y wrk")
     if args.compare:
